@@ -1,0 +1,61 @@
+"""The ``fanout`` command: parse, dispatch, and turn errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from registry.envconfig import ConfigError
+from registry.errors import InvalidReference, RegistryError
+
+from . import copy_cmd
+from .common import UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanout",
+        description="Copy one container image, pinned by digest, to many registries.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v: retries and decisions, -vv: every request)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    copy_cmd.add_parser(commands)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbosity < 3:
+        # httpx logs every request URL at INFO; upload URLs carry opaque state we do not show.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.run(args)
+    except (UsageError, InvalidReference, ConfigError) as exc:
+        print(f"fanout {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RegistryError as exc:
+        print(f"fanout {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"fanout {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

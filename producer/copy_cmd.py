@@ -1,0 +1,87 @@
+"""``fanout copy``: the engine in-process, every destination at once, each isolated."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+from registry.copy import Copier
+from registry.options import CopyOptions, TransportOptions
+from registry.reference import Reference, Repository
+from registry.results import CopyResult, ProgressSink
+from registry.session import Registries
+
+from .common import (
+    UsageError,
+    add_referrer_flags,
+    add_registry_flags,
+    copy_options,
+    credentials,
+    parse_destinations,
+    parse_source,
+    transport_options,
+)
+from .output import print_results, results_json
+from .progress import LiveProgress
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "copy", help="copy an image to one or more repositories now, in this process",
+        description="Copy SOURCE, pinned by digest, to every DEST at once. Exit 0 when every "
+                    "destination succeeded, 1 when any failed, 2 for usage errors.",
+    )
+    parser.add_argument("source", metavar="SOURCE", help="image reference, by tag or digest")
+    parser.add_argument("destinations", metavar="DEST", nargs="+",
+                        help="repository, optionally with a tag")
+    parser.add_argument("--tag", "-t", action="append", default=[], metavar="T",
+                        help="tag every destination with T (repeatable); default: the "
+                             "destination's own tag, else the source's")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    add_registry_flags(parser)
+    add_referrer_flags(parser)
+    parser.set_defaults(run=run)
+
+
+async def copy_all(
+    source: Reference,
+    targets: Sequence[tuple[Repository, Sequence[str]]],
+    *,
+    transport: TransportOptions,
+    options: CopyOptions,
+    env: Mapping[str, str],
+    progress: ProgressSink | None = None,
+) -> list[CopyResult]:
+    """The Python entry point behind ``fanout copy``."""
+    async with Registries(credentials(env), transport) as registries:
+        copier = Copier(registries, options, progress=progress)
+        return await copier.copy_many(source, targets)
+
+
+def run(args: argparse.Namespace) -> int:
+    env = os.environ
+    source = parse_source(args.source)
+    targets = parse_destinations(args.destinations, source, args.tag)
+    if not targets:
+        raise UsageError("no destinations given")
+    transport = transport_options(args, env)
+    options = copy_options(args, env)
+    started = time.monotonic()
+    live = sys.stderr.isatty() and not args.json
+    if live:
+        with LiveProgress([str(repo) for repo, _ in targets]) as progress:
+            results = asyncio.run(copy_all(source, targets, transport=transport,
+                                           options=options, env=env, progress=progress))
+    else:
+        results = asyncio.run(copy_all(source, targets, transport=transport, options=options,
+                                       env=env))
+    seconds = time.monotonic() - started
+    if args.json:
+        print(results_json(results, seconds))
+    else:
+        print_results(results, seconds, sys.stdout)
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,158 @@
+"""One registry host: an httpx client with auth, scheme choice and error mapping.
+
+Everything above this module speaks in registry errors (``registry.errors``), never in httpx
+exceptions or raw status codes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator, Container, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import httpx
+
+from .auth import RegistryAuth
+from .errors import RegistryError, error_from_response, error_from_transport
+from .options import TransportOptions
+from .reference import is_loopback_host
+
+if TYPE_CHECKING:
+    from .credentials import Credential
+
+# An error body is for a diagnostic code and a message; never worth more than this.
+_ERROR_BODY_LIMIT = 64 * 1024
+_DOCKER_HUB = "docker.io"
+_DOCKER_HUB_API = "registry-1.docker.io"
+
+
+def api_host(registry: str) -> str:
+    """The host[:port] that serves the API for ``registry`` (Docker Hub's differs from its name)."""
+    return _DOCKER_HUB_API if registry == _DOCKER_HUB else registry
+
+
+def uses_plain_http(registry: str, insecure: frozenset[str]) -> bool:
+    """Plain HTTP for loopback (as Docker and crane do) and for hosts the user listed."""
+    if registry in insecure or is_loopback_host(registry):
+        return True
+    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+    if host in insecure:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class RegistryClient:
+    """Requests to one registry, with credentials that never leave its host."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        credential: Credential | None,
+        options: TransportOptions,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.registry = registry
+        self.options = options
+        self.plain_http = uses_plain_http(registry, options.insecure_registries)
+        scheme = "http" if self.plain_http else "https"
+        host = api_host(registry)
+        self.base_url = f"{scheme}://{host}"
+        self.http = httpx.AsyncClient(
+            auth=RegistryAuth(host, credential, allow_http_realm=self.plain_http),
+            timeout=httpx.Timeout(
+                options.read_timeout, connect=options.connect_timeout, pool=None,
+            ),
+            limits=httpx.Limits(
+                max_connections=options.max_connections_per_host,
+                max_keepalive_connections=options.max_connections_per_host,
+            ),
+            verify=options.ca_bundle or True,
+            follow_redirects=True,
+            headers={"User-Agent": options.user_agent},
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def url(self, path: str) -> str:
+        """Absolute URL for an API path (``/v2/...``) or a ``Location`` a registry returned."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}{path}"
+
+    def resolve(self, response: httpx.Response, location: str) -> str:
+        """Resolve a ``Location`` header against the response it came with."""
+        return str(response.request.url.join(location))
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        expected: Container[int],
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        content: httpx._types.RequestContent | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send a request and read its (small) body; raise a registry error unless ``expected``."""
+        async with self.stream(
+            method, url, expected=expected, what=what, headers=headers, content=content,
+            params=params,
+        ) as response:
+            await response.aread()
+            return response
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        expected: Container[int],
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        content: httpx._types.RequestContent | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Like :meth:`request`, but the caller reads the body as it arrives."""
+        request = self.http.build_request(
+            method, self.url(url), headers=headers, content=content, params=params,
+        )
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc, what) from None
+        try:
+            if response.status_code not in expected:
+                raise await self._failure(response, what)
+            yield response
+        except httpx.TransportError as exc:
+            raise error_from_transport(exc, what) from None
+        finally:
+            await response.aclose()
+
+    async def _failure(self, response: httpx.Response, what: str) -> RegistryError:
+        body = b""
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= _ERROR_BODY_LIMIT:
+                    break
+        except httpx.TransportError:
+            pass  # the status alone classifies the failure
+        # Hand the classifier a response whose body is exactly what we read.
+        clone = httpx.Response(
+            response.status_code, headers=response.headers, content=body[:_ERROR_BODY_LIMIT],
+            request=response.request,
+        )
+        return error_from_response(clone, what)

@@ -1,0 +1,80 @@
+"""Turn an environment mapping into the core's settings. The edges (CLI, worker start) pass
+``os.environ``; the core itself never reads the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .options import DEFAULT_BLOB_CONCURRENCY, CopyOptions, TransportOptions
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable and the value's problem."""
+
+
+def split_list(value: str) -> list[str]:
+    """Comma- or whitespace-separated items, blanks dropped."""
+    return [item for item in value.replace(",", " ").split() if item]
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def parse_size(text: str, *, name: str = "size") -> int:
+    """Bytes from ``8388608``, ``8M``, ``8MiB``, ``512k``."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1
+    for suffix, factor in (("K", 1024), ("M", 1024**2), ("G", 1024**3)):
+        if raw.endswith(suffix):
+            raw, scale = raw[:-1], factor
+            break
+    try:
+        value = int(float(raw) * scale)
+    except ValueError:
+        raise ConfigError(f"{name} {text!r} is not a size (try 8M or 8388608)") from None
+    if value <= 0:
+        raise ConfigError(f"{name} {text!r} must be positive")
+    return value
+
+
+def transport_options_from_env(
+    env: Mapping[str, str], *, insecure: list[str] | None = None, ca_bundle: str | None = None,
+    chunk_size: int | None = None,
+) -> TransportOptions:
+    """``FANOUT_INSECURE_REGISTRIES``, ``FANOUT_CA_BUNDLE``, ``FANOUT_CHUNK_SIZE`` and the
+    timeouts, with explicit (flag) values added or winning."""
+    hosts = set(split_list(env.get("FANOUT_INSECURE_REGISTRIES", "")))
+    hosts.update(insecure or [])
+    chunk = chunk_size
+    if chunk is None and env.get("FANOUT_CHUNK_SIZE", "").strip():
+        chunk = parse_size(env["FANOUT_CHUNK_SIZE"], name="FANOUT_CHUNK_SIZE")
+    return TransportOptions(
+        insecure_registries=frozenset(hosts),
+        ca_bundle=ca_bundle or env.get("FANOUT_CA_BUNDLE") or None,
+        connect_timeout=_number(env, "FANOUT_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        read_timeout=_number(env, "FANOUT_READ_TIMEOUT", 60.0, minimum=0.1),
+        chunk_size=chunk,
+    )
+
+
+def copy_options_from_env(
+    env: Mapping[str, str], *, blob_concurrency: int | None = None, referrers: bool | None = None,
+    referrer_types: tuple[str, ...] = (),
+) -> CopyOptions:
+    """``FANOUT_BLOB_CONCURRENCY`` and ``FANOUT_REFERRERS`` (``0`` turns referrers off)."""
+    concurrency = blob_concurrency or int(_number(
+        env, "FANOUT_BLOB_CONCURRENCY", DEFAULT_BLOB_CONCURRENCY, minimum=1))
+    if referrers is None:
+        referrers = env.get("FANOUT_REFERRERS", "1").strip().lower() not in ("0", "false", "no")
+    return CopyOptions(blob_concurrency=concurrency, referrers=referrers,
+                       referrer_types=referrer_types)

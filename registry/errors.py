@@ -1,0 +1,275 @@
+"""One error tree for everything that talks to a registry.
+
+::
+
+    RegistryError                      status, codes, method, url (redacted)
+    ├── TransientError                 may succeed on retry
+    │   ├── ConnectionFailed           refused, reset, cut mid-body, TLS handshake
+    │   ├── Timeout                    connect / read / write / pool timeout
+    │   ├── RateLimited                429 or TOOMANYREQUESTS; carries retry_after
+    │   └── ServerError                5xx, 408, UNAVAILABLE
+    └── PermanentError                 will not succeed on retry
+        ├── InvalidReference           also a ValueError; names the part that is wrong
+        ├── CredentialError            a credential helper or config that cannot be used
+        ├── Unauthorized               401 after a fresh token
+        ├── Denied                     403 or DENIED
+        ├── NotFound                   404, NAME_UNKNOWN, MANIFEST_UNKNOWN, BLOB_UNKNOWN
+        ├── DigestMismatch             bytes that do not hash to the digest asked for
+        ├── SizeMismatch               bytes whose length is not the descriptor's size
+        ├── InvalidManifest            malformed, too large, schema 1, unknown media type
+        ├── ProtocolError              a response the distribution spec does not allow
+        └── UnexpectedStatus           any other 4xx
+
+``is_transient(exc)`` is the one classifier: the request-tier retry (tenacity) and the task-tier
+retry (Celery) both ask it, so "what is worth retrying" is decided in exactly one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+# Query parameters safe to show: the protocol's own. Anything else (a storage backend's signed
+# URL, a token in a query string, an upload's opaque state) is masked: we cannot know it is safe.
+_SAFE_QUERY_KEYS = frozenset(
+    {"digest", "mount", "from", "n", "last", "artifactType", "scope", "service"})
+
+_TRANSIENT_CODES = frozenset({"TOOMANYREQUESTS", "UNAVAILABLE"})
+
+
+def redact_url(url: str | httpx.URL | None) -> str | None:
+    """Return ``url`` without user info and with every non-protocol query value masked."""
+    if url is None:
+        return None
+    parts = urlsplit(str(url))
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6 literal lost its brackets in .hostname
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    query = urlencode(
+        [(k, v if k in _SAFE_QUERY_KEYS else "REDACTED")
+         for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe=":/,",
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+class RegistryError(Exception):
+    """Base of every error fanout raises about a registry or an image."""
+
+    transient: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        codes: Iterable[str] = (),
+        method: str | None = None,
+        url: str | httpx.URL | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.codes = tuple(codes)
+        self.method = method
+        self.url = redact_url(url)
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f" ({self.method} {self.url})" if self.method and self.url else ""
+        status = f" [HTTP {self.status}]" if self.status else ""
+        return f"{self.message}{status}{where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary for results, the ledger and ``--json`` output."""
+        return {
+            "type": type(self).__name__,
+            "transient": self.transient,
+            "message": str(self),
+            "status": self.status,
+            "codes": list(self.codes),
+        }
+
+
+class TransientError(RegistryError):
+    """May succeed if tried again later."""
+
+    transient = True
+
+
+class PermanentError(RegistryError):
+    """Will not succeed however often it is tried."""
+
+    transient = False
+
+
+class ConnectionFailed(TransientError):
+    pass
+
+
+class Timeout(TransientError):
+    pass
+
+
+class RateLimited(TransientError):
+    pass
+
+
+class ServerError(TransientError):
+    pass
+
+
+class InvalidReference(PermanentError, ValueError):
+    pass
+
+
+class CredentialError(PermanentError):
+    pass
+
+
+class Unauthorized(PermanentError):
+    pass
+
+
+class Denied(PermanentError):
+    pass
+
+
+class NotFound(PermanentError):
+    pass
+
+
+class DigestMismatch(PermanentError):
+    pass
+
+
+class SizeMismatch(PermanentError):
+    pass
+
+
+class InvalidManifest(PermanentError):
+    pass
+
+
+class ProtocolError(PermanentError):
+    pass
+
+
+class UnexpectedStatus(PermanentError):
+    pass
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    from datetime import UTC, datetime
+
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _error_codes(body: bytes) -> tuple[list[str], str]:
+    """The distribution error codes and first message of an error body, if it has any."""
+    try:
+        doc = json.loads(body[:65536])
+    except (ValueError, UnicodeDecodeError):
+        return [], ""
+    errors = doc.get("errors") if isinstance(doc, Mapping) else None
+    if not isinstance(errors, list):
+        return [], ""
+    codes: list[str] = []
+    message = ""
+    for item in errors:
+        if isinstance(item, Mapping):
+            code = item.get("code")
+            if isinstance(code, str):
+                codes.append(code.upper())
+            if not message and isinstance(item.get("message"), str):
+                message = str(item["message"])[:200]
+    return codes, message
+
+
+def error_from_response(response: httpx.Response, what: str = "") -> RegistryError:
+    """Classify a failed response into the tree above; ``what`` says what we were doing.
+
+    The body must already be read (the caller decides how much of it is worth reading).
+    """
+    status = response.status_code
+    try:
+        body = response.content
+    except httpx.ResponseNotRead:
+        body = b""
+    codes, detail = _error_codes(body)
+    request = response.request
+    summary = what or "registry request failed"
+    if detail:
+        summary = f"{summary}: {detail}"
+    kwargs: dict[str, Any] = {
+        "status": status, "codes": codes, "method": request.method, "url": request.url,
+    }
+    code_set = set(codes)
+    if status == 429 or "TOOMANYREQUESTS" in code_set:
+        after = parse_retry_after(response.headers.get("retry-after"))
+        return RateLimited(summary, retry_after=after, **kwargs)
+    if status >= 500 or status == 408 or code_set & _TRANSIENT_CODES:
+        return ServerError(summary, retry_after=parse_retry_after(
+            response.headers.get("retry-after")), **kwargs)
+    if status == 401:
+        return Unauthorized(summary, **kwargs)
+    if status == 403 or "DENIED" in code_set:
+        return Denied(summary, **kwargs)
+    if status == 404:
+        return NotFound(summary, **kwargs)
+    return UnexpectedStatus(summary, **kwargs)
+
+
+def error_from_transport(exc: httpx.TransportError, what: str = "") -> RegistryError:
+    """Wrap an httpx transport failure, keeping the redacted request it belongs to."""
+    try:
+        request: httpx.Request | None = exc.request
+    except RuntimeError:  # httpx raises when the error was built without a request
+        request = None
+    method = request.method if request is not None else None
+    url = request.url if request is not None else None
+    summary = f"{what}: {type(exc).__name__}" if what else type(exc).__name__
+    text = str(exc)
+    if text:
+        summary = f"{summary}: {text[:200]}"
+    if isinstance(exc, httpx.TimeoutException):
+        return Timeout(summary, method=method, url=url)
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return ProtocolError(summary, method=method, url=url)
+    return ConnectionFailed(summary, method=method, url=url)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` is worth retrying: the single classifier both retry tiers use."""
+    if isinstance(exc, RegistryError):
+        return exc.transient
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return False
+    return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The server-requested delay carried by ``exc``, if any."""
+    return exc.retry_after if isinstance(exc, RegistryError) else None

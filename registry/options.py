@@ -1,0 +1,41 @@
+"""Frozen, typed settings the core takes as explicit objects (read at the edges, never here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .retry import REQUEST_RETRY, RetryPolicy
+
+DEFAULT_BLOB_CONCURRENCY = 4
+
+
+@dataclass(frozen=True, slots=True)
+class TransportOptions:
+    """How to reach registries: which may use plain HTTP, TLS trust, timeouts, pool size."""
+
+    # host[:port] names allowed to speak plain HTTP besides loopback (which always may).
+    insecure_registries: frozenset[str] = frozenset()
+    ca_bundle: str | None = None
+    connect_timeout: float = 10.0
+    # A read that stalls this long is a dead connection; the retry tiers take it from there.
+    read_timeout: float = 60.0
+    max_connections_per_host: int = 32
+    # Force chunked (PATCH) uploads of this many bytes; None uploads each blob in one PUT
+    # unless the registry asks for chunks.
+    chunk_size: int | None = None
+    user_agent: str = "fanout/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    """What one copy does and how hard it tries."""
+
+    blob_concurrency: int = DEFAULT_BLOB_CONCURRENCY
+    referrers: bool = True
+    # Keep only referrers of these artifact types; empty keeps all.
+    referrer_types: tuple[str, ...] = field(default_factory=tuple)
+    retry: RetryPolicy = REQUEST_RETRY
+
+    def __post_init__(self) -> None:
+        if self.blob_concurrency < 1:
+            raise ValueError(f"blob_concurrency must be at least 1, not {self.blob_concurrency}")

@@ -1,0 +1,51 @@
+"""A pool of registry clients, one per host, sharing credentials and transport settings."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import httpx
+
+from .client import RegistryClient
+from .credentials import CredentialStore
+from .options import TransportOptions
+
+
+class Registries:
+    """Hands out one :class:`RegistryClient` per registry host; use as an async context manager."""
+
+    def __init__(
+        self,
+        credentials: CredentialStore | None = None,
+        options: TransportOptions | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.options = options or TransportOptions()
+        self._transport = transport
+        self._clients: dict[str, RegistryClient] = {}
+
+    def client(self, registry: str) -> RegistryClient:
+        found = self._clients.get(registry)
+        if found is None:
+            credential = self.credentials.get(registry) if self.credentials else None
+            found = RegistryClient(
+                registry, credential=credential, options=self.options, transport=self._transport,
+            )
+            self._clients[registry] = found
+        return found
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> Registries:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
