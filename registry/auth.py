@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .bounded import bound_body
 from .challenge import Challenge, response_challenges
 from .errors import (
     Denied,
@@ -38,22 +39,14 @@ from .errors import (
     Unauthorized,
     error_from_response,
 )
+from .scopes import scope_key, scopes_for
 
 _LOG = logging.getLogger("fanout.auth")
 
 CLIENT_ID = "fanout"
-# Ping and token bodies are small JSON; anything bigger is a broken or hostile endpoint.
-MAX_AUTH_BODY = 1 << 20
 _DEFAULT_EXPIRES_IN = 60.0  # the token spec's default when expires_in is absent
 _EXPIRY_MARGIN = 10.0  # stop using a token this long before it expires: requests take time
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# /v2/<name>/<endpoint>: greedy name, anchored end, so a repository named ".../blobs/..." still
-# splits at the right place.
-_REPO_PATH = re.compile(
-    r"^/v2/(?P<name>[^:\s]+)/"
-    r"(?:manifests/[^/]+|blobs/uploads/[^/]*|blobs/[^/]+|tags/list|referrers/[^/]+)$"
-)
-_REPO_NAME = re.compile(r"^[^:\s/][^:\s]*$")
 # RFC 6750 b64token, loosened to any visible ASCII: tokens are opaque, but must be a header value.
 _HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")
 _OAUTH_UNSUPPORTED = frozenset({404, 405})
@@ -83,29 +76,6 @@ class _Sent(Enum):
 class _Token:
     value: str
     expires_at: float
-
-
-def scopes_for(request: httpx.Request) -> tuple[str, ...]:
-    """The token scopes a registry request needs; empty for ``/v2/`` and unknown paths."""
-    match = _REPO_PATH.match(request.url.path)
-    if match is None:
-        return ()
-    name = match["name"]
-    method = request.method.upper()
-    if method in ("GET", "HEAD"):
-        actions = "pull"
-    elif method == "DELETE":
-        # distribution checks "delete" for DELETE; asking more than granted is harmless, as
-        # token servers grant the intersection.
-        actions = "pull,push,delete"
-    else:
-        actions = "pull,push"
-    scopes = [f"repository:{name}:{actions}"]
-    source = request.url.params.get("from")
-    if (method == "POST" and "mount" in request.url.params and source
-            and source != name and _REPO_NAME.match(source)):
-        scopes.append(f"repository:{source}:pull")
-    return tuple(scopes)
 
 
 class RegistryAuth(httpx.Auth):
@@ -154,12 +124,14 @@ class RegistryAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401 or sent in (_Sent.BASIC, _Sent.STATIC):
             return
+        if not self._is_registry(response.request.url):
+            return  # a redirect target's challenge is not the registry's to answer
 
         challenge = _pick(response_challenges(response))
         if challenge is None or not self._can_answer(challenge):
             return
         # Whatever happens next, that token is no good for these scopes any more.
-        self._tokens.pop(_key(scopes), None)
+        self._tokens.pop(scope_key(scopes), None)
         if not replayable:
             _LOG.debug("not retrying a streamed request to %s after 401", self._registry)
             return
@@ -183,7 +155,7 @@ class RegistryAuth(httpx.Auth):
             while True:
                 response = yield outgoing
                 if outgoing is not request:
-                    _bound_body(response)
+                    bound_body(response)
                     response.read()
                 try:
                     outgoing = flow.send(response)
@@ -202,7 +174,7 @@ class RegistryAuth(httpx.Auth):
             while True:
                 response = yield outgoing
                 if outgoing is not request:
-                    _bound_body(response)
+                    bound_body(response)
                     await response.aread()
                 try:
                     outgoing = flow.send(response)
@@ -218,6 +190,9 @@ class RegistryAuth(httpx.Auth):
             return None
         if response.status_code != 401:
             raise error_from_response(response, f"ping of {self._registry} failed")
+        if not self._is_registry(response.request.url):
+            raise ProtocolError(f"ping of {self._registry} was redirected to another host",
+                                status=401, method="GET", url=response.request.url)
         challenge = _pick(response_challenges(response))
         if challenge is None:
             # Nothing we can answer (no header, or only schemes like Negotiate): requests go out
@@ -253,14 +228,14 @@ class RegistryAuth(httpx.Auth):
             return _Sent.BASIC
         if challenge.scheme != "bearer":
             return _Sent.NOTHING
-        token = self._tokens.get(_key(scopes))
+        token = self._tokens.get(scope_key(scopes))
         now = self._clock()
         if fresh or token is None or now >= token.expires_at - _EXPIRY_MARGIN:
             value, expires_in = yield from self._fetch_token(challenge, scopes, request)
             token = _Token(value, now + expires_in)  # counted from before the request: safe side
-            self._tokens[_key(scopes)] = token
+            self._tokens[scope_key(scopes)] = token
             if also_for is not None:
-                self._tokens[_key(also_for)] = token
+                self._tokens[scope_key(also_for)] = token
         request.headers["Authorization"] = f"Bearer {token.value}"
         return _Sent.FROM_REALM
 
@@ -330,7 +305,7 @@ class RegistryAuth(httpx.Auth):
         # clock skew between us and the token server cannot make a stale token look fresh.
         refresh = doc.get("refresh_token")
         if isinstance(refresh, str) and refresh and _HEADER_SAFE.match(refresh):
-            pass
+            self._learned_refresh_token = refresh
         return value, lifetime
 
     def _token_error(
@@ -408,53 +383,6 @@ class RegistryAuth(httpx.Auth):
         return httpx.Request(method, url, headers=all_headers, data=data, extensions=extensions)
 
 
-class _BoundedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """Fails once more than ``limit`` bytes have arrived."""
-
-    def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, url: httpx.URL) -> None:
-        self._inner = inner
-        self._url = url
-
-    def _too_big(self) -> ProtocolError:
-        return ProtocolError(f"response from {self._url.host} exceeds {MAX_AUTH_BODY} bytes",
-                             url=self._url)
-
-    def __iter__(self) -> Iterator[bytes]:
-        assert isinstance(self._inner, httpx.SyncByteStream)
-        total = 0
-        for chunk in self._inner:
-            total += len(chunk)
-            if total > MAX_AUTH_BODY:
-                raise self._too_big()
-            yield chunk
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert isinstance(self._inner, httpx.AsyncByteStream)
-        total = 0
-        async for chunk in self._inner:
-            total += len(chunk)
-            if total > MAX_AUTH_BODY:
-                raise self._too_big()
-            yield chunk
-
-    def close(self) -> None:
-        if isinstance(self._inner, httpx.SyncByteStream):
-            self._inner.close()
-
-    async def aclose(self) -> None:
-        if isinstance(self._inner, httpx.AsyncByteStream):
-            await self._inner.aclose()
-
-
-def _bound_body(response: httpx.Response) -> None:
-    """Make reading ``response`` fail past MAX_AUTH_BODY bytes, early if it says so up front."""
-    length = response.headers.get("content-length", "")
-    bounded = _BoundedStream(response.stream, response.request.url)
-    if length.isdigit() and int(length) > MAX_AUTH_BODY:
-        raise bounded._too_big()
-    response.stream = bounded
-
-
 def _oauth_unsupported(response: httpx.Response) -> bool:
     """A token server without the OAuth2 POST endpoint (token spec: fall back to GET)."""
     if response.status_code in _OAUTH_UNSUPPORTED:
@@ -475,10 +403,6 @@ def _pick(challenges: list[Challenge]) -> Challenge | None:
             if challenge.scheme == scheme:
                 return challenge
     return None
-
-
-def _key(scopes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(sorted(set(scopes)))
 
 
 def _basic(username: str, password: str) -> str:

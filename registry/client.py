@@ -7,6 +7,7 @@ exceptions or raw status codes.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Container, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -45,6 +46,16 @@ def uses_plain_http(registry: str, insecure: frozenset[str]) -> bool:
         return False
 
 
+def tls_context(options: TransportOptions) -> ssl.SSLContext:
+    """Verification always on; the system's trust plus a custom CA bundle when given.
+
+    Building one costs tens of milliseconds (loading the trust store), so callers share it.
+    """
+    if options.ca_bundle:
+        return ssl.create_default_context(cafile=options.ca_bundle)
+    return httpx.create_ssl_context()
+
+
 class RegistryClient:
     """Requests to one registry, with credentials that never leave its host."""
 
@@ -55,6 +66,7 @@ class RegistryClient:
         credential: Credential | None,
         options: TransportOptions,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.registry = registry
         self.options = options
@@ -71,7 +83,7 @@ class RegistryClient:
                 max_connections=options.max_connections_per_host,
                 max_keepalive_connections=options.max_connections_per_host,
             ),
-            verify=options.ca_bundle or True,
+            verify=tls if tls is not None else tls_context(options),
             follow_redirects=True,
             headers={"User-Agent": options.user_agent},
             transport=transport,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 
 import httpx
 
-from .client import RegistryClient
+from .client import RegistryClient, tls_context
 from .credentials import CredentialStore
 from .options import TransportOptions
 
@@ -25,13 +26,17 @@ class Registries:
         self.options = options or TransportOptions()
         self._transport = transport
         self._clients: dict[str, RegistryClient] = {}
+        self._tls: ssl.SSLContext | None = None
 
     def client(self, registry: str) -> RegistryClient:
         found = self._clients.get(registry)
         if found is None:
             credential = self.credentials.get(registry) if self.credentials else None
+            if self._tls is None:
+                self._tls = tls_context(self.options)
             found = RegistryClient(
                 registry, credential=credential, options=self.options, transport=self._transport,
+                tls=self._tls,
             )
             self._clients[registry] = found
         return found

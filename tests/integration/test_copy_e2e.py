@@ -37,8 +37,9 @@ def test_copy_every_kind_to_every_auth_kind(
 ) -> None:
     image = PUSHERS[kind](registries.source, unique_repo, "v1")
     dests = _destinations(registries)
-    out = run_fanout(["copy", image.tagged_reference or "", *(f"{d.host}/{unique_repo}" for d in dests),
-                      "--json"], fanout_env(config_dir))
+    targets = [f"{d.host}/{unique_repo}" for d in dests]
+    out = run_fanout(["copy", image.tagged_reference or "", *targets, "--json"],
+                     fanout_env(config_dir))
     assert out.returncode == 0, out.stderr + out.stdout
     report = json.loads(out.stdout)
     assert report["ok"] is True
@@ -93,9 +94,9 @@ def test_wrong_password_fails_permanently_without_leaking_it(
     config = write_docker_config(tmp_path / "docker", registries.all(),
                                  wrong_password=[registries.basic.host, registries.token.host])
     image = images.push_oci_image(registries.source, unique_repo, "v1")
-    out = run_fanout(["-vv", "copy", image.reference, f"{registries.basic.host}/{unique_repo}",
-                      f"{registries.token.host}/{unique_repo}", f"{registries.dest1.host}/{unique_repo}",
-                      "--json"], fanout_env(config))
+    targets = [f"{s.host}/{unique_repo}"
+               for s in (registries.basic, registries.token, registries.dest1)]
+    out = run_fanout(["-vv", "copy", image.reference, *targets, "--json"], fanout_env(config))
     assert out.returncode == 1
     rows = json.loads(out.stdout)["destinations"]
     assert [r["status"] for r in rows] == ["failed", "failed", "succeeded"]
@@ -108,7 +109,8 @@ def test_human_output_and_default_tag(
     registries: RegistrySet, unique_repo: str, config_dir: Path,
 ) -> None:
     image = images.push_oci_image(registries.source, unique_repo, "release-1")
-    out = run_fanout(["copy", image.tagged_reference or "", f"{registries.dest1.host}/{unique_repo}",
+    out = run_fanout(["copy", image.tagged_reference or "",
+                      f"{registries.dest1.host}/{unique_repo}",
                       f"{registries.dest2.host}/{unique_repo}:pinned", "--tag", "extra"],
                      fanout_env(config_dir))
     assert out.returncode == 0, out.stderr

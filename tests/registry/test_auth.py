@@ -9,7 +9,9 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
-from registry.auth import MAX_AUTH_BODY, RegistryAuth, scopes_for
+from registry.auth import RegistryAuth
+from registry.bounded import MAX_AUTH_BODY
+from registry.scopes import scopes_for
 from registry.credentials import Credential
 from registry.errors import (
     Denied,
@@ -126,6 +128,7 @@ def test_ping_carries_client_user_agent_and_timeout() -> None:
     for side in (ping, token):
         assert side.headers["user-agent"] == "fanout/test"
         assert side.extensions["timeout"] == fake.log[-1].extensions["timeout"]
+        assert side.headers["accept-encoding"] == "identity"  # the size bound is on raw bytes
 
 
 def test_ping_server_error_raises_server_error() -> None:
@@ -385,6 +388,7 @@ def test_401_for_streamed_body_is_returned_without_retry() -> None:
         fake.accepted.add("fresh")
         assert http.put(url, content=b"x").status_code == 200
     assert fake.log[-1].headers["authorization"] == "Bearer fresh"
+    assert len([r for r in fake.to(REGISTRY) if r.url.path.endswith("some-id")]) == 3
 
 
 def test_401_when_ping_needed_no_auth_adopts_the_new_challenge() -> None:
@@ -460,6 +464,38 @@ def test_redirect_to_storage_host_carries_no_authorization() -> None:
     assert blob.headers["authorization"] == "Bearer tok1"
     assert storage.url.host == "storage.test"
     assert "authorization" not in storage.headers
+
+
+def test_challenge_from_redirect_target_is_not_answered() -> None:
+    fake = Fake()
+    original = fake.__call__
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.test":
+            fake.log.append(request)
+            return httpx.Response(401, headers={
+                "WWW-Authenticate": 'Bearer realm="https://evil.test/token"'})
+        return original(request)
+
+    auth = RegistryAuth(REGISTRY, USER, allow_http_realm=False)
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=auth,
+                      follow_redirects=True) as http:
+        assert http.get("https://registry.test/v2/a/blobs/sha256:aa").status_code == 401
+    assert not fake.to("evil.test")
+    assert len(fake.to("storage.test")) == 1
+
+
+def test_ping_redirected_to_another_host_is_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == REGISTRY:
+            return httpx.Response(302, headers={"Location": "https://elsewhere.test/v2/"})
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="x"'})
+
+    auth = RegistryAuth(REGISTRY, USER, allow_http_realm=False)
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=auth,
+                      follow_redirects=True) as http, \
+            pytest.raises(ProtocolError, match="redirected"):
+        http.get(MANIFEST)
 
 
 def test_registry_host_with_explicit_default_port_matches() -> None:

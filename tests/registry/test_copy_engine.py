@@ -109,7 +109,7 @@ def test_mount_error_falls_back_to_upload() -> None:
 
 
 def test_second_destination_on_same_registry_mounts_from_first() -> None:
-    src, dst, hosts = two_registries()
+    src, _dst, hosts = two_registries()
     push_index(src, "app")
 
     async def both():  # type: ignore[no-untyped-def]
@@ -192,8 +192,7 @@ def test_digest_mismatch_in_streamed_blob_is_permanent_and_nothing_tagged() -> N
 
 
 def test_blob_redirect_to_storage_host_carries_no_authorization() -> None:
-    src, dst, hosts = two_registries()
-    storage = FakeRegistry("storage.test")
+    src, _dst, hosts = two_registries()
     layer = os.urandom(3000)
     src.push_image("app", [layer], tag="v1")
     seen: list[httpx.Request] = []
@@ -238,7 +237,8 @@ def test_registry_requiring_chunks_gets_chunks() -> None:
     assert dst.has_blob("app", sha256(layer))
     # one PATCH per blob (the layer, the config): chunks are at least the registry's minimum
     assert dst.count("PATCH") == 2
-    assert all(not r.content for r in dst.requests if r.method == "PUT" and "/uploads/" in str(r.url))
+    assert all(not r.content for r in dst.requests
+               if r.method == "PUT" and "/uploads/" in str(r.url))
 
 
 def test_monolithic_refused_switches_to_chunks() -> None:
@@ -267,7 +267,7 @@ def test_configured_chunk_size_is_used() -> None:
 
 
 def test_missing_source_is_permanent_not_found() -> None:
-    src, dst, hosts = two_registries()
+    _src, _dst, hosts = two_registries()
     result = run(copy(route(hosts), "src.test/nothing:v1", "dst.test/app"))
     assert isinstance(result.error, NotFound)
     assert not result.error.transient
