@@ -14,12 +14,12 @@ import os
 import resource
 import secrets
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,61 +39,92 @@ def timed(command: list[str] | str, *, shell: bool = False) -> float:
     return time.perf_counter() - started
 
 
-def median_of(rounds: int, run: Callable[[], float]) -> float:
-    return statistics.median(run() for _ in range(rounds))
+SKOPEO_CACHES = (Path("/var/lib/containers/cache"),
+                 Path.home() / ".local/share/containers/cache")
+
+
+def forget_skopeo_cache() -> None:
+    """skopeo remembers where it saw blobs and mounts from there; every run starts cold."""
+    for cache in SKOPEO_CACHES:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+class Destinations:
+    """Two fresh, empty registries per timed run (started and stopped outside the timing)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.servers: list[RegistryServer] = []
+
+    def __enter__(self) -> tuple[RegistryServer, RegistryServer]:
+        forget_skopeo_cache()
+        name = secrets.token_hex(4)
+        self.servers = [start_registry(self.tmp / f"{name}-{side}") for side in "ab"]
+        return self.servers[0], self.servers[1]
+
+    def __exit__(self, *exc: object) -> None:
+        for server in self.servers:
+            server.close()
+            shutil.rmtree(server.root, ignore_errors=True)
 
 
 def copy_benchmarks(args: argparse.Namespace, tmp: Path) -> list[str]:
     source = start_registry(tmp / "source")
-    dest_a = start_registry(tmp / "dest-a")
-    dest_b = start_registry(tmp / "dest-b")
-    servers: list[RegistryServer] = [source, dest_a, dest_b]
     try:
         image = images.push_oci_image(
             source, "bench/app", "v1", layers=args.layers,
             layer_size=args.layer_mb * 1024 * 1024, compress=False)
         src = image.reference
-
-        def fresh(server: RegistryServer) -> str:
-            return f"{server.host}/bench/{secrets.token_hex(4)}"
+        fresh = Destinations(tmp)
 
         def fanout_one() -> float:
-            return timed([*FANOUT, "copy", src, fresh(dest_a)])
+            with fresh as (a, _):
+                return timed([*FANOUT, "copy", src, f"{a.host}/bench/app"])
 
         def skopeo_one() -> float:
-            return timed([*SKOPEO, f"docker://{src}", f"docker://{fresh(dest_a)}:v1"])
+            with fresh as (a, _):
+                return timed([*SKOPEO, f"docker://{src}", f"docker://{a.host}/bench/app:v1"])
 
         def fanout_three() -> float:
-            return timed([*FANOUT, "copy", src, fresh(dest_a), fresh(dest_a), fresh(dest_b)])
+            with fresh as (a, b):
+                return timed([*FANOUT, "copy", src, f"{a.host}/bench/one", f"{a.host}/bench/two",
+                              f"{b.host}/bench/app"])
 
         def xargs_three() -> float:
-            dests = " ".join(f"{fresh(s)}:v1" for s in (dest_a, dest_a, dest_b))
-            # The working form of the recipe: -n1 (not -I{}), so each destination is one argument.
-            command = (f"printf '%s\\n' {dests} | xargs -n1 -P0 sh -c "
-                       f"{shlex.quote(' '.join(SKOPEO) + f' docker://{src} docker://$0')}")
-            return timed(command, shell=True)
+            with fresh as (a, b):
+                dests = f"{a.host}/bench/one:v1 {a.host}/bench/two:v1 {b.host}/bench/app:v1"
+                # The working form of the recipe: -n1 (not -I{}), so each destination is one
+                # argument.
+                command = (f"printf '%s\\n' {dests} | xargs -n1 -P0 sh -c "
+                           f"{shlex.quote(' '.join(SKOPEO) + f' docker://{src} docker://$0')}")
+                return timed(command, shell=True)
 
         def loop_three() -> float:
-            started = time.perf_counter()
-            for server in (dest_a, dest_a, dest_b):
-                timed([*SKOPEO, f"docker://{src}", f"docker://{fresh(server)}:v1"])
-            return time.perf_counter() - started
+            with fresh as (a, b):
+                started = time.perf_counter()
+                for dest in (f"{a.host}/bench/one", f"{a.host}/bench/two", f"{b.host}/bench/app"):
+                    timed([*SKOPEO, f"docker://{src}", f"docker://{dest}:v1"])
+                return time.perf_counter() - started
 
-        results = {name: median_of(args.rounds, fn) for name, fn in (
-            ("fanout, 1 destination", fanout_one), ("skopeo, 1 destination", skopeo_one),
-            ("fanout, 3 destinations", fanout_three),
-            ("xargs -P0 skopeo, 3 destinations", xargs_three),
-            ("sequential skopeo loop, 3 destinations", loop_three),
-        )}
+        runs = (("fanout, 1 destination", fanout_one), ("skopeo, 1 destination", skopeo_one),
+                ("fanout, 3 destinations", fanout_three),
+                ("xargs -P0 skopeo, 3 destinations", xargs_three),
+                ("sequential skopeo loop, 3 destinations", loop_three))
+        samples: dict[str, list[float]] = {name: [] for name, _ in runs}
+        for _ in range(args.rounds):  # interleaved, so drift in the machine hits every tool alike
+            for name, fn in runs:
+                samples[name].append(fn())
+        results = {name: statistics.median(values) for name, values in samples.items()}
     finally:
-        for server in servers:
-            server.close()
+        source.close()
     size_mb = args.layers * args.layer_mb
     lines = [f"Image: {args.layers} layers x {args.layer_mb} MiB (uncompressed, random) = "
-             f"{size_mb} MiB; median of {args.rounds} rounds; loopback registries "
-             f"(distribution {distribution_version()}), {os.cpu_count()} cores.", "",
-             "| run | seconds |", "| --- | --- |"]
-    lines += [f"| {name} | {secs:.2f} |" for name, secs in results.items()]
+             f"{size_mb} MiB; median of {args.rounds} interleaved rounds; fresh loopback "
+             f"registries per run (distribution {distribution_version()}), skopeo "
+             f"{skopeo_version()} with its blob cache cleared, {os.cpu_count()} cores.", "",
+             "| run | median s | all runs |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {results[name]:.2f} | {' '.join(f'{v:.2f}' for v in vals)} |"
+              for name, vals in samples.items()]
     one = results["fanout, 1 destination"] / results["skopeo, 1 destination"]
     three = results["fanout, 3 destinations"] / results["xargs -P0 skopeo, 3 destinations"]
     loop = results["fanout, 3 destinations"] / results["sequential skopeo loop, 3 destinations"]
@@ -137,6 +168,12 @@ def main() -> int:
             lines = copy_benchmarks(args, Path(tmp))
     print("\n".join(lines))
     return 0
+
+
+def skopeo_version() -> str:
+    out = subprocess.run(["skopeo", "--version"], capture_output=True, text=True,
+                         check=False).stdout.split()
+    return out[-1] if out else "?"
 
 
 def distribution_version() -> str:

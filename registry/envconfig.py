@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from .options import DEFAULT_BLOB_CONCURRENCY, CopyOptions, TransportOptions
+from .retry import REQUEST_RETRY
 
 
 class ConfigError(ValueError):
@@ -71,10 +73,17 @@ def copy_options_from_env(
     env: Mapping[str, str], *, blob_concurrency: int | None = None, referrers: bool | None = None,
     referrer_types: tuple[str, ...] = (),
 ) -> CopyOptions:
-    """``FANOUT_BLOB_CONCURRENCY`` and ``FANOUT_REFERRERS`` (``0`` turns referrers off)."""
+    """``FANOUT_BLOB_CONCURRENCY``, ``FANOUT_REFERRERS`` (``0`` turns referrers off) and the
+    request-tier retry policy (``FANOUT_REQUEST_ATTEMPTS``, ``FANOUT_REQUEST_MAX_ELAPSED``)."""
     concurrency = blob_concurrency or int(_number(
         env, "FANOUT_BLOB_CONCURRENCY", DEFAULT_BLOB_CONCURRENCY, minimum=1))
     if referrers is None:
         referrers = env.get("FANOUT_REFERRERS", "1").strip().lower() not in ("0", "false", "no")
+    retry = replace(
+        REQUEST_RETRY,
+        attempts=int(_number(env, "FANOUT_REQUEST_ATTEMPTS", REQUEST_RETRY.attempts, minimum=1)),
+        max_elapsed=_number(env, "FANOUT_REQUEST_MAX_ELAPSED", REQUEST_RETRY.max_elapsed,
+                            minimum=0),
+    )
     return CopyOptions(blob_concurrency=concurrency, referrers=referrers,
-                       referrer_types=referrer_types)
+                       referrer_types=referrer_types, retry=retry)

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+
+from tests.workers.conftest import FakeClock
+from workers.ledger import Ledger
+
+SOURCE = "src.example/app@sha256:" + "a" * 64
+TARGETS = [("r1.example/app", ["v1"]), ("r2.example/app", ["v1", "latest"])]
+
+
+@pytest.fixture
+def ledger(redis_client: Any, clock: FakeClock) -> Ledger:
+    return Ledger(redis_client, retention=3600, clock=clock)
+
+
+def test_a_new_release_is_all_queued(ledger: Ledger, clock: FakeClock) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    release = ledger.get(release_id)
+    assert release is not None
+    assert (release.id, release.source) == (release_id, SOURCE)
+    assert release.digest == "sha256:" + "a" * 64
+    assert release.created_at == clock.now
+    assert list(release.destinations) == ["r1.example/app", "r2.example/app"]
+    record = release.destinations["r2.example/app"]
+    assert (record.state, record.attempts, record.tags) == ("queued", 0, ("v1", "latest"))
+    assert record.last_error is None and record.started_at is None and record.stats == {}
+    assert not release.done and not release.ok
+
+
+def test_source_must_be_pinned(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="not pinned"):
+        ledger.create_release("src.example/app:v1", TARGETS)
+
+
+def test_ids_sort_by_time_and_recent_lists_newest_first(ledger: Ledger, clock: FakeClock) -> None:
+    first = ledger.create_release(SOURCE, TARGETS)
+    clock.advance(1)
+    second = ledger.create_release(SOURCE, TARGETS, release_id="rel-chosen")
+    clock.advance(1)
+    third = ledger.create_release(SOURCE, TARGETS)
+    assert first.startswith("rel-") and first < third
+    assert ledger.recent() == [third, second, first]
+    assert ledger.recent(2) == [third, second]
+    assert ledger.recent(0) == []
+
+
+def test_a_destination_through_retries_to_success(ledger: Ledger, clock: FakeClock) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    dest = "r1.example/app"
+    ledger.mark_running(release_id, dest, worker="w1@host")
+    clock.advance(2)
+    ledger.mark_retrying(release_id, dest, error="connection refused",
+                         error_type="ConnectionFailed", next_retry_at=clock.now + 5)
+    record = ledger.record(release_id, dest)
+    assert record is not None
+    assert (record.state, record.attempts, record.next_retry_at) == ("retrying", 1, clock.now + 5)
+    clock.advance(5)
+    ledger.mark_running(release_id, dest, worker="w2@host")
+    clock.advance(3)
+    ledger.mark_succeeded(release_id, dest, stats={"bytes_transferred": 1234, "blobs_uploaded": 2},
+                          seconds=3.0)
+    record = ledger.record(release_id, dest)
+    assert record is not None
+    assert (record.state, record.attempts, record.worker) == ("succeeded", 2, "w2@host")
+    assert (record.bytes, record.seconds) == (1234, 3.0)
+    assert record.stats == {"bytes_transferred": 1234, "blobs_uploaded": 2}
+    assert record.finished_at == record.updated_at == clock.now
+    assert record.next_retry_at is None
+    assert record.last_error == "connection refused"  # the history of an earlier attempt
+
+
+def test_succeeded_is_final(ledger: Ledger) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    dest = "r1.example/app"
+    ledger.mark_running(release_id, dest, worker=None)
+    ledger.mark_succeeded(release_id, dest, stats={}, seconds=1.0)
+    ledger.mark_running(release_id, dest, worker="late")
+    ledger.mark_failed(release_id, dest, error="late redelivery", error_type="X")
+    record = ledger.record(release_id, dest)
+    assert record is not None
+    assert (record.state, record.attempts, record.last_error) == ("succeeded", 1, None)
+
+
+def test_done_and_ok(ledger: Ledger) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    ledger.mark_succeeded(release_id, "r1.example/app", stats={}, seconds=1.0)
+    ledger.mark_running(release_id, "r2.example/app", worker=None)
+    ledger.mark_failed(release_id, "r2.example/app", error="denied", error_type="Denied")
+    release = ledger.get(release_id)
+    assert release is not None
+    assert release.done and not release.ok
+    doc = release.to_dict()
+    json.dumps(doc)
+    assert doc["destinations"]["r2.example/app"]["state"] == "failed"
+    assert doc["destinations"]["r2.example/app"]["tags"] == ["v1", "latest"]
+    assert (doc["done"], doc["ok"]) == (True, False)
+
+
+def test_failed_records_the_attempts_duration(ledger: Ledger, clock: FakeClock) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    clock.advance(4)
+    ledger.mark_failed(release_id, "r1.example/app", error="denied", error_type="Denied")
+    record = ledger.record(release_id, "r1.example/app")
+    assert record is not None and record.seconds == 4.0
+
+
+def test_every_key_expires_with_retention(ledger: Ledger, redis_client: Any) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    keys = [k for k in redis_client.keys("fanout:release:*")]
+    assert len(keys) == 4  # head, dests, two destinations
+    assert all(0 < redis_client.ttl(k) <= 3600 for k in keys)
+
+
+def test_old_releases_leave_the_index(ledger: Ledger, clock: FakeClock) -> None:
+    old = ledger.create_release(SOURCE, TARGETS)
+    clock.advance(3601)
+    new = ledger.create_release(SOURCE, TARGETS)
+    assert ledger.recent() == [new]
+    assert old != new
+
+
+def test_unknown_release(ledger: Ledger) -> None:
+    assert ledger.get("rel-nope") is None
+    assert ledger.record("rel-nope", "r1.example/app") is None
+
+
+def test_ensure_destination_creates_only_what_is_missing(ledger: Ledger) -> None:
+    ledger.ensure_destination("rel-adhoc", SOURCE, "r1.example/app", ["v1"])
+    release = ledger.get("rel-adhoc")
+    assert release is not None and release.source == SOURCE
+    assert release.destinations["r1.example/app"].state == "queued"
+    assert ledger.recent() == ["rel-adhoc"]
+
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    ledger.ensure_destination(release_id, SOURCE, "r1.example/app", ["other"])
+    record = ledger.record(release_id, "r1.example/app")
+    assert record is not None and (record.state, record.tags) == ("running", ("v1",))
+
+
+def test_a_transition_on_a_vanished_record_rebuilds_it(ledger: Ledger, redis_client: Any) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    redis_client.delete(f"fanout:release:{release_id}:dest:r1.example/app")
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    record = ledger.record(release_id, "r1.example/app")
+    assert record is not None and (record.state, record.attempts) == ("running", 1)
+
+
+def test_works_without_decode_responses(clock: FakeClock) -> None:
+    ledger = Ledger(fakeredis.FakeRedis(), clock=clock)
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    ledger.mark_running(release_id, "r1.example/app", worker="w")
+    release = ledger.get(release_id)
+    assert release is not None and release.destinations["r1.example/app"].worker == "w"
+    assert ledger.recent() == [release_id]

@@ -1,0 +1,72 @@
+"""At most one copy of a (destination, digest) at a time, across every worker and redelivery.
+
+``SET key token NX PX ttl`` takes the lock; the random token proves ownership, so a copy whose
+lock expired can never delete the lock a later copy holds. Release is compare-and-delete under
+``WATCH`` (optimistic, atomic, and needs no Lua, so fakeredis runs it as is). The expiry must
+outlive the task's hard time limit: a lock that expires while its copy still runs would let a
+second copy start.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import redis
+
+KEY_PREFIX = "fanout:lock:"
+
+
+class DestinationLock:
+    """A non-blocking lock on one (destination, digest); the caller decides what to do if held."""
+
+    def __init__(
+        self, client: redis.Redis[Any], destination: str, digest: str, ttl: float,
+        *, owner: str = "",
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError(f"lock ttl must be positive, not {ttl}")
+        self._redis = client
+        self.key = f"{KEY_PREFIX}{destination}@{digest}"
+        self.ttl = ttl
+        # The owner (e.g. the task id) is only for people reading the key; the random part
+        # is what makes the token unique.
+        self.token = f"{owner}/{secrets.token_hex(8)}" if owner else secrets.token_hex(8)
+        self.held = False
+
+    def acquire(self) -> bool:
+        """Take the lock if free; True when this instance now holds it."""
+        taken = self._redis.set(self.key, self.token, nx=True, px=max(1, int(self.ttl * 1000)))
+        self.held = bool(taken)
+        return self.held
+
+    def release(self) -> bool:
+        """Delete the lock if it is still ours; False when it had expired or changed hands."""
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    if _text(pipe.get(self.key)) != self.token:
+                        pipe.unwatch()
+                        self.held = False
+                        return False
+                    pipe.multi()
+                    pipe.delete(self.key)
+                    pipe.execute()
+                    self.held = False
+                    return True
+                except redis.WatchError:
+                    continue  # someone touched the key between GET and EXEC: look again
+
+    def holder(self) -> str | None:
+        """The token of whoever holds the lock now, if anyone."""
+        return _text(self._redis.get(self.key))
+
+    def __repr__(self) -> str:
+        return f"DestinationLock({self.key!r}, held={self.held})"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,193 @@
+"""What one delivery of the copy task decides, without Celery: the task only carries it out.
+
+::
+
+    arguments bad ────────────────────────────────────────────▶ Failed   (ledger: failed)
+    lock held by another copy ──────────────────────────────────▶ RetryLater (soon; ledger as is,
+                                                                   or retrying if not running)
+    lock taken → running → engine ─┬─ ok ───────────────────────▶ Succeeded (ledger: succeeded)
+                                   ├─ transient, within bounds ─▶ RetryLater (ledger: retrying)
+                                   └─ permanent, or out of bounds ▶ Failed (ledger: failed)
+
+The lock is released on every path out of the copy. Every ledger write is one atomic
+transition, so a worker killed anywhere leaves a consistent record.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from registry.errors import RegistryError, is_transient, retry_after_of
+
+from .engine import Engine
+from .job import CopyJob, JobError, parse_job
+from .ledger import Ledger
+from .locks import DestinationLock
+from .policy import TaskRetryPolicy
+
+log = logging.getLogger("fanout.worker")
+_ERROR_MAX = 1000
+# user:password@ in any URL an unexpected error message may quote.
+_USERINFO = re.compile(r"://[^/@\s]+@")
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    stats: dict[str, int]
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    countdown: float
+    reason: str
+
+
+Outcome = Succeeded | Failed | RetryLater
+
+
+class CopyRunner:
+    """Runs one delivery of a copy task against injected parts (ledger, lock store, engine)."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        locks: redis.Redis[Any],
+        engine: Engine,
+        policy: TaskRetryPolicy,
+        lock_ttl: float,
+        timeout: float | None = None,
+        transient: tuple[type[BaseException], ...] = (),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.ledger = ledger
+        self.locks = locks
+        self.engine = engine
+        self.policy = policy
+        self.lock_ttl = lock_ttl
+        self.timeout = timeout
+        # Exceptions from outside the engine that mean "try again" (Celery's soft time limit).
+        self.transient = transient
+        self._clock = clock
+        self._monotonic = monotonic
+        self._rand = rand
+
+    def run(
+        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any], *,
+        worker: str | None = None, owner: str = "",
+    ) -> Outcome:
+        """Decode, lock, copy, record; say what the task must do next."""
+        try:
+            job = parse_job(args, kwargs)
+        except JobError as exc:
+            log.error("%s", exc.reason)
+            if exc.release_id and exc.destination:
+                self.ledger.mark_failed(exc.release_id, exc.destination, error=exc.reason,
+                                        error_type="InvalidTask")
+            return Failed(exc.reason, "InvalidTask")
+        self.ledger.ensure_destination(job.release_id, job.source, job.destination, job.tags)
+        lock = DestinationLock(self.locks, job.destination, job.digest, self.lock_ttl,
+                               owner=owner)
+        if not lock.acquire():
+            return self._busy(job)
+        try:
+            return self._copy(job, worker)
+        finally:
+            try:
+                if not lock.release():
+                    log.warning("lock %s had expired before the copy ended", lock.key)
+            except redis.RedisError as exc:  # it expires by itself; say so and move on
+                log.warning("could not release lock %s: %s", lock.key, exc)
+
+    def _busy(self, job: CopyJob) -> Outcome:
+        record = self.ledger.record(job.release_id, job.destination)
+        now = self._clock()
+        created = record.created_at if record else now
+        # A lock is held at most lock_ttl: waiting longer than that past max_age means
+        # something else is wrong, and the destination fails rather than waits for ever.
+        if now - created > self.policy.max_age + self.lock_ttl:
+            reason = (f"another copy of {job.digest[:19]} to {job.destination} held the lock "
+                      f"past the retry window")
+            self.ledger.mark_failed(job.release_id, job.destination, error=reason,
+                                    error_type="LockHeld")
+            return Failed(reason, "LockHeld")
+        countdown = self.policy.busy(rand=self._rand)
+        reason = f"another copy of {job.digest[:19]} to {job.destination} is under way"
+        # A record already running is that other copy's (a redelivery of this very task):
+        # leave it alone; otherwise say why this one waits.
+        if record is not None and record.state not in ("running", "succeeded"):
+            self.ledger.mark_retrying(job.release_id, job.destination, error=reason,
+                                      error_type="LockHeld", next_retry_at=now + countdown)
+        log.info("%s: %s; again in %.1fs", job.release_id, reason, countdown)
+        return RetryLater(countdown, reason)
+
+    def _copy(self, job: CopyJob, worker: str | None) -> Outcome:
+        self.ledger.mark_running(job.release_id, job.destination, worker=worker)
+        started = self._monotonic()
+        try:
+            stats = self.engine.copy(job, timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, then classified
+            return self._failed_attempt(job, exc)
+        seconds = self._monotonic() - started
+        self.ledger.mark_succeeded(job.release_id, job.destination, stats=stats, seconds=seconds)
+        log.info("%s: %s copied to %s in %.2fs: %s", job.release_id, job.source,
+                 job.destination, seconds, stats)
+        return Succeeded(stats, seconds)
+
+    def _failed_attempt(self, job: CopyJob, exc: Exception) -> Outcome:
+        error, error_type = describe(exc)
+        transient = is_transient(exc) or isinstance(exc, self.transient)
+        if not isinstance(exc, (RegistryError, *self.transient)):
+            log.error("%s: unexpected error copying to %s", job.release_id, job.destination,
+                      exc_info=exc)
+        if not transient:
+            self.ledger.mark_failed(job.release_id, job.destination, error=error,
+                                    error_type=error_type)
+            log.warning("%s: %s failed for good: %s", job.release_id, job.destination, error)
+            return Failed(error, error_type)
+        record = self.ledger.record(job.release_id, job.destination)
+        now = self._clock()
+        attempts = record.attempts if record else 1
+        created = record.created_at if record else now
+        countdown = self.policy.countdown(attempts, retry_after_of(exc), rand=self._rand)
+        give_up = self.policy.gives_up(attempts, now + countdown - created)
+        if give_up:
+            reason = f"{error} ({give_up})"
+            self.ledger.mark_failed(job.release_id, job.destination, error=reason,
+                                    error_type=error_type)
+            log.warning("%s: %s failed: %s", job.release_id, job.destination, reason)
+            return Failed(reason, error_type)
+        self.ledger.mark_retrying(job.release_id, job.destination, error=error,
+                                  error_type=error_type, next_retry_at=now + countdown)
+        log.info("%s: %s attempt %d failed (%s); again in %.1fs", job.release_id,
+                 job.destination, attempts, error, countdown)
+        return RetryLater(countdown, error)
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """A message fit for the ledger and the error's type name.
+
+    ``str(RegistryError)`` is redacted by construction; anything else is cut short, since we
+    cannot vouch for what it says.
+    """
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, RegistryError):
+        text = _USERINFO.sub("://", text)
+    return text[:_ERROR_MAX], type(exc).__name__

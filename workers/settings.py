@@ -1,0 +1,130 @@
+"""The worker's settings, read once from the environment at worker start (and by the producer).
+
+=============================  ==========================  ========================================
+variable                       default                     meaning
+=============================  ==========================  ========================================
+FANOUT_BROKER_URL              redis://localhost:6379/0    Celery broker (``redis://``, ``amqp://``)
+FANOUT_LEDGER_URL              the broker, if Redis        Redis holding the release ledger
+FANOUT_TASK_MAX_RETRIES        8                           retries per destination after the first
+FANOUT_TASK_MAX_AGE            3600                        seconds a destination keeps retrying
+FANOUT_TASK_TIME_LIMIT         3600                        hard limit of one attempt (worker killed)
+FANOUT_TASK_SOFT_TIME_LIMIT    limit - 60 (or 90%)         the copy is abandoned and retried
+FANOUT_RETRY_BACKOFF           10                          first retry countdown bound, seconds
+FANOUT_RETRY_BACKOFF_MAX       600                         longest retry countdown, seconds
+FANOUT_LOCK_TTL                time limit + 60             expiry of the (destination, digest) lock
+FANOUT_LOCK_RETRY              10                          countdown while another copy holds it
+FANOUT_RETENTION               604800 (7 days)             ledger retention after the last update
+FANOUT_ROUTE_BY_REGISTRY       0                           1: one queue per destination registry
+FANOUT_VISIBILITY_TIMEOUT      see below                   Redis broker redelivery timeout
+=============================  ==========================  ========================================
+
+The worst case a message waits unacknowledged: a retry is published with a countdown of at most
+``retry_backoff_max`` (or ``lock_retry``); the worker holds it, unacknowledged, until then, and
+runs it for at most ``time_limit``. A Redis broker redelivers any message unacknowledged for
+``visibility_timeout``, so it must be longer than ``max(retry_backoff_max, lock_retry) +
+time_limit``, or a waiting retry would be delivered twice. The default adds five minutes of
+margin; a smaller explicit value is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from registry.envconfig import ConfigError
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_VISIBILITY_MARGIN = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Everything the workers (and the producer, for the broker and ledger) need to know."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    ledger_url: str = DEFAULT_BROKER_URL
+    max_retries: int = 8
+    max_age: float = 3600.0
+    time_limit: float = 3600.0
+    soft_time_limit: float = 3540.0
+    retry_backoff: float = 10.0
+    retry_backoff_max: float = 600.0
+    lock_ttl: float = 3660.0
+    lock_retry: float = 10.0
+    retention: float = 7 * 86400.0
+    route_by_registry: bool = False
+    visibility_timeout: float = 3600.0 + 600.0 + _VISIBILITY_MARGIN
+
+    def __post_init__(self) -> None:
+        if self.soft_time_limit > self.time_limit:
+            raise ConfigError(f"FANOUT_TASK_SOFT_TIME_LIMIT={self.soft_time_limit:g} exceeds "
+                              f"FANOUT_TASK_TIME_LIMIT={self.time_limit:g}")
+        if self.lock_ttl <= self.time_limit:
+            raise ConfigError(f"FANOUT_LOCK_TTL={self.lock_ttl:g} must outlive "
+                              f"FANOUT_TASK_TIME_LIMIT={self.time_limit:g}")
+        if self.retry_backoff > self.retry_backoff_max:
+            raise ConfigError(f"FANOUT_RETRY_BACKOFF={self.retry_backoff:g} exceeds "
+                              f"FANOUT_RETRY_BACKOFF_MAX={self.retry_backoff_max:g}")
+        if self.visibility_timeout <= self.worst_unacked:
+            raise ConfigError(
+                f"FANOUT_VISIBILITY_TIMEOUT={self.visibility_timeout:g} must exceed the longest "
+                f"retry countdown plus FANOUT_TASK_TIME_LIMIT ({self.worst_unacked:g} s)")
+
+    @property
+    def worst_unacked(self) -> float:
+        """Longest time a message can stay delivered but unacknowledged (see the module doc)."""
+        return max(self.retry_backoff_max, self.lock_retry) + self.time_limit
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        """Read the ``FANOUT_*`` variables above; raise ``ConfigError`` naming a bad one."""
+        broker = env.get("FANOUT_BROKER_URL", "").strip() or DEFAULT_BROKER_URL
+        ledger = env.get("FANOUT_LEDGER_URL", "").strip() or (
+            broker if broker.startswith(_REDIS_SCHEMES) else DEFAULT_BROKER_URL)
+        time_limit = _number(env, "FANOUT_TASK_TIME_LIMIT", 3600.0, minimum=1)
+        backoff_max = _number(env, "FANOUT_RETRY_BACKOFF_MAX", 600.0, minimum=0)
+        lock_retry = _number(env, "FANOUT_LOCK_RETRY", 10.0, minimum=0)
+        # Leave the copy a minute (or a tenth of a short limit) to give up cleanly.
+        soft_default = max(time_limit - 60.0, time_limit * 0.9)
+        return cls(
+            broker_url=broker,
+            ledger_url=ledger,
+            max_retries=int(_number(env, "FANOUT_TASK_MAX_RETRIES", 8, minimum=0)),
+            max_age=_number(env, "FANOUT_TASK_MAX_AGE", 3600.0, minimum=0),
+            time_limit=time_limit,
+            soft_time_limit=_number(env, "FANOUT_TASK_SOFT_TIME_LIMIT", soft_default,
+                                    minimum=1),
+            retry_backoff=_number(env, "FANOUT_RETRY_BACKOFF", 10.0, minimum=0),
+            retry_backoff_max=backoff_max,
+            lock_ttl=_number(env, "FANOUT_LOCK_TTL", time_limit + 60.0, minimum=1),
+            lock_retry=lock_retry,
+            retention=_number(env, "FANOUT_RETENTION", 7 * 86400.0, minimum=1),
+            route_by_registry=_flag(env, "FANOUT_ROUTE_BY_REGISTRY"),
+            visibility_timeout=_number(
+                env, "FANOUT_VISIBILITY_TIMEOUT",
+                max(backoff_max, lock_retry) + time_limit + _VISIBILITY_MARGIN, minimum=1),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be a number of at least {minimum:g}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}={raw!r} is not 0 or 1")

@@ -1,0 +1,78 @@
+"""The one task, ``fanout.copy``: one destination of one release.
+
+Sent as ``app.send_task("fanout.copy", kwargs={"release_id": ..., "source": "repo@sha256:...",
+"destination": "host/repo", "tags": [...], "referrers": {"enabled": true, "types": []}})``.
+No credentials travel in the message; the worker finds its own. The task is thin: the
+decisions are :class:`workers.runner.CopyRunner`'s, the copy is the engine's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+import redis
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from .app import app, settings
+from .engine import CopyEngine
+from .job import TASK_NAME, JobError, parse_job
+from .ledger import Ledger
+from .policy import TaskRetryPolicy
+from .runner import CopyRunner, Failed, RetryLater, Succeeded
+
+log = logging.getLogger("fanout.worker")
+
+
+@functools.cache
+def runner() -> CopyRunner:
+    """This worker process's runner, built on first use (after the prefork fork)."""
+    client = redis.Redis.from_url(settings.ledger_url, decode_responses=True,
+                                  socket_connect_timeout=10, socket_timeout=30,
+                                  health_check_interval=30)
+    return CopyRunner(
+        ledger=Ledger(client, retention=settings.retention),
+        locks=client,
+        engine=CopyEngine(os.environ),
+        policy=TaskRetryPolicy.from_settings(settings),
+        lock_ttl=settings.lock_ttl,
+        timeout=settings.soft_time_limit,
+        transient=(SoftTimeLimitExceeded,),
+    )
+
+
+class CopyTask(Task):  # type: ignore[misc]  # celery is untyped
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        # After a hard time limit Celery calls this in the worker's main process: the child
+        # that would have recorded the outcome is dead, so record it here.
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        try:
+            job = parse_job(args or (), kwargs or {})
+            runner().ledger.mark_failed(
+                job.release_id, job.destination, error_type="TimeLimitExceeded",
+                error=f"killed at the hard time limit ({settings.time_limit:g} s, "
+                      "FANOUT_TASK_TIME_LIMIT)")
+        except (JobError, redis.RedisError) as err:
+            log.error("could not record the time limit of task %s: %s", task_id, err)
+
+
+# typing=False: the runner checks the arguments itself, so a malformed message is recorded as
+# failed in the ledger instead of dying in Celery's signature check.
+@app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+    bind=True, base=CopyTask, name=TASK_NAME, max_retries=None, acks_late=True, typing=False)
+def copy(self: CopyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Copy one release's image to one destination; retries and failures are per destination."""
+    outcome = runner().run(args, kwargs, worker=self.request.hostname,
+                           owner=self.request.id or "")
+    if isinstance(outcome, RetryLater):
+        # max_retries=None: the runner bounds retries (attempts and age, from the ledger).
+        raise self.retry(countdown=outcome.countdown, max_retries=None)
+    if isinstance(outcome, Succeeded):
+        return {"state": "succeeded", "seconds": round(outcome.seconds, 3), **outcome.stats}
+    assert isinstance(outcome, Failed)
+    return {"state": "failed", "error_type": outcome.error_type, "error": outcome.reason}
