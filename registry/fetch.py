@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -9,8 +10,15 @@ from dataclasses import dataclass
 import httpx
 
 from .client import RegistryClient
-from .errors import InvalidManifest, NotFound, ProtocolError
-from .manifest import ACCEPT_MANIFESTS, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from .errors import InvalidManifest, NotFound, ProtocolError, UnexpectedStatus
+from .manifest import (
+    ACCEPT_MANIFESTS,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+    parse_manifest,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +117,105 @@ async def blob_stream(
                 method="GET", url=response.request.url,
             )
         yield response
+
+
+# -- listings: tags and referrers, each possibly paginated through ``Link`` -------------------
+
+# A listing that never ends is a broken or hostile registry, not a repository worth reading.
+_MAX_PAGES = 1000
+# Asked of the registry per page; one that wants fewer answers with fewer and a ``Link``.
+TAGS_PAGE_SIZE = 1000
+
+
+def _next_page(client: RegistryClient, response: httpx.Response) -> str | None:
+    """The ``Link: <url>; rel="next"`` target, resolved against the request, if any."""
+    link = response.links.get("next", {}).get("url")
+    return client.resolve(response, link) if link else None
+
+
+async def _get_listing(
+    client: RegistryClient, url: str, *, what: str, accept: str | None = None,
+    params: dict[str, str] | None = None,
+) -> tuple[bytes, str, str | None]:
+    """One page's body (bounded like a manifest), its Content-Type and the next page's URL."""
+    async with client.stream(
+        "GET", url, expected=(200,), what=what, params=params,
+        headers={"Accept": accept} if accept else None,
+    ) as response:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise ProtocolError(f"{what}: the answer is over 4 MiB",
+                                    method="GET", url=response.request.url)
+        return (bytes(body), response.headers.get("content-type", ""),
+                _next_page(client, response))
+
+
+async def tags_list(
+    client: RegistryClient, repository: str, *, page_size: int = TAGS_PAGE_SIZE,
+) -> list[str]:
+    """Every tag of ``repository``, following ``Link`` pages; [] when the repository is unknown."""
+    url: str | None = f"/v2/{repository}/tags/list"
+    params: dict[str, str] | None = {"n": str(page_size)}
+    tags: list[str] = []
+    seen_urls: set[str] = set()
+    for _ in range(_MAX_PAGES):
+        if url is None or url in seen_urls:
+            return tags
+        seen_urls.add(url)
+        try:
+            body, _, next_url = await _get_listing(
+                client, url, params=params, what=f"list tags of {repository}")
+        except NotFound:
+            return tags
+        except UnexpectedStatus as exc:
+            # A registry whose page limit is below ours may refuse ``n`` outright (400):
+            # ask again without it and let the registry pick the page size.
+            if exc.status != 400 or not params:
+                raise
+            seen_urls.discard(url)
+            params = None
+            continue
+        try:
+            page = json.loads(body)
+            names = page.get("tags") or []
+        except (ValueError, AttributeError):
+            raise ProtocolError(f"list tags of {repository}: the answer is not a tag list",
+                                method="GET", url=client.url(url)) from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProtocolError(f"list tags of {repository}: tags is not a list of strings",
+                                method="GET", url=client.url(url))
+        tags.extend(names)
+        url, params = next_url, None  # the Link carries its own n and last
+    raise ProtocolError(f"list tags of {repository}: more than {_MAX_PAGES} pages")
+
+
+async def referrers_get(
+    client: RegistryClient, repository: str, digest: str, *, artifact_type: str | None = None,
+) -> tuple[Descriptor, ...]:
+    """The referrers API's descriptors for ``digest``, all pages.
+
+    NotFound (404) means the registry has no referrers API (one that has it answers 200 with an
+    empty index for any digest); InvalidManifest means the answer was not an OCI index. The
+    registry may ignore ``artifact_type``: callers filter again.
+    """
+    url: str | None = f"/v2/{repository}/referrers/{digest}"
+    params = {"artifactType": artifact_type} if artifact_type else None
+    found: list[Descriptor] = []
+    seen_urls: set[str] = set()
+    for _ in range(_MAX_PAGES):
+        if url is None or url in seen_urls:
+            return tuple(found)
+        seen_urls.add(url)
+        body, content_type, next_url = await _get_listing(
+            client, url, params=params, accept=OCI_INDEX,
+            what=f"list referrers of {repository}@{digest[:19]}")
+        index = parse_manifest(body, content_type)
+        if index.media_type != OCI_INDEX:
+            raise InvalidManifest(f"referrers of {digest[:19]} came as {index.media_type}, "
+                                  "not an OCI index")
+        found.extend(index.children)
+        url, params = next_url, None
+    raise ProtocolError(f"list referrers of {repository}@{digest[:19]}: more than "
+                        f"{_MAX_PAGES} pages")
