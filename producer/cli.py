@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from registry.envconfig import ConfigError
 from registry.errors import InvalidReference, RegistryError
 
-from . import copy_cmd
+from . import copy_cmd, enqueue_cmd, status_cmd
 from .common import UsageError
 
 EXIT_OK = 0
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log more (-v: retries and decisions, -vv: every request)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     copy_cmd.add_parser(commands)
+    enqueue_cmd.add_parser(commands)
+    status_cmd.add_parser(commands)
     return parser
 
 

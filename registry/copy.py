@@ -151,7 +151,7 @@ class Copier:
         if self.options.referrers:
             # Signatures and SBOMs land before the tags: a tag means "complete", and an image
             # without its signatures fails admission where it is deployed.
-            stats.referrers_copied += await copy_referrers(self, source, destination, root)
+            stats.referrers_copied += await copy_referrers(self, source, destination, root, stats)
         await self._write_tags(dest, root, tags)
         return stats
 

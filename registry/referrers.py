@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
-import json
 import logging
-import random
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import InvalidManifest, NotFound, PermanentError, RegistryError, TransientError
+from .errors import NotFound, PermanentError, RegistryError, TransientError
 from .fetch import manifest_get, manifest_head, referrers_get, tags_list
-from .manifest import OCI_INDEX, Descriptor, Manifest, is_index_media_type, parse_manifest
-from .push import manifest_put
+from .manifest import OCI_INDEX, Descriptor, Manifest, is_index_media_type
+from .referrers_index import fallback_tag, merge_fallback_index
+from .results import CopyStats
 from .retry import retry_async
 
 if TYPE_CHECKING:
@@ -58,18 +55,14 @@ COSIGN_TYPES: dict[str, frozenset[str]] = {
                       "application/vnd.dsse.envelope.v1+json"}),
     "sbom": frozenset({"application/vnd.dev.cosign.artifact.sbom.v1+json"}),
 }
-# Rounds of write-and-read-back on a fallback index before contention counts as a failure.
-MERGE_ATTEMPTS = 5
-# Least pause before reading our PUT back; the pause is also at least our own read-to-PUT time,
-# the best guess at how long a concurrent writer's stale PUT can still take to land.
-SETTLE_SECONDS = 0.03
-
 # Set while a referrer is being copied: its own copy_referrers call then leaves the fallback
 # index entry to the caller, which writes all of a subject's entries in one merge.
 _AS_REFERRER: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "fanout_as_referrer", default=False)
 # The (destination, subject) pairs being worked on by this task and its callers: meeting one
 # again is a cycle through tags, not work to wait for.
+_PARENT_STATS: contextvars.ContextVar[CopyStats | None] = contextvars.ContextVar(
+    "fanout_referrer_parent_stats", default=None)
 _ANCESTRY: contextvars.ContextVar[frozenset[tuple[str, str]]] = contextvars.ContextVar(
     "fanout_referrer_ancestry", default=frozenset())
 
@@ -100,12 +93,6 @@ class _Found:
     tag: str | None = None
 
 
-def fallback_tag(digest: str) -> str:
-    """The referrers tag schema's tag for ``digest``: ``<alg>-<hex>``, truncated as OCI says."""
-    algorithm, _, encoded = digest.partition(":")
-    return f"{algorithm[:32]}-{encoded[:64]}"
-
-
 def referrer_descriptor(manifest: Manifest) -> dict[str, Any]:
     """The index entry for a referrer: its type, digest and size, artifactType, annotations."""
     entry: dict[str, Any] = {"mediaType": manifest.media_type, "digest": manifest.digest,
@@ -120,11 +107,23 @@ def referrer_descriptor(manifest: Manifest) -> dict[str, Any]:
 
 async def copy_referrers(
     copier: Copier, source: Reference, destination: Repository, root: Manifest,
+    stats: CopyStats | None = None,
 ) -> int:
     """Copy the referrers of ``root`` and of every manifest inside it; return how many.
 
-    Called by ``Copier.copy_image`` once ``root`` is at ``destination``, before its tags.
+    Called by ``Copier.copy_image`` once ``root`` is at ``destination``, before its tags. What
+    the referrers move (bytes, blobs) is added to ``stats``, the destination's counters.
     """
+    token = _PARENT_STATS.set(stats)
+    try:
+        return await _copy_referrers(copier, source, destination, root)
+    finally:
+        _PARENT_STATS.reset(token)
+
+
+async def _copy_referrers(
+    copier: Copier, source: Reference, destination: Repository, root: Manifest,
+) -> int:
     state = _STATES.setdefault(copier, _RunState())
     repository = source.repository
     copied = 0
@@ -320,6 +319,9 @@ async def _copy_found(
                 _AS_REFERRER.reset(token)
             state.copied.add(key)
             copied += 1 + stats.referrers_copied
+            parent = _PARENT_STATS.get()
+            if parent is not None:
+                parent.absorb(stats)
         if item.tag is None:
             manifest = await copier._source_manifest(repository, item.digest)
             entries.append(referrer_descriptor(manifest))
@@ -357,71 +359,6 @@ async def _destination_has_api(
                          registry, exc)
                 state.destination_api[registry] = False
     return state.destination_api[registry]
-
-
-async def merge_fallback_index(
-    copier: Copier, destination: Repository, tag: str, entries: Sequence[dict[str, Any]],
-) -> None:
-    """Add ``entries`` to the OCI index tagged ``tag``, keeping every entry already there.
-
-    No registry offers compare-and-swap on a tag, so a writer that read before our PUT can land
-    after it and drop our entries: read back after a pause, and merge again when that happened.
-    """
-    client = copier.registries.client(destination.registry)
-
-    async def read() -> dict[str, Any] | None:
-        try:
-            current = await _retry(copier, lambda: manifest_get(client, destination.path, tag),
-                                   f"get {destination}:{tag}")
-        except NotFound:
-            return None
-        if current.media_type != OCI_INDEX:
-            raise InvalidManifest(
-                f"{destination}:{tag} holds a {current.media_type}, not the OCI index of the "
-                "referrers tag schema; refusing to overwrite it")
-        doc: dict[str, Any] = json.loads(current.raw)
-        return doc
-
-    started = time.monotonic()
-    doc = await read()
-    for attempt in range(1, MERGE_ATTEMPTS + 1):
-        missing = _missing(doc, entries)
-        if not missing:
-            return
-        if attempt > 1:
-            log.info("%s:%s lost %d entries to a concurrent writer; merging again",
-                     destination, tag, len(missing))
-        merged = _merged(doc, missing)
-        await _retry(copier, functools.partial(manifest_put, client, destination.path, tag,
-                                               merged), f"put {destination}:{tag}")
-        # A rival's read-to-PUT takes about as long as ours did: wait that long (at least
-        # SETTLE_SECONDS), growing and jittered per round, so its stale PUT lands before we look.
-        window = max(SETTLE_SECONDS, time.monotonic() - started)
-        await asyncio.sleep(window * attempt * (1 + random.random()))  # noqa: S311
-        started = time.monotonic()
-        doc = await read()
-    if _missing(doc, entries):
-        raise TransientError(f"{destination}:{tag} kept losing our entries to concurrent "
-                             f"writers after {MERGE_ATTEMPTS} merges")
-
-
-def _missing(doc: dict[str, Any] | None, entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    present = {item.get("digest") for item in (doc or {}).get("manifests", [])
-               if isinstance(item, dict)}
-    missing: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        if entry["digest"] not in present:
-            missing.setdefault(entry["digest"], entry)
-    return list(missing.values())
-
-
-def _merged(doc: dict[str, Any] | None, missing: Sequence[dict[str, Any]]) -> Manifest:
-    """The index with ``missing`` appended; everything else in it (entries, annotations) kept."""
-    merged: dict[str, Any] = dict(doc) if doc is not None else {
-        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-    merged["manifests"] = [*merged.get("manifests", []), *missing]
-    raw = json.dumps(merged, separators=(",", ":")).encode()
-    return parse_manifest(raw, OCI_INDEX)
 
 
 async def _retry(copier: Copier, operation: Callable[[], Awaitable[T]], what: str) -> T:

@@ -24,6 +24,15 @@ class CopyStats:
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def absorb(self, other: CopyStats) -> None:
+        """Add what another copy (a referrer's) moved; its referrer count is the caller's."""
+        self.bytes_transferred += other.bytes_transferred
+        self.blobs_skipped += other.blobs_skipped
+        self.blobs_mounted += other.blobs_mounted
+        self.blobs_uploaded += other.blobs_uploaded
+        self.manifests_copied += other.manifests_copied
+        self.manifests_skipped += other.manifests_skipped
+
 
 @dataclass(frozen=True, slots=True)
 class CopyResult:

@@ -39,7 +39,12 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for a dead worker's overdue messages every 10 s rather than every 100 s
+            # (kombu's default throttle), so redelivery follows the visibility timeout closely.
+            "unacked_restore_throttle": 1,
+        },
         "task_time_limit": settings.time_limit,
         "task_soft_time_limit": (settings.soft_time_limit + settings.time_limit) / 2,
         "broker_connection_retry_on_startup": True,

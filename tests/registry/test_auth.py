@@ -11,7 +11,6 @@ import pytest
 
 from registry.auth import RegistryAuth
 from registry.bounded import MAX_AUTH_BODY
-from registry.scopes import scopes_for
 from registry.credentials import Credential
 from registry.errors import (
     Denied,
@@ -21,6 +20,7 @@ from registry.errors import (
     Unauthorized,
     UnexpectedStatus,
 )
+from registry.scopes import scopes_for
 
 REGISTRY = "registry.test"
 BEARER = 'Bearer realm="https://auth.test/token",service="registry.test"'

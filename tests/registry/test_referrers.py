@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry import referrers
+from registry import referrers_index
 from registry.copy import Copier
 from registry.errors import InvalidManifest, NotFound, TransientError
 from registry.fetch import referrers_get, tags_list
@@ -196,7 +196,7 @@ def copy(handler: Callable[[httpx.Request], httpx.Response], source: str = "src.
 
 @pytest.fixture(autouse=True)
 def no_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(referrers, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(referrers_index, "SETTLE_SECONDS", 0.0)
 
 
 # -- the referrers API ----------------------------------------------------------------------
@@ -454,7 +454,7 @@ def test_endless_contention_is_a_transient_failure() -> None:
     result = copy(clobbering(dst, handler, tag, times=1000))
 
     assert isinstance(result.error, TransientError)
-    assert dst.count("PUT", rf"/manifests/{tag}$") == referrers.MERGE_ATTEMPTS
+    assert dst.count("PUT", rf"/manifests/{tag}$") == referrers_index.MERGE_ATTEMPTS
     assert "v1" not in dst.manifests["app"]
 
 

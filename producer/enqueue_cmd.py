@@ -1,0 +1,107 @@
+"""``fanout enqueue``: pin the source, record a release, send one task per destination."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+from . import api
+from .common import UsageError, add_referrer_flags
+from .config import load_config, pick_destinations
+from .status_cmd import (
+    EXIT_CODES_HELP,
+    TransitionPrinter,
+    add_wait_flags,
+    check_wait_flags,
+    show,
+    wait_all,
+)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "enqueue", help="queue a copy of an image to many repositories, for the workers",
+        description="Pin SOURCE to its digest, record a release and queue one copy task per "
+                    "destination; print the release id. SOURCE '-' reads references from "
+                    "standard input, one per line, each its own release. Destinations: DEST "
+                    "arguments, else --to NAME, else FANOUT_DESTINATIONS, else the default set "
+                    f"of fanout.toml. With --wait: {EXIT_CODES_HELP}",
+    )
+    parser.add_argument("source", metavar="SOURCE",
+                        help="image reference, by tag or digest; '-' reads them from stdin")
+    parser.add_argument("destinations", metavar="DEST", nargs="*",
+                        help="repository, optionally with a tag")
+    parser.add_argument("--tag", "-t", action="append", default=[], metavar="T",
+                        help="tag every destination with T (repeatable); default: the "
+                             "destination's own tag, else the source's")
+    parser.add_argument("--to", metavar="NAME", help="the destination set NAME of fanout.toml")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
+    parser.add_argument("--broker", metavar="URL",
+                        help="broker URL (default: $FANOUT_BROKER_URL, else "
+                             "redis://localhost:6379/0)")
+    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                        help="allow plain HTTP to this registry when resolving the source "
+                             "(loopback always may); also FANOUT_INSECURE_REGISTRIES")
+    add_wait_flags(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print the releases as JSON (with --wait: their final state)")
+    add_referrer_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def read_sources(lines: Iterable[str]) -> list[str]:
+    """References from a stream, one per line; blank lines and ``#`` comments skipped.
+
+    Extra words on a line are an error rather than guessed at: ``ko build`` prints one
+    reference per line, and anything else is a pipe carrying the wrong output.
+    """
+    sources = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if len(text.split()) > 1:
+            raise UsageError(f"stdin line {number}: expected one image reference, got {text!r}")
+        sources.append(text)
+    return sources
+
+
+def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
+    check_wait_flags(args)
+    env = os.environ
+    if args.source == "-":
+        sources = read_sources(stdin or sys.stdin)
+        if not sources:
+            raise UsageError("no image references on standard input")
+    else:
+        sources = [args.source]
+    config = load_config(args.config, env)
+    destinations, origin = pick_destinations(args.destinations, env, config, args.to)
+    if not destinations:
+        raise UsageError("no destinations: give DEST arguments, --to NAME, "
+                         "FANOUT_DESTINATIONS (comma-separated) or a default set in fanout.toml")
+    ids = api.enqueue(
+        sources, destinations, tags=args.tag, referrers=not args.no_referrers,
+        referrer_types=args.referrers_type, env=env, broker_url=args.broker,
+        insecure_registries=[*config.insecure_registries, *args.insecure_registry],
+    )
+    ledger = api.connect_ledger(api.queue_settings(env, args.broker))
+    if not args.wait:
+        if args.json:
+            releases = [api.status(release_id, ledger=ledger) for release_id in ids]
+            print(json.dumps({"releases": [r.to_dict() for r in releases]}, indent=2))
+        else:
+            print("\n".join(ids))
+            print(f"enqueued {len(ids)} release(s) to {len(destinations)} destination(s) "
+                  f"from {origin}; follow with: fanout status RELEASE --wait", file=sys.stderr)
+        return api.EXIT_OK
+    if not args.json:
+        print("\n".join(ids), flush=True)
+    releases = wait_all(ids, ledger, timeout=args.timeout, poll=args.poll,
+                        on_poll=TransitionPrinter(sys.stderr))
+    return show(releases, as_json=args.json, out=sys.stdout)

@@ -1,0 +1,112 @@
+"""``fanout status RELEASE``: the ledger's view of a release, once or until it is done."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from workers.ledger import Ledger, Release
+
+from . import api
+from .common import UsageError
+from .table import print_releases
+
+EXIT_CODES_HELP = ("Exit 0 when every destination succeeded, 1 when any failed for good, "
+                   "3 when some are still queued, running or retrying (--wait timed out), "
+                   "2 for usage errors.")
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "status", help="show a release: state, attempts, bytes and errors per destination",
+        description=f"Show the release RELEASE from the ledger. {EXIT_CODES_HELP}",
+    )
+    parser.add_argument("release", metavar="RELEASE", help="release id printed by enqueue")
+    add_wait_flags(parser)
+    parser.add_argument("--json", action="store_true", help="print the release as JSON")
+    parser.set_defaults(run=run)
+
+
+def add_wait_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true",
+                        help="wait until every destination succeeded or failed for good")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="with --wait: give up after S seconds (exit 3); default: no limit")
+    parser.add_argument("--poll", type=float, default=0.5, metavar="S",
+                        help="with --wait: read the ledger every S seconds (default 0.5)")
+
+
+def check_wait_flags(args: argparse.Namespace) -> None:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout needs --wait")
+    if args.timeout is not None and args.timeout < 0:
+        raise UsageError(f"--timeout must not be negative, not {args.timeout}")
+    if args.poll <= 0:
+        raise UsageError(f"--poll must be positive, not {args.poll}")
+
+
+class TransitionPrinter:
+    """Prints each destination's state changes while waiting: a CI log shows progress."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._seen: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def __call__(self, release: Release) -> None:
+        for name, record in sorted(release.destinations.items()):
+            key, now = (release.id, name), (record.state, record.attempts)
+            if self._seen.get(key) == now:
+                continue
+            self._seen[key] = now
+            line = f"{release.id} {name}: {record.state} (attempt {record.attempts})"
+            if record.state in ("retrying", "failed") and record.last_error:
+                line += f": {record.last_error}"
+            print(line, file=self.out, flush=True)
+
+
+def wait_all(
+    ids: Sequence[str], ledger: Ledger, *, timeout: float | None, poll: float,
+    on_poll: Callable[[Release], None] | None = None,
+) -> list[Release]:
+    """Wait for each release in turn, under one shared deadline."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    releases = []
+    for release_id in ids:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        releases.append(api.wait(release_id, timeout=left, poll=poll, ledger=ledger,
+                                 on_poll=on_poll))
+    return releases
+
+
+def release_json(release: Release) -> dict[str, Any]:
+    document = release.to_dict()
+    document["exit_code"] = api.exit_code([release])
+    return document
+
+
+def show(releases: Sequence[Release], *, as_json: bool, out: TextIO) -> int:
+    """Print the releases (table or JSON) and return the exit code they add up to."""
+    if as_json:
+        documents = [release_json(r) for r in releases]
+        print(json.dumps(documents[0] if len(documents) == 1 else {"releases": documents},
+                         indent=2), file=out)
+    else:
+        print_releases(releases, out)
+    return api.exit_code(releases)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_wait_flags(args)
+    ledger = api.connect_ledger(api.queue_settings(os.environ))
+    if args.wait:
+        releases = wait_all([args.release], ledger, timeout=args.timeout, poll=args.poll,
+                            on_poll=TransitionPrinter(sys.stderr))
+    else:
+        releases = [api.status(args.release, ledger=ledger)]
+    # Exit 3 means "not finished" with or without --wait: a script can poll on it.
+    return show(releases, as_json=args.json, out=sys.stdout)

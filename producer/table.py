@@ -1,0 +1,80 @@
+"""A release as people read it: a header, one row per destination, a summary line."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from workers.ledger import DestinationRecord, Release
+
+from .output import human_bytes, short_digest
+
+COLUMNS = ("DESTINATION", "STATE", "ATTEMPTS", "BYTES", "DURATION", "LAST ERROR")
+_ERROR_WIDTH = 120
+
+
+def duration(record: DestinationRecord, now: float) -> str:
+    """Time spent so far (running) or in total (finished); ``-`` before the first attempt."""
+    if record.started_at is None:
+        return "-"
+    if record.state in ("succeeded", "failed") and record.seconds:
+        return f"{record.seconds:.1f}s"
+    end = record.finished_at if record.finished_at is not None else now
+    return f"{max(0.0, end - record.started_at):.1f}s"
+
+
+def state_text(record: DestinationRecord, now: float) -> str:
+    if record.state == "retrying" and record.next_retry_at is not None:
+        return f"retrying (in {max(0.0, record.next_retry_at - now):.0f}s)"
+    return record.state
+
+
+def error_text(record: DestinationRecord) -> str:
+    if not record.last_error:
+        return ""
+    text = " ".join(record.last_error.split())
+    if record.error_type:
+        text = f"{record.error_type}: {text}"
+    return text if len(text) <= _ERROR_WIDTH else text[: _ERROR_WIDTH - 1] + "…"
+
+
+def rows(release: Release, now: float) -> list[tuple[str, ...]]:
+    return [
+        (name, state_text(rec, now), str(rec.attempts),
+         human_bytes(rec.bytes) if rec.bytes else "-", duration(rec, now), error_text(rec))
+        for name, rec in sorted(release.destinations.items())
+    ]
+
+
+def summary(release: Release) -> str:
+    counts: dict[str, int] = {}
+    for record in release.destinations.values():
+        counts[record.state] = counts.get(record.state, 0) + 1
+    order = ("succeeded", "failed", "retrying", "running", "queued")
+    parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
+    count = len(release.destinations)
+    return f"{count} destination{'' if count == 1 else 's'}: {', '.join(parts) or 'none'}"
+
+
+def render(release: Release, *, now: float | None = None) -> str:
+    """The status table of one release, as text without a trailing newline."""
+    now = time.time() if now is None else now
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(release.created_at))
+    lines = [f"release {release.id}  source {release.source}",
+             f"digest  {short_digest(release.digest)}…  created {created}", ""]
+    table = [COLUMNS, *rows(release, now)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS) - 1)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    lines += ["", summary(release)]
+    return "\n".join(lines)
+
+
+def print_releases(releases: Sequence[Release], out: TextIO,
+                   clock: Callable[[], float] = time.time) -> None:
+    for index, release in enumerate(releases):
+        if index:
+            print(file=out)
+        print(render(release, now=clock()), file=out)

@@ -1,0 +1,136 @@
+"""fanout enqueue / fanout status: argument handling, output and exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+
+from producer import api
+from producer.cli import main
+from producer.enqueue_cmd import read_sources
+from workers.ledger import Ledger
+
+DIGEST = "sha256:" + "cd" * 32
+SOURCE = f"src.example/app@{DIGEST}"
+
+
+@pytest.fixture
+def ledger(monkeypatch: pytest.MonkeyPatch) -> Ledger:
+    ledger = Ledger(fakeredis.FakeRedis())
+    monkeypatch.setattr(api, "connect_ledger", lambda settings: ledger)
+    return ledger
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch, ledger: Ledger) -> list[dict[str, Any]]:
+    """Replaces api.enqueue: records its arguments and creates releases that succeed at once."""
+    calls: list[dict[str, Any]] = []
+
+    def fake(sources: list[str], destinations: list[str], **kwargs: Any) -> list[str]:
+        calls.append({"sources": sources, "destinations": destinations, **kwargs})
+        ids = []
+        for _ in sources:
+            release_id = ledger.create_release(SOURCE, [(d, ()) for d in destinations])
+            for d in destinations:
+                ledger.mark_running(release_id, d, worker="w")
+                ledger.mark_succeeded(release_id, d, stats={"bytes_transferred": 10}, seconds=0.5)
+            ids.append(release_id)
+        return ids
+
+    monkeypatch.setattr(api, "enqueue", fake)
+    return calls
+
+
+def test_sources_from_a_stream() -> None:
+    text = "# built by ko\nghcr.io/a/one@" + DIGEST + "\n\n  ghcr.io/a/two:v1  # tagged\n"
+
+    assert read_sources(io.StringIO(text)) == [f"ghcr.io/a/one@{DIGEST}", "ghcr.io/a/two:v1"]
+    with pytest.raises(Exception, match="line 2: expected one image reference"):
+        read_sources(io.StringIO("a.io/x\na.io/y a.io/z\n"))
+
+
+def test_enqueue_prints_ids_and_reads_destinations_from_env(
+    enqueued: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FANOUT_DESTINATIONS", "a.io/app,b.io/app")
+
+    assert main(["enqueue", "src.example/app:v1", "--tag", "1.0"]) == 0
+
+    out = capsys.readouterr()
+    assert out.out.strip().startswith("rel-") and len(out.out.split()) == 1
+    assert "from FANOUT_DESTINATIONS" in out.err
+    assert enqueued[0]["destinations"] == ["a.io/app", "b.io/app"]
+    assert enqueued[0]["tags"] == ["1.0"] and enqueued[0]["referrers"] is True
+
+
+def test_enqueue_stdin_with_a_config_set_and_wait(
+    enqueued: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "fanout.toml"
+    config.write_text('[destinations]\nprod = ["a.io/app", "b.io/app"]\n'
+                      '[registries."a.io"]\ninsecure = true\n')
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{SOURCE}\n# two\nsrc.example/app:v2\n"))
+    monkeypatch.delenv("FANOUT_DESTINATIONS", raising=False)
+
+    code = main(["enqueue", "-", "--to", "prod", "--config", str(config), "--wait", "--json"])
+
+    assert code == 0
+    call = enqueued[0]
+    assert call["sources"] == [SOURCE, "src.example/app:v2"]
+    assert call["insecure_registries"] == ["a.io"]
+    document = json.loads(capsys.readouterr().out)
+    assert [r["exit_code"] for r in document["releases"]] == [0, 0]
+    assert all(r["destinations"]["b.io/app"]["state"] == "succeeded"
+               for r in document["releases"])
+
+
+def test_enqueue_without_destinations_is_a_usage_error(
+    enqueued: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("FANOUT_DESTINATIONS", raising=False)
+    monkeypatch.delenv("FANOUT_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["enqueue", SOURCE]) == 2
+    assert "no destinations" in capsys.readouterr().err
+    assert enqueued == []
+
+
+def test_timeout_needs_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "rel-x", "--timeout", "3"]) == 2
+    assert "--timeout needs --wait" in capsys.readouterr().err
+
+
+def test_status_table_json_and_exit_codes(ledger: Ledger,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    release_id = ledger.create_release(SOURCE, [("a.io/app", ("v1",)), ("b.io/app", ())])
+    ledger.mark_running(release_id, "a.io/app", worker="w1")
+    ledger.mark_succeeded(release_id, "a.io/app", stats={"bytes_transferred": 5}, seconds=0.2)
+
+    assert main(["status", release_id]) == 3  # b is still queued
+    table = capsys.readouterr().out
+    assert f"release {release_id}" in table and "2 destinations: 1 succeeded, 1 queued" in table
+
+    assert main(["status", release_id, "--wait", "--timeout", "0.1", "--poll", "0.02"]) == 3
+    capsys.readouterr()
+
+    ledger.mark_running(release_id, "b.io/app", worker="w2")
+    ledger.mark_failed(release_id, "b.io/app", error="access denied", error_type="Denied")
+    assert main(["status", release_id, "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["exit_code"] == 1 and document["done"] is True
+    assert document["destinations"]["b.io/app"]["last_error"] == "access denied"
+    assert document["destinations"]["a.io/app"]["attempts"] == 1
+
+
+def test_status_of_an_unknown_release(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "rel-unknown"]) == 2
+    assert "no release 'rel-unknown'" in capsys.readouterr().err
