@@ -6,8 +6,10 @@ exceptions or raw status codes.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
+import time
 from collections.abc import AsyncIterator, Container, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 
 # An error body is for a diagnostic code and a message; never worth more than this.
 _ERROR_BODY_LIMIT = 64 * 1024
+# The longest Retry-After we hold every request to a registry for. A longer one fails the request
+# (transient, carrying the delay) so the task tier waits without holding a worker slot.
+MAX_HOLD_SECONDS = 60.0
 _DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"
 
@@ -89,8 +94,21 @@ class RegistryClient:
             transport=transport,
         )
 
+        # monotonic time before which nothing is sent here: a registry's Retry-After covers
+        # the registry, not just the one request that was told.
+        self._hold_until = 0.0
+
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r})"
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing to this registry for ``seconds`` (up to MAX_HOLD_SECONDS)."""
+        if 0 < seconds <= MAX_HOLD_SECONDS:
+            self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
+    async def _respect_hold(self) -> None:
+        while (delay := self._hold_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -140,6 +158,7 @@ class RegistryClient:
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
         )
+        await self._respect_hold()
         try:
             response = await self.http.send(request, stream=True)
         except httpx.TransportError as exc:
@@ -167,4 +186,7 @@ class RegistryClient:
             response.status_code, headers=response.headers, content=body[:_ERROR_BODY_LIMIT],
             request=response.request,
         )
-        return error_from_response(clone, what)
+        error = error_from_response(clone, what)
+        if error.retry_after is not None and error.transient:
+            self.hold(error.retry_after)
+        return error

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import InvalidManifest, RegistryError, SizeMismatch
 from .fetch import blob_head, blob_stream, manifest_get, manifest_head
@@ -138,6 +138,18 @@ class Copier:
             destination, stats, asyncio.Semaphore(self.options.blob_concurrency),
             asyncio.Semaphore(_MANIFEST_CONCURRENCY),
         )
+        try:
+            await self._copy_image(source, dest, tags)
+        except BaseException:
+            # Shared blob and child tasks outlive the awaits that were cancelled; stop them too,
+            # so a failed destination leaves nothing running against its registry.
+            await _cancel_all([*dest.blobs.values(), *dest.manifests.values()])
+            raise
+        return stats
+
+    async def _copy_image(self, source: Reference, dest: _Destination, tags: Sequence[str]) -> None:
+        assert source.digest is not None
+        destination, stats = dest.repository, dest.stats
         client = self.registries.client(destination.registry)
         root = await self._source_manifest(source.repository, source.digest)
         present = await self._retry(
@@ -153,7 +165,6 @@ class Copier:
             # without its signatures fails admission where it is deployed.
             stats.referrers_copied += await copy_referrers(self, source, destination, root, stats)
         await self._write_tags(dest, root, tags)
-        return stats
 
     # -- manifests ------------------------------------------------------------------------
 
@@ -181,12 +192,10 @@ class Copier:
         self, source: Repository, dest: _Destination, manifest: Manifest, path: tuple[str, ...],
     ) -> None:
         if manifest.is_index:
-            await asyncio.gather(*(
-                self._child(source, dest, child, (*path, manifest.digest))
-                for child in manifest.children
-            ))
+            await run_all(self._child(source, dest, child, (*path, manifest.digest))
+                          for child in manifest.children)
         else:
-            await asyncio.gather(*(self._blob(source, dest, blob) for blob in manifest.blobs))
+            await run_all(self._blob(source, dest, blob) for blob in manifest.blobs)
         client = self.registries.client(dest.repository.registry)
         await self._retry(
             lambda: manifest_put(client, dest.repository.path, manifest.digest, manifest),
@@ -376,3 +385,30 @@ class Copier:
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.options.retry, operation, what=what)
+
+
+async def run_all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run together; on the first failure cancel the rest and raise one error, a permanent one
+    when there is one (retrying cannot fix the whole), else the first."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in work:
+                group.create_task(coroutine)
+    except ExceptionGroup as failures:
+        errors = _leaves(failures)
+        permanent = [e for e in errors if isinstance(e, RegistryError) and not e.transient]
+        raise (permanent or errors)[0] from None
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    found: list[Exception] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Future[None]]) -> None:
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
