@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Container, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import httpcore
 import httpx
 
 from .auth import RegistryAuth
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 
 # An error body is for a diagnostic code and a message; never worth more than this.
 _ERROR_BODY_LIMIT = 64 * 1024
+# httpcore receives 64 KiB per read; blobs stream with about 30% less CPU per byte in reads of
+# 256 KiB (measured on loopback, bench/copy_bench.py). It is a class attribute, so this sets it
+# for the process; should httpcore drop it, the assignment is simply unused.
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024
+
 # The longest Retry-After we hold every request to a registry for. A longer one fails the request
 # (transient, carrying the delay) so the task tier waits without holding a worker slot.
 MAX_HOLD_SECONDS = 60.0

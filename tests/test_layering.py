@@ -1,0 +1,49 @@
+"""The layers of DESIGN.md: imports point downwards only, and ``registry/`` stands alone."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# package -> packages of ours it must never import
+FORBIDDEN = {
+    "registry": {"workers", "producer", "celery", "kombu", "redis", "billiard"},
+    "workers": {"producer"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_point_downwards(package: str) -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / package).glob("*.py"))
+        for name in _imports(path) & FORBIDDEN[package]
+    }
+    assert not offenders
+
+
+def test_registry_loads_without_celery_or_redis() -> None:
+    modules = [p.stem for p in (ROOT / "registry").glob("*.py") if p.stem != "__init__"]
+    code = (f"import importlib, sys\nfor m in {modules!r}:\n"
+            "    importlib.import_module('registry.' + m)\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('celery', 'kombu', 'redis', 'workers', 'producer'))\nprint(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""
