@@ -18,7 +18,7 @@ import httpcore
 import httpx
 
 from .auth import RegistryAuth
-from .errors import RegistryError, error_from_response, error_from_transport
+from .errors import ProtocolError, RegistryError, error_from_response, error_from_transport
 from .options import TransportOptions
 from .reference import is_loopback_host
 
@@ -169,6 +169,12 @@ class RegistryClient:
             response = await self.http.send(request, stream=True)
         except httpx.TransportError as exc:
             raise error_from_transport(exc, what) from None
+        except httpx.StreamConsumed:
+            # A redirect (or auth retry) on a streamed upload: the body is gone and cannot be
+            # sent twice. A registry that redirects uploads cannot take ours.
+            raise ProtocolError(
+                f"{what}: the registry redirected a streamed upload, which cannot be replayed",
+                method=method, url=request.url) from None
         try:
             if response.status_code not in expected:
                 raise await self._failure(response, what)

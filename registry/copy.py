@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import InvalidManifest, RegistryError, SizeMismatch
+from .errors import InternalError, InvalidManifest, RegistryError, SizeMismatch
 from .fetch import blob_head, blob_stream, manifest_get, manifest_head
 from .manifest import Descriptor, Manifest
 from .options import CopyOptions
@@ -110,6 +110,12 @@ class Copier:
             log.warning("copy of %s to %s failed: %s", source, destination, exc)
             return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
                               time.monotonic() - started, exc)
+        except Exception as exc:
+            # A bug of ours must not take the other destinations' results down with it.
+            log.exception("unexpected error copying %s to %s", source, destination)
+            error = InternalError(f"unexpected {type(exc).__name__} (a fanout bug; see the log)")
+            return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
+                              time.monotonic() - started, error)
         return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
                           time.monotonic() - started)
 

@@ -18,7 +18,8 @@
         ├── SizeMismatch               bytes whose length is not the descriptor's size
         ├── InvalidManifest            malformed, too large, schema 1, unknown media type
         ├── ProtocolError              a response the distribution spec does not allow
-        └── UnexpectedStatus           any other 4xx
+        ├── UnexpectedStatus           any other 4xx
+        └── InternalError              a bug of fanout's, reported per destination
 
 ``is_transient(exc)`` is the one classifier: the request-tier retry (tenacity) and the task-tier
 retry (Celery) both ask it, so "what is worth retrying" is decided in exactly one place.
@@ -164,6 +165,10 @@ class ProtocolError(PermanentError):
 
 
 class UnexpectedStatus(PermanentError):
+    pass
+
+
+class InternalError(PermanentError):
     pass
 
 

@@ -15,6 +15,7 @@ from tests.support import images
 from tests.support.fault_proxy import (
     CutRequest,
     CutResponse,
+    Delay,
     DropLocation,
     FaultProxy,
     FlipBytes,
@@ -162,6 +163,15 @@ def test_stall_outlasts_the_client_timeout(proxy: FaultProxy) -> None:
     assert httpx.get(f"{proxy.url}/v2/").status_code == 200
 
 
+def test_delay_then_forward(proxy: FaultProxy) -> None:
+    proxy.add(Rule(Delay(0.3), method="GET", path=r"^/v2/$", times=1))
+    started = time.monotonic()
+    assert httpx.get(f"{proxy.url}/v2/").status_code == 200
+    assert time.monotonic() - started >= 0.3
+    (seen,) = proxy.seen
+    assert (seen.status, seen.fault) == (200, "Delay")
+
+
 def test_clear_ends_a_stall_under_way(proxy: FaultProxy) -> None:
     proxy.add(Rule(Stall(30)))
     outcome: list[BaseException | int] = []
@@ -174,9 +184,7 @@ def test_clear_ends_a_stall_under_way(proxy: FaultProxy) -> None:
 
     thread = threading.Thread(target=call)
     thread.start()
-    deadline = time.monotonic() + 5
-    while proxy.count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    proxy.wait_for(lambda: proxy.count() == 1, timeout=5)
     started = time.monotonic()
     proxy.clear()
     thread.join(timeout=5)

@@ -35,6 +35,7 @@ from tests.support import images
 from tests.support.fault_proxy import (
     CutRequest,
     CutResponse,
+    Delay,
     DropLocation,
     FaultProxy,
     FlipBytes,
@@ -295,19 +296,20 @@ def test_retry_after_is_waited_for(side: str, rig: Rig, unique_repo: str) -> Non
 
 
 def test_retry_after_holds_every_request_to_that_registry(rig: Rig, unique_repo: str) -> None:
-    image = _push(rig.registries, unique_repo, layers=4)
+    # A slow registry (each upload takes 0.25 s) and more blobs than upload slots: without a
+    # registry-wide hold, uploads would keep arriving all through the Retry-After second.
+    image = _push(rig.registries, unique_repo, layers=8)
     rig.dest.add(Rule(Status(429, {"Retry-After": "1"}, TOO_MANY), "PUT", UPLOADS, times=1))
+    rig.dest.add(Rule(Delay(0.25), "PUT", UPLOADS))
     results = copy_many(f"{rig.source.host}/{unique_repo}@{image.digest}",
                         rig.targets(unique_repo))
     assert [r.error for r in results] == [None, None]
     assert rig.assert_complete(rig.registries.dest1, unique_repo) == ["v1"]
     (limited,) = rig.dest.requests(status=429)
-    assert limited.done is not None
-    # Requests already on the wire when the 429 was answered cannot be called back; every one
-    # sent after the client had its answer (50 ms of slack for that) must wait out the second.
-    answered = limited.done + 0.05
-    early = [s for s in rig.dest.seen if answered < s.time < limited.time + 1.0]
-    assert early == [], f"{len(early)} requests inside the Retry-After window"
+    # Requests sent before the client had read the 429 cannot be called back: allow 0.2 s for
+    # that (a loaded machine), then nothing may arrive until the second has passed.
+    early = [s for s in rig.dest.seen if limited.time + 0.2 < s.time < limited.time + 1.0]
+    assert early == [], [(s.method, s.path) for s in early]
     assert any(s.time >= limited.time + 1.0 for s in rig.dest.seen)
 
 
@@ -471,4 +473,20 @@ def test_destination_redirect_to_another_host_carries_no_credentials(
     assert basic.password not in str(failed.error)
     assert ok.ok
     assert_untouched(basic.url, unique_repo, image.digest, auth=_auth(basic))
+    rig.assert_other_untouched_by_faults(unique_repo)
+
+
+def test_destination_redirects_a_streamed_blob_upload(rig: Rig, unique_repo: str) -> None:
+    # A streamed body cannot be sent twice: the redirect must end as this destination's error,
+    # not escape the engine and take the other destination down with it.
+    image = _push(rig.registries, unique_repo)
+    with FaultProxy(rig.registries.dest1.url) as elsewhere:
+        rig.dest.add(Rule(Redirect(elsewhere.url), "PUT", UPLOADS))
+        failed, ok = copy_many(f"{rig.source.host}/{unique_repo}@{image.digest}",
+                               rig.targets(unique_repo))
+        assert elsewhere.count("PUT", UPLOADS, status=201) == 0
+    assert isinstance(failed.error, ProtocolError), failed.error
+    assert "redirected a streamed upload" in str(failed.error)
+    assert ok.ok
+    assert_untouched(rig.registries.dest1.url, unique_repo, image.digest)
     rig.assert_other_untouched_by_faults(unique_repo)

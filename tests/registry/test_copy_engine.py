@@ -310,3 +310,25 @@ def test_one_failing_destination_does_not_stop_the_other() -> None:
     down, up = run(go())
     assert not down.ok and down.error is not None and down.error.transient
     assert up.ok and "v1" in dst.manifests["app"]
+
+
+def test_an_unexpected_error_is_one_destinations_failure_not_the_runs() -> None:
+    src, dst, hosts = two_registries()
+    push_index(src, "app")
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug somewhere below the engine")
+
+    hosts["other.test"] = broken
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with Registries(None, INSECURE, transport=httpx.MockTransport(route(hosts))) as r:
+            copier = Copier(r, CopyOptions(retry=FAST, referrers=False))
+            return await copier.copy_many(parse_reference("src.test/app:v1"), [
+                (parse_repository("other.test/app"), ("v1",)),
+                (parse_repository("dst.test/app"), ("v1",))])
+
+    bad, good = run(go())
+    assert bad.error is not None and type(bad.error).__name__ == "InternalError"
+    assert not bad.error.transient and "RuntimeError" in str(bad.error)
+    assert good.ok and "v1" in dst.manifests["app"]

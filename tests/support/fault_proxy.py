@@ -80,6 +80,13 @@ class Stall:
 
 
 @dataclass(frozen=True)
+class Delay:
+    """Wait ``seconds`` (or until ``clear()``), then forward as usual: a slow registry."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class FlipBytes:
     """Invert ``count`` bytes of the response body from offset ``at``; the length stays."""
 
@@ -108,8 +115,8 @@ class DropLocation:
     """Forward, but remove the ``Location`` header from the registry's answer."""
 
 
-Action = (Status | Refuse | CutRequest | CutResponse | Stall | FlipBytes | WrongDigest | Redirect
-          | DropLocation)
+Action = (Status | Refuse | CutRequest | CutResponse | Stall | Delay | FlipBytes | WrongDigest
+          | Redirect | DropLocation)
 
 
 @dataclass
@@ -338,6 +345,8 @@ class FaultProxy:
             if isinstance(action, Stall):
                 release.wait(action.seconds)
                 return
+            if isinstance(action, Delay):
+                release.wait(action.seconds)
             if isinstance(action, Status | Redirect):
                 for _ in _body(client_in, headers, is_response=False):
                     pass  # read, so the client sees our answer rather than a failed write
