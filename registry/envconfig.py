@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -19,7 +20,8 @@ def split_list(value: str) -> list[str]:
     return [item for item in value.replace(",", " ").split() if item]
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def env_number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    """A finite number of at least ``minimum`` from ``env[name]``, else ``default``."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -27,8 +29,8 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be a number of at least {minimum:g}")
     return value
 
 
@@ -63,8 +65,8 @@ def transport_options_from_env(
     return TransportOptions(
         insecure_registries=frozenset(hosts),
         ca_bundle=ca_bundle or env.get("FANOUT_CA_BUNDLE") or None,
-        connect_timeout=_number(env, "FANOUT_CONNECT_TIMEOUT", 10.0, minimum=0.1),
-        read_timeout=_number(env, "FANOUT_READ_TIMEOUT", 60.0, minimum=0.1),
+        connect_timeout=env_number(env, "FANOUT_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        read_timeout=env_number(env, "FANOUT_READ_TIMEOUT", 60.0, minimum=0.1),
         chunk_size=chunk,
     )
 
@@ -75,15 +77,16 @@ def copy_options_from_env(
 ) -> CopyOptions:
     """``FANOUT_BLOB_CONCURRENCY``, ``FANOUT_REFERRERS`` (``0`` turns referrers off) and the
     request-tier retry policy (``FANOUT_REQUEST_ATTEMPTS``, ``FANOUT_REQUEST_MAX_ELAPSED``)."""
-    concurrency = blob_concurrency or int(_number(
+    concurrency = blob_concurrency or int(env_number(
         env, "FANOUT_BLOB_CONCURRENCY", DEFAULT_BLOB_CONCURRENCY, minimum=1))
     if referrers is None:
         referrers = env.get("FANOUT_REFERRERS", "1").strip().lower() not in ("0", "false", "no")
     retry = replace(
         REQUEST_RETRY,
-        attempts=int(_number(env, "FANOUT_REQUEST_ATTEMPTS", REQUEST_RETRY.attempts, minimum=1)),
-        max_elapsed=_number(env, "FANOUT_REQUEST_MAX_ELAPSED", REQUEST_RETRY.max_elapsed,
-                            minimum=0),
+        attempts=int(env_number(env, "FANOUT_REQUEST_ATTEMPTS", REQUEST_RETRY.attempts,
+                                minimum=1)),
+        max_elapsed=env_number(env, "FANOUT_REQUEST_MAX_ELAPSED", REQUEST_RETRY.max_elapsed,
+                               minimum=0),
     )
     return CopyOptions(blob_concurrency=concurrency, referrers=referrers,
                        referrer_types=referrer_types, retry=retry)

@@ -28,11 +28,10 @@ margin; a smaller explicit value is refused.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from registry.envconfig import ConfigError
+from registry.envconfig import ConfigError, env_number
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -83,42 +82,29 @@ class WorkerSettings:
         broker = env.get("FANOUT_BROKER_URL", "").strip() or DEFAULT_BROKER_URL
         ledger = env.get("FANOUT_LEDGER_URL", "").strip() or (
             broker if broker.startswith(_REDIS_SCHEMES) else DEFAULT_BROKER_URL)
-        time_limit = _number(env, "FANOUT_TASK_TIME_LIMIT", 3600.0, minimum=1)
-        backoff_max = _number(env, "FANOUT_RETRY_BACKOFF_MAX", 600.0, minimum=0)
-        lock_retry = _number(env, "FANOUT_LOCK_RETRY", 10.0, minimum=0)
+        time_limit = env_number(env, "FANOUT_TASK_TIME_LIMIT", 3600.0, minimum=1)
+        backoff_max = env_number(env, "FANOUT_RETRY_BACKOFF_MAX", 600.0, minimum=0)
+        lock_retry = env_number(env, "FANOUT_LOCK_RETRY", 10.0, minimum=0)
         # Leave the copy a minute (or a tenth of a short limit) to give up cleanly.
         soft_default = max(time_limit - 60.0, time_limit * 0.9)
         return cls(
             broker_url=broker,
             ledger_url=ledger,
-            max_retries=int(_number(env, "FANOUT_TASK_MAX_RETRIES", 8, minimum=0)),
-            max_age=_number(env, "FANOUT_TASK_MAX_AGE", 3600.0, minimum=0),
+            max_retries=int(env_number(env, "FANOUT_TASK_MAX_RETRIES", 8, minimum=0)),
+            max_age=env_number(env, "FANOUT_TASK_MAX_AGE", 3600.0, minimum=0),
             time_limit=time_limit,
-            soft_time_limit=_number(env, "FANOUT_TASK_SOFT_TIME_LIMIT", soft_default,
+            soft_time_limit=env_number(env, "FANOUT_TASK_SOFT_TIME_LIMIT", soft_default,
                                     minimum=1),
-            retry_backoff=_number(env, "FANOUT_RETRY_BACKOFF", 10.0, minimum=0),
+            retry_backoff=env_number(env, "FANOUT_RETRY_BACKOFF", 10.0, minimum=0),
             retry_backoff_max=backoff_max,
-            lock_ttl=_number(env, "FANOUT_LOCK_TTL", time_limit + 60.0, minimum=1),
+            lock_ttl=env_number(env, "FANOUT_LOCK_TTL", time_limit + 60.0, minimum=1),
             lock_retry=lock_retry,
-            retention=_number(env, "FANOUT_RETENTION", 7 * 86400.0, minimum=1),
+            retention=env_number(env, "FANOUT_RETENTION", 7 * 86400.0, minimum=1),
             route_by_registry=_flag(env, "FANOUT_ROUTE_BY_REGISTRY"),
-            visibility_timeout=_number(
+            visibility_timeout=env_number(
                 env, "FANOUT_VISIBILITY_TIMEOUT",
                 max(backoff_max, lock_retry) + time_limit + _VISIBILITY_MARGIN, minimum=1),
         )
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be a number of at least {minimum:g}")
-    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
