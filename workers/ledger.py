@@ -255,6 +255,10 @@ class Ledger:
                 pipe.hincrby(key, "attempts", 1)
             if not current:
                 pipe.zadd(_dests_key(release_id), {destination: math.inf}, nx=True)
+                # A release nobody created (a hand-sent task rejected before
+                # ensure_destination): without a head, `fanout status` could not find it.
+                pipe.hsetnx(_release_key(release_id), "created_at", repr(now))
+                pipe.zadd(RELEASES_KEY, {release_id: now}, nx=True)
             self._expire(pipe, release_id, [destination, *others])
 
         self._redis.transaction(apply, key)  # type: ignore[no-untyped-call]

@@ -16,6 +16,8 @@ from typing import Any
 import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .app import app, settings
 from .engine import CopyEngine
@@ -25,6 +27,10 @@ from .policy import TaskRetryPolicy
 from .runner import CopyRunner, Failed, RetryLater, Succeeded
 
 log = logging.getLogger("fanout.worker")
+# Ride out a Redis restart (~30 s of backoff) rather than fail the ledger write or the lock
+# release after a copy has landed: a lock left behind would hold every redelivery of this
+# destination back until it expires (FANOUT_LOCK_TTL, an hour by default).
+_LEDGER_RETRY = Retry(ExponentialBackoff(cap=4.0, base=0.25), retries=9)
 
 
 @functools.cache
@@ -32,7 +38,7 @@ def runner() -> CopyRunner:
     """This worker process's runner, built on first use (after the prefork fork)."""
     client = redis.Redis.from_url(settings.ledger_url, decode_responses=True,
                                   socket_connect_timeout=10, socket_timeout=30,
-                                  health_check_interval=30)
+                                  health_check_interval=30, retry=_LEDGER_RETRY)
     return CopyRunner(
         ledger=Ledger(client, retention=settings.retention),
         locks=client,
