@@ -10,6 +10,7 @@ second copy start.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -42,11 +43,20 @@ class DestinationLock:
 
     def release(self) -> bool:
         """Delete the lock if it is still ours; False when it had expired or changed hands."""
+        return self._delete_if(lambda token: token == self.token)
+
+    def release_for(self, owner: str) -> bool:
+        """Delete the lock if ``owner`` (a task id) took it: for a copy killed from outside,
+        whose own process can no longer release it."""
+        return self._delete_if(lambda token: bool(owner) and token.startswith(f"{owner}/"))
+
+    def _delete_if(self, ours: Callable[[str], bool]) -> bool:
         with self._redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(self.key)
-                    if _text(pipe.get(self.key)) != self.token:
+                    token = _text(pipe.get(self.key))
+                    if token is None or not ours(token):
                         pipe.unwatch()
                         self.held = False
                         return False

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from registry.errors import RegistryError, is_transient, retry_after_of
+from registry.errors import RegistryError, Timeout, is_transient, retry_after_of
 
 from .engine import Engine
 from .job import CopyJob, JobError, parse_job
@@ -115,6 +115,19 @@ class CopyRunner:
                     log.warning("lock %s had expired before the copy ended", lock.key)
             except redis.RedisError as exc:  # it expires by itself; say so and move on
                 log.warning("could not release lock %s: %s", lock.key, exc)
+
+    def killed(
+        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any], *, owner: str,
+        reason: str,
+    ) -> Outcome:
+        """A copy killed from outside (Celery's hard time limit): free the lock its dead
+        process held, then retry within bounds or fail, like any transient failure."""
+        try:
+            job = parse_job(args, kwargs)
+        except JobError as exc:
+            return Failed(exc.reason, "InvalidTask")
+        DestinationLock(self.locks, job.destination, job.digest, self.lock_ttl).release_for(owner)
+        return self._failed_attempt(job, Timeout(reason))
 
     def _busy(self, job: CopyJob) -> Outcome:
         record = self.ledger.record(job.release_id, job.destination)

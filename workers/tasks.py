@@ -24,6 +24,7 @@ from .engine import CopyEngine
 from .job import TASK_NAME, JobError, parse_job
 from .ledger import Ledger
 from .policy import TaskRetryPolicy
+from .routing import queue_for
 from .runner import CopyRunner, Failed, RetryLater, Succeeded
 
 log = logging.getLogger("fanout.worker")
@@ -54,15 +55,20 @@ class CopyTask(Task):  # type: ignore[misc]  # celery is untyped
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
         # After a hard time limit Celery calls this in the worker's main process: the child
-        # that would have recorded the outcome is dead, so record it here.
+        # that would have recorded the outcome (and released the lock) is dead, so this does
+        # both, and sends the task again when it is still within its retry bounds.
         if not isinstance(exc, TimeLimitExceeded):
             return
+        reason = (f"killed at the hard time limit ({settings.time_limit:g} s, "
+                  "FANOUT_TASK_TIME_LIMIT)")
         try:
-            job = parse_job(args or (), kwargs or {})
-            runner().ledger.mark_failed(
-                job.release_id, job.destination, error_type="TimeLimitExceeded",
-                error=f"killed at the hard time limit ({settings.time_limit:g} s, "
-                      "FANOUT_TASK_TIME_LIMIT)")
+            outcome = runner().killed(args or (), kwargs or {}, owner=task_id, reason=reason)
+            if isinstance(outcome, RetryLater):
+                job = parse_job(args or (), kwargs or {})
+                self.apply_async(args=args, kwargs=kwargs, task_id=task_id,
+                                 countdown=outcome.countdown,
+                                 queue=queue_for(job.destination,
+                                                 by_registry=settings.route_by_registry))
         except (JobError, redis.RedisError) as err:
             log.error("could not record the time limit of task %s: %s", task_id, err)
 

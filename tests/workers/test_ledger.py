@@ -160,3 +160,12 @@ def test_works_without_decode_responses(clock: FakeClock) -> None:
     release = ledger.get(release_id)
     assert release is not None and release.destinations["r1.example/app"].worker == "w"
     assert ledger.recent() == [release_id]
+
+
+def test_a_rejected_task_of_an_unknown_release_is_findable(ledger: Ledger) -> None:
+    ledger.mark_failed("rel-by-hand", "r1.example/app", error="source not pinned",
+                       error_type="InvalidTask")
+    release = ledger.get("rel-by-hand")
+    assert release is not None and not release.ok and release.done
+    assert release.destinations["r1.example/app"].last_error == "source not pinned"
+    assert "rel-by-hand" in ledger.recent()

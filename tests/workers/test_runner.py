@@ -218,3 +218,33 @@ def test_a_task_without_a_ledger_entry_makes_one(make: Any) -> None:
     assert isinstance(outcome, Succeeded)
     release = h.ledger.get("rel-sent-by-hand")
     assert release is not None and release.ok and release.source == SOURCE
+
+
+def test_a_copy_killed_at_the_hard_limit_frees_its_lock_and_retries(make: Any) -> None:
+    h = make()
+    h.ledger.mark_running(h.release_id, DEST, worker="w1@host")
+    # The dead child's lock (taken as task-1) and someone else's on another digest.
+    assert DestinationLock(h.redis, DEST, DIGEST, 120, owner="task-1").acquire()
+    other = DestinationLock(h.redis, DEST, "sha256:" + "e" * 64, 120, owner="task-2")
+    assert other.acquire()
+    outcome = h.runner.killed((), h.kwargs(), owner="task-1", reason="killed at the hard limit")
+    assert outcome == RetryLater(2.0, "killed at the hard limit")
+    record = h.record()
+    assert (record.state, record.error_type) == ("retrying", "Timeout")
+    assert h.redis.keys("fanout:lock:*") == [other.key]  # only the dead copy's lock went
+
+
+def test_a_killed_copy_out_of_retries_fails(make: Any) -> None:
+    h = make(max_retries=0)
+    h.ledger.mark_running(h.release_id, DEST, worker="w1@host")
+    outcome = h.runner.killed((), h.kwargs(), owner="task-1", reason="killed")
+    assert isinstance(outcome, Failed) and h.record().state == "failed"
+
+
+def test_release_for_leaves_a_lock_another_task_took(redis_client: Any) -> None:
+    mine = DestinationLock(redis_client, DEST, DIGEST, 120, owner="task-10")
+    assert mine.acquire()
+    assert not DestinationLock(redis_client, DEST, DIGEST, 120).release_for("task-1")
+    assert not DestinationLock(redis_client, DEST, DIGEST, 120).release_for("")
+    assert DestinationLock(redis_client, DEST, DIGEST, 120).release_for("task-10")
+    assert mine.holder() is None

@@ -23,9 +23,14 @@ class StubRunner:
         self.outcome = outcome
         self.ledger = ledger
         self.calls: list[tuple[Any, Any, Any]] = []
+        self.killed_calls: list[tuple[Any, Any, Any]] = []
 
     def run(self, args: Any, kwargs: Any, *, worker: str | None, owner: str) -> Any:
         self.calls.append((args, kwargs, owner))
+        return self.outcome
+
+    def killed(self, args: Any, kwargs: Any, *, owner: str, reason: str) -> Any:
+        self.killed_calls.append((args, kwargs, owner))
         return self.outcome
 
 
@@ -72,17 +77,25 @@ def test_success_and_failure_return_without_retrying(
                                         "error": "denied"}
 
 
-def test_a_hard_time_limit_is_recorded_as_failed(
+def test_a_hard_time_limit_frees_the_lock_and_sends_the_task_again(
     monkeypatch: pytest.MonkeyPatch, ledger: Ledger,
 ) -> None:
-    install(monkeypatch, None, ledger)
-    release_id = ledger.create_release(SOURCE, [("dst.example/app", ["v1"])])
-    kwargs = {**KWARGS, "release_id": release_id}
-    ledger.mark_running(release_id, "dst.example/app", worker="w")
-    tasks.copy.on_failure(RuntimeError("not a time limit"), "t1", (), kwargs, None)
-    record = ledger.record(release_id, "dst.example/app")
-    assert record is not None and record.state == "running"
-    tasks.copy.on_failure(TimeLimitExceeded(60), "t1", (), kwargs, None)
-    record = ledger.record(release_id, "dst.example/app")
-    assert record is not None
-    assert (record.state, record.error_type) == ("failed", "TimeLimitExceeded")
+    stub = install(monkeypatch, RetryLater(7.0, "killed"), ledger)
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.copy, "apply_async", lambda **options: sent.append(options))
+    tasks.copy.on_failure(RuntimeError("not a time limit"), "t1", (), KWARGS, None)
+    assert stub.killed_calls == [] and sent == []
+    tasks.copy.on_failure(TimeLimitExceeded(60), "t1", (), KWARGS, None)
+    assert stub.killed_calls == [((), KWARGS, "t1")]
+    assert sent == [{"args": (), "kwargs": KWARGS, "task_id": "t1", "countdown": 7.0,
+                     "queue": "fanout"}]
+
+
+def test_a_hard_time_limit_out_of_retries_is_not_sent_again(
+    monkeypatch: pytest.MonkeyPatch, ledger: Ledger,
+) -> None:
+    install(monkeypatch, Failed("killed (gave up after 9 attempts)", "Timeout"), ledger)
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.copy, "apply_async", lambda **options: sent.append(options))
+    tasks.copy.on_failure(TimeLimitExceeded(60), "t1", (), KWARGS, None)
+    assert sent == []
