@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from . import api
 from .common import UsageError, add_referrer_flags
 from .config import load_config, pick_destinations
 from .status_cmd import (
@@ -72,6 +71,7 @@ def read_sources(lines: Iterable[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
+    from . import api  # Celery and Redis load only for commands that need them
     check_wait_flags(args)
     env = os.environ
     if args.source == "-":

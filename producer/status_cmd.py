@@ -8,11 +8,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from workers.ledger import Ledger, Release
+if TYPE_CHECKING:
+    from workers.ledger import Ledger, Release
 
-from . import api
+
 from .common import UsageError
 from .table import print_releases
 
@@ -74,6 +75,7 @@ def wait_all(
     on_poll: Callable[[Release], None] | None = None,
 ) -> list[Release]:
     """Wait for each release in turn, under one shared deadline."""
+    from . import api  # Celery and Redis load only for commands that need them
     deadline = None if timeout is None else time.monotonic() + timeout
     releases = []
     for release_id in ids:
@@ -84,6 +86,7 @@ def wait_all(
 
 
 def release_json(release: Release) -> dict[str, Any]:
+    from . import api
     document = release.to_dict()
     document["exit_code"] = api.exit_code([release])
     return document
@@ -91,6 +94,7 @@ def release_json(release: Release) -> dict[str, Any]:
 
 def show(releases: Sequence[Release], *, as_json: bool, out: TextIO) -> int:
     """Print the releases (table or JSON) and return the exit code they add up to."""
+    from . import api
     if as_json:
         documents = [release_json(r) for r in releases]
         print(json.dumps(documents[0] if len(documents) == 1 else {"releases": documents},
@@ -101,6 +105,7 @@ def show(releases: Sequence[Release], *, as_json: bool, out: TextIO) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import api
     check_wait_flags(args)
     ledger = api.connect_ledger(api.queue_settings(os.environ))
     if args.wait:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from workers.ledger import DestinationRecord, Release
+if TYPE_CHECKING:
+    from workers.ledger import DestinationRecord, Release
+
 
 from .output import human_bytes, short_digest
 

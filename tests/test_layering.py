@@ -47,3 +47,13 @@ def test_registry_loads_without_celery_or_redis() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_cli_loads_celery_and_redis_only_for_commands_that_use_them() -> None:
+    # `fanout copy` starts in CI hooks on every build: it must not pay for the queue's imports.
+    code = ("import sys, producer.cli\nproducer.cli.build_parser()\n"
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('celery', 'kombu', 'redis', 'workers'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""
