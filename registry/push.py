@@ -17,6 +17,7 @@ from .errors import (
     DigestMismatch,
     ProtocolError,
     RegistryError,
+    ServerError,
     SizeMismatch,
     UnexpectedStatus,
 )
@@ -194,12 +195,23 @@ async def manifest_put(
     client: RegistryClient, repository: str, identifier: str, manifest: Manifest,
 ) -> httpx.Response:
     """PUT the manifest's exact bytes with its media type, by digest or by tag."""
-    response = await client.request(
-        "PUT", manifest_path(repository, identifier), expected=(201, 200),
-        headers={"Content-Type": manifest.media_type}, content=manifest.raw,
-        what=f"put manifest {repository}:{identifier}" if ":" not in identifier
-        else f"put manifest {repository}@{identifier[:19]}",
-    )
+    what = (f"put manifest {repository}:{identifier}" if ":" not in identifier
+            else f"put manifest {repository}@{identifier[:19]}")
+    try:
+        response = await client.request(
+            "PUT", manifest_path(repository, identifier), expected=(201, 200),
+            headers={"Content-Type": manifest.media_type}, content=manifest.raw, what=what,
+        )
+    except UnexpectedStatus as exc:
+        if "DIGEST_INVALID" not in exc.codes:
+            raise
+        # We verified these bytes hash to their digest, so the registry is wrong about them.
+        # distribution answers so when it reads a blob link another writer is rewriting (its
+        # filesystem driver truncates, then writes): a race on its side, gone on a retry.
+        raise ServerError(
+            f"{what}: the registry rejected the digest of verified bytes (DIGEST_INVALID); "
+            "retrying", status=exc.status, codes=exc.codes, method="PUT", url=exc.url,
+        ) from None
     echoed = response.headers.get("docker-content-digest")
     if echoed and echoed != manifest.digest:
         raise DigestMismatch(

@@ -332,3 +332,23 @@ def test_an_unexpected_error_is_one_destinations_failure_not_the_runs() -> None:
     assert bad.error is not None and type(bad.error).__name__ == "InternalError"
     assert not bad.error.transient and "RuntimeError" in str(bad.error)
     assert good.ok and "v1" in dst.manifests["app"]
+
+
+def test_digest_invalid_on_verified_manifest_bytes_is_retried() -> None:
+    # distribution says DIGEST_INVALID when it reads a blob link another writer is rewriting;
+    # our bytes hash to the digest, so the registry is wrong, and a retry finds it right.
+    src, dst, hosts = two_registries()
+    src.push_image("app", [os.urandom(1000)], tag="v1")
+    refused = {"n": 0}
+
+    def racy(request: httpx.Request) -> httpx.Response:
+        if (request.method == "PUT" and "/manifests/sha256:" in request.url.path
+                and not refused["n"]):
+            refused["n"] += 1
+            return error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
+        return dst.handle(request)
+
+    hosts["dst.test"] = racy
+    result = run(copy(route(hosts), "src.test/app:v1", "dst.test/app"))
+    assert result.ok, result.error
+    assert refused["n"] == 1 and "v1" in dst.manifests["app"]
