@@ -18,7 +18,13 @@ import httpcore
 import httpx
 
 from .auth import RegistryAuth
-from .errors import ProtocolError, RegistryError, error_from_response, error_from_transport
+from .errors import (
+    ProtocolError,
+    RegistryError,
+    error_from_response,
+    error_from_transport,
+    is_certificate_error,
+)
 from .options import TransportOptions
 from .reference import is_loopback_host
 
@@ -82,9 +88,12 @@ class RegistryClient:
         self.registry = registry
         self.options = options
         self.plain_http = uses_plain_http(registry, options.insecure_registries)
-        scheme = "http" if self.plain_http else "https"
         host = api_host(registry)
-        self.base_url = f"{scheme}://{host}"
+        self.base_url = f"https://{host}"
+        # Where plain HTTP is allowed, HTTPS is still used if the registry speaks it (as Docker
+        # and go-containerregistry do): a loopback port-forward to a TLS registry must work.
+        self._scheme_settled = not self.plain_http
+        self._scheme_lock = asyncio.Lock()
         self.http = httpx.AsyncClient(
             auth=RegistryAuth(host, credential, allow_http_realm=self.plain_http),
             timeout=httpx.Timeout(
@@ -111,6 +120,22 @@ class RegistryClient:
         """Send nothing to this registry for ``seconds`` (up to MAX_HOLD_SECONDS)."""
         if 0 < seconds <= MAX_HOLD_SECONDS:
             self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
+    async def _settle_scheme(self) -> None:
+        if self._scheme_settled:
+            return
+        async with self._scheme_lock:
+            if self._scheme_settled:
+                return
+            try:
+                await self.http.get(f"{self.base_url}/v2/", auth=None,
+                                    timeout=self.options.connect_timeout)
+            except httpx.TransportError as exc:
+                # A certificate we do not trust still means the registry speaks TLS: stay on
+                # HTTPS so the real request fails with that reason, not a misleading one.
+                if not is_certificate_error(exc):
+                    self.base_url = self.base_url.replace("https://", "http://", 1)
+            self._scheme_settled = True
 
     async def _respect_hold(self) -> None:
         while (delay := self._hold_until - time.monotonic()) > 0:
@@ -161,6 +186,7 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Like :meth:`request`, but the caller reads the body as it arrives."""
+        await self._settle_scheme()
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
         )

@@ -11,6 +11,7 @@
     └── PermanentError                 will not succeed on retry
         ├── InvalidReference           also a ValueError; names the part that is wrong
         ├── CredentialError            a credential helper or config that cannot be used
+        ├── UntrustedCertificate       TLS verification failed: a CA bundle is missing
         ├── Unauthorized               401 after a fresh token
         ├── Denied                     403 or DENIED
         ├── NotFound                   404, NAME_UNKNOWN, MANIFEST_UNKNOWN, BLOB_UNKNOWN
@@ -28,6 +29,7 @@ retry (Celery) both ask it, so "what is worth retrying" is decided in exactly on
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
@@ -133,6 +135,10 @@ class InvalidReference(PermanentError, ValueError):
 
 
 class CredentialError(PermanentError):
+    pass
+
+
+class UntrustedCertificate(PermanentError):
     pass
 
 
@@ -261,9 +267,26 @@ def error_from_transport(exc: httpx.TransportError, what: str = "") -> RegistryE
         summary = f"{summary}: {text[:200]}"
     if isinstance(exc, httpx.TimeoutException):
         return Timeout(summary, method=method, url=url)
+    if is_certificate_error(exc):
+        host = request.url.host if request is not None else "the registry"
+        return UntrustedCertificate(
+            f"{what or 'request'}: the TLS certificate of {host} is not trusted "
+            "(give its CA with --ca-bundle or FANOUT_CA_BUNDLE)", method=method, url=url)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return ProtocolError(summary, method=method, url=url)
     return ConnectionFailed(summary, method=method, url=url)
+
+
+def is_certificate_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a failed TLS certificate verification."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -271,6 +294,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, RegistryError):
         return exc.transient
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return False
+    if is_certificate_error(exc):
         return False
     return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
 

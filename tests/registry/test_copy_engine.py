@@ -15,7 +15,7 @@ from registry.options import CopyOptions, TransportOptions
 from registry.reference import parse_reference, parse_repository
 from registry.retry import RetryPolicy
 from registry.session import Registries
-from tests.support.fake_registry import FakeRegistry, error, route, sha256
+from tests.support.fake_registry import FakeRegistry, error, plain_http, route, sha256
 
 FAST = RetryPolicy(attempts=4, initial=0.001, maximum=0.01, max_elapsed=5)
 INSECURE = TransportOptions(insecure_registries=frozenset({"src.test", "dst.test", "other.test"}))
@@ -26,7 +26,7 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 
 async def copy(handler, source: str, dest: str, tags=("v1",), **options):  # type: ignore[no-untyped-def]
-    async with Registries(None, INSECURE, transport=httpx.MockTransport(handler)) as regs:
+    async with Registries(None, INSECURE, transport=plain_http(handler, INSECURE)) as regs:
         copier = Copier(regs, CopyOptions(retry=FAST, referrers=False, **options))
         return await copier.copy(parse_reference(source), parse_repository(dest), tags)
 
@@ -113,7 +113,7 @@ def test_second_destination_on_same_registry_mounts_from_first() -> None:
     push_index(src, "app")
 
     async def both():  # type: ignore[no-untyped-def]
-        async with Registries(None, INSECURE, transport=httpx.MockTransport(route(hosts))) as r:
+        async with Registries(None, INSECURE, transport=plain_http(route(hosts), INSECURE)) as r:
             copier = Copier(r, CopyOptions(retry=FAST, referrers=False))
             return await copier.copy_many(parse_reference("src.test/app:v1"), [
                 (parse_repository("dst.test/one"), ("v1",)),
@@ -215,7 +215,7 @@ def test_blob_redirect_to_storage_host_carries_no_authorization() -> None:
 
     async def go():  # type: ignore[no-untyped-def]
         creds = StaticCredentials({"src.test": Credential("u", "topsecret")})
-        async with Registries(creds, INSECURE, transport=httpx.MockTransport(route(hosts))) as r:
+        async with Registries(creds, INSECURE, transport=plain_http(route(hosts), INSECURE)) as r:
             copier = Copier(r, CopyOptions(retry=FAST, referrers=False))
             return await copier.copy(parse_reference("src.test/app:v1"),
                                      parse_repository("dst.test/app"))
@@ -258,7 +258,7 @@ def test_configured_chunk_size_is_used() -> None:
     opts = TransportOptions(insecure_registries=INSECURE.insecure_registries, chunk_size=4096)
 
     async def go():  # type: ignore[no-untyped-def]
-        async with Registries(None, opts, transport=httpx.MockTransport(route(hosts))) as r:
+        async with Registries(None, opts, transport=plain_http(route(hosts), opts)) as r:
             return await Copier(r, CopyOptions(retry=FAST, referrers=False)).copy(
                 parse_reference("src.test/app:v1"), parse_repository("dst.test/app"))
 
@@ -301,7 +301,7 @@ def test_one_failing_destination_does_not_stop_the_other() -> None:
     push_index(src, "app")
 
     async def go():  # type: ignore[no-untyped-def]
-        async with Registries(None, INSECURE, transport=httpx.MockTransport(route(hosts))) as r:
+        async with Registries(None, INSECURE, transport=plain_http(route(hosts), INSECURE)) as r:
             copier = Copier(r, CopyOptions(retry=FAST, referrers=False))
             return await copier.copy_many(parse_reference("src.test/app:v1"), [
                 (parse_repository("down.test/app"), ("v1",)),
@@ -322,7 +322,7 @@ def test_an_unexpected_error_is_one_destinations_failure_not_the_runs() -> None:
     hosts["other.test"] = broken
 
     async def go():  # type: ignore[no-untyped-def]
-        async with Registries(None, INSECURE, transport=httpx.MockTransport(route(hosts))) as r:
+        async with Registries(None, INSECURE, transport=plain_http(route(hosts), INSECURE)) as r:
             copier = Copier(r, CopyOptions(retry=FAST, referrers=False))
             return await copier.copy_many(parse_reference("src.test/app:v1"), [
                 (parse_repository("other.test/app"), ("v1",)),
@@ -352,3 +352,43 @@ def test_digest_invalid_on_verified_manifest_bytes_is_retried() -> None:
     result = run(copy(route(hosts), "src.test/app:v1", "dst.test/app"))
     assert result.ok, result.error
     assert refused["n"] == 1 and "v1" in dst.manifests["app"]
+
+
+def test_a_host_allowed_plain_http_still_gets_https_when_it_speaks_it() -> None:
+    # No PlainHTTP wrapper: both fakes answer TLS, so HTTPS is used though HTTP was allowed.
+    src, dst, hosts = two_registries()
+    src.push_image("app", [os.urandom(100)], tag="v1")
+
+    async def go():  # type: ignore[no-untyped-def]
+        transport = httpx.MockTransport(route(hosts))
+        async with Registries(None, INSECURE, transport=transport) as regs:
+            return await Copier(regs, CopyOptions(retry=FAST, referrers=False)).copy(
+                parse_reference("src.test/app:v1"), parse_repository("dst.test/app"), ["v1"])
+
+    assert run(go()).ok
+    assert {r.url.scheme for r in src.requests + dst.requests} == {"https"}
+
+
+def test_plain_http_hosts_fall_back_after_one_failed_handshake() -> None:
+    src, dst, hosts = two_registries()
+    src.push_image("app", [os.urandom(100)], tag="v1")
+    assert run(copy(route(hosts), "src.test/app:v1", "dst.test/app")).ok
+    assert {r.url.scheme for r in src.requests + dst.requests} == {"http"}
+
+
+def test_an_untrusted_certificate_is_permanent_and_says_what_to_do() -> None:
+    import ssl
+
+    from registry.errors import UntrustedCertificate, error_from_transport, is_transient
+
+    request = httpx.Request("GET", "https://private.example/v2/")
+    try:
+        try:
+            raise ssl.SSLCertVerificationError("certificate verify failed")
+        except ssl.SSLError as cause:
+            raise httpx.ConnectError("certificate verify failed", request=request) from cause
+    except httpx.ConnectError as exc:
+        error = error_from_transport(exc, "ping")
+        assert not is_transient(exc)
+    assert isinstance(error, UntrustedCertificate) and not error.transient
+    assert "private.example" in str(error) and "--ca-bundle" in str(error)

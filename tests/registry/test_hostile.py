@@ -49,7 +49,7 @@ from registry.reference import parse_reference, parse_repository
 from registry.results import CopyResult
 from registry.retry import RetryPolicy
 from registry.session import Registries
-from tests.support.fake_registry import FakeRegistry, Handler, sha256
+from tests.support.fake_registry import FakeRegistry, Handler, plain_http, sha256
 
 FAST = RetryPolicy(attempts=4, initial=0.001, maximum=0.01, max_elapsed=5)
 INSECURE = TransportOptions(
@@ -92,7 +92,7 @@ class World:
     ) -> CopyResult:
         async def go() -> CopyResult:
             async with Registries(credentials, options,
-                                  transport=httpx.MockTransport(self.handle)) as regs:
+                                  transport=plain_http(self.handle, options)) as regs:
                 copier = Copier(regs, CopyOptions(retry=FAST, referrers=False))
                 return await copier.copy(parse_reference(source), parse_repository(dest), tags)
 

@@ -23,7 +23,7 @@ from registry.reference import parse_reference, parse_repository
 from registry.results import CopyResult
 from registry.retry import RetryPolicy
 from registry.session import Registries
-from tests.support.fake_registry import FakeRegistry, error, route
+from tests.support.fake_registry import FakeRegistry, error, plain_http, route
 
 FAST = RetryPolicy(attempts=3, initial=0.001, maximum=0.01, max_elapsed=5)
 INSECURE = TransportOptions(insecure_registries=frozenset({"src.test", "dst.test"}))
@@ -187,7 +187,7 @@ def pair(*, src_api: bool = False, dst_api: bool = False) -> tuple[
 def copy(handler: Callable[[httpx.Request], httpx.Response], source: str = "src.test/app:v1",
          dest: str = "dst.test/app", **options: Any) -> CopyResult:
     async def go() -> CopyResult:
-        async with Registries(None, INSECURE, transport=httpx.MockTransport(handler)) as regs:
+        async with Registries(None, INSECURE, transport=plain_http(handler, INSECURE)) as regs:
             copier = Copier(regs, CopyOptions(retry=FAST, **options))
             return await copier.copy(parse_reference(source), parse_repository(dest), ["v1"])
 
@@ -476,7 +476,7 @@ def test_a_fallback_tag_holding_an_image_is_not_overwritten() -> None:
 
 def listing(reg: ReferrersRegistry, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     async def go() -> Any:
-        async with Registries(None, INSECURE, transport=httpx.MockTransport(reg.handle)) as regs:
+        async with Registries(None, INSECURE, transport=plain_http(reg.handle, INSECURE)) as regs:
             return await call(regs.client(reg.host), *args, **kwargs)
 
     return asyncio.run(go())
@@ -504,7 +504,7 @@ def test_tags_list_drops_n_when_the_registry_refuses_it() -> None:
         return reg.handle(request)
 
     async def go() -> list[str]:
-        async with Registries(None, INSECURE, transport=httpx.MockTransport(strict)) as regs:
+        async with Registries(None, INSECURE, transport=plain_http(strict, INSECURE)) as regs:
             return await tags_list(regs.client("src.test"), "app")
 
     assert asyncio.run(go()) == ["v1"]
@@ -530,7 +530,7 @@ def test_referrers_get_follows_pages_and_rejects_non_indexes() -> None:
         return httpx.Response(200, headers=headers, content=json.dumps(doc).encode())
 
     async def go(handler: Callable[[httpx.Request], httpx.Response]) -> Any:
-        async with Registries(None, INSECURE, transport=httpx.MockTransport(handler)) as regs:
+        async with Registries(None, INSECURE, transport=plain_http(handler, INSECURE)) as regs:
             return await referrers_get(regs.client("src.test"), "app", image)
 
     found = asyncio.run(go(paged))

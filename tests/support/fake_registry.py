@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from registry.options import TransportOptions
+
 _MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
 _BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 _UPLOADS = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/$")
@@ -185,3 +187,28 @@ def route(registries: dict[str, Handler]) -> Handler:
         return serve(request)
 
     return handler
+
+
+class PlainHTTP(httpx.AsyncBaseTransport):
+    """Hosts that speak plain HTTP only: a TLS attempt fails as a real handshake would, before
+    the handler sees it (the engine tries HTTPS first even where plain HTTP is allowed)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, plain: frozenset[str]) -> None:
+        self._inner = inner
+        self._plain = plain
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host + (f":{request.url.port}" if request.url.port else "")
+        if request.url.scheme == "https" and (host in self._plain
+                                              or request.url.host in self._plain):
+            raise httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number",
+                                     request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def plain_http(handler: Handler, options: TransportOptions) -> PlainHTTP:
+    """A MockTransport for ``handler`` whose insecure hosts speak plain HTTP only."""
+    return PlainHTTP(httpx.MockTransport(handler), options.insecure_registries)

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import ssl
 import tarfile
 import tempfile
 import weakref
@@ -218,7 +219,9 @@ class RegistryHTTP:
 
     def __init__(self, registry: RegistryServer, *, timeout: float = 60.0) -> None:
         self.registry = registry
-        self._client = httpx.Client(base_url=registry.url, timeout=timeout)
+        verify = (ssl.create_default_context(cafile=str(registry.ca_path)) if registry.ca_path
+                  else True)
+        self._client = httpx.Client(base_url=registry.url, timeout=timeout, verify=verify)
         self._authorization: str | None = None
 
     def __enter__(self) -> RegistryHTTP:

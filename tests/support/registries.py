@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -39,6 +40,7 @@ class RegistryServer:
     password: str | None = field(repr=False)
     root: Path
     token_server: TokenServer | None = None
+    ca_path: Path | None = None  # the CA that signed its TLS certificate, when it serves TLS
     _owns_token_server: bool = field(default=False, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log_file: IO[bytes] | None = field(default=None, repr=False)
@@ -88,7 +90,9 @@ class RegistryServer:
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Poll `/v2/` until the registry answers (200 or 401); raise with the log tail if not."""
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as client:
+        verify: Any = (ssl.create_default_context(cafile=str(self.ca_path)) if self.ca_path
+                       else True)
+        with httpx.Client(timeout=1.0, verify=verify) as client:
             while True:
                 if self._proc is None or self._proc.poll() is not None:
                     self._close_log()
@@ -161,6 +165,7 @@ def start_registry(
     token_server: TokenServer | None = None,
     port: int | None = None,
     wait: bool = True,
+    tls: bool = False,
 ) -> RegistryServer:
     """Start a registry with its storage, config and log under `root`.
 
@@ -189,6 +194,10 @@ def start_registry(
         },
         "http": {"addr": host, "secret": secrets.token_hex(16)},
     }
+    ca_path = None
+    if tls:
+        ca_path, cert_path, key_path = write_tls_files(root)
+        config["http"]["tls"] = {"certificate": str(cert_path), "key": str(key_path)}
     if auth == "htpasswd":
         assert user is not None and password is not None
         htpasswd_path = root / "htpasswd"
@@ -215,12 +224,13 @@ def start_registry(
     (root / "config.yml").write_text(json.dumps(config, indent=2))
     server = RegistryServer(
         host=host,
-        url=f"http://{host}",
+        url=f"{'https' if tls else 'http'}://{host}",
         auth=auth,
         username=user,
         password=password,
         root=root,
         token_server=token_server if auth == "token" else None,
+        ca_path=ca_path,
         _owns_token_server=owns_token_server,
     )
     server.launch()
@@ -299,3 +309,42 @@ def start_registry_set(root: Path) -> RegistrySet:
         servers.close()
         raise
     return servers
+
+
+def write_tls_files(root: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fanout test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path, cert_path, key_path = root / "ca.pem", root / "server.pem", root / "server.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return ca_path, cert_path, key_path
