@@ -127,15 +127,37 @@ class RegistryClient:
         async with self._scheme_lock:
             if self._scheme_settled:
                 return
-            try:
-                await self.http.get(f"{self.base_url}/v2/", auth=None,
-                                    timeout=self.options.connect_timeout)
-            except httpx.TransportError as exc:
-                # A certificate we do not trust still means the registry speaks TLS: stay on
-                # HTTPS so the real request fails with that reason, not a misleading one.
-                if not is_certificate_error(exc):
-                    self.base_url = self.base_url.replace("https://", "http://", 1)
+            self.base_url = await self._pick_scheme(self.base_url.removeprefix("https://"))
             self._scheme_settled = True
+
+    async def _pick_scheme(self, host: str) -> str:
+        """Ping ``/v2/`` over HTTPS and HTTP at once; the first registry answer (200 or 401)
+        wins (a TLS port answers plain HTTP with 400, so it is HTTPS there). At once, because
+        a plain-HTTP server may never answer a TLS handshake, and waiting for it would cost
+        every client the connect timeout."""
+        async def ping(scheme: str) -> str | None:
+            try:
+                response = await self.http.get(f"{scheme}://{host}/v2/", auth=None,
+                                               timeout=self.options.connect_timeout)
+            except httpx.TransportError as exc:
+                # An untrusted certificate still means the registry speaks TLS: use HTTPS so
+                # the real request fails with that reason, not a misleading one.
+                return scheme if is_certificate_error(exc) else None
+            return scheme if response.status_code in (200, 401) else None
+
+        probes = {asyncio.ensure_future(ping(s)): s for s in ("https", "http")}
+        chosen = None
+        try:
+            for finished in asyncio.as_completed(probes):
+                chosen = await finished
+                if chosen is not None:
+                    break
+        finally:
+            for probe in probes:
+                probe.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
+        # Neither answered like a registry: HTTP, where the real request reports the problem.
+        return f"{chosen or 'http'}://{host}"
 
     async def _respect_hold(self) -> None:
         while (delay := self._hold_until - time.monotonic()) > 0:

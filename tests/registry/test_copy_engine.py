@@ -355,12 +355,18 @@ def test_digest_invalid_on_verified_manifest_bytes_is_retried() -> None:
 
 
 def test_a_host_allowed_plain_http_still_gets_https_when_it_speaks_it() -> None:
-    # No PlainHTTP wrapper: both fakes answer TLS, so HTTPS is used though HTTP was allowed.
+    # Both fakes speak TLS only: plain HTTP gets the 400 Go's server gives a TLS port.
     src, dst, hosts = two_registries()
     src.push_image("app", [os.urandom(100)], tag="v1")
+    serve = route(hosts)
+
+    def tls_only(request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "http":
+            return httpx.Response(400, text="Client sent an HTTP request to an HTTPS server.")
+        return serve(request)
 
     async def go():  # type: ignore[no-untyped-def]
-        transport = httpx.MockTransport(route(hosts))
+        transport = httpx.MockTransport(tls_only)
         async with Registries(None, INSECURE, transport=transport) as regs:
             return await Copier(regs, CopyOptions(retry=FAST, referrers=False)).copy(
                 parse_reference("src.test/app:v1"), parse_repository("dst.test/app"), ["v1"])
