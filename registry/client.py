@@ -137,8 +137,9 @@ class RegistryClient:
         every client the connect timeout."""
         async def ping(scheme: str) -> str | None:
             try:
-                response = await self.http.get(f"{scheme}://{host}/v2/", auth=None,
-                                               timeout=self.options.connect_timeout)
+                # The client's own timeouts: a registry that stalls stalls the probe no longer
+                # than it would stall any request.
+                response = await self.http.get(f"{scheme}://{host}/v2/", auth=None)
             except httpx.TransportError as exc:
                 # An untrusted certificate still means the registry speaks TLS: use HTTPS so
                 # the real request fails with that reason, not a misleading one.
@@ -147,11 +148,15 @@ class RegistryClient:
 
         probes = {asyncio.ensure_future(ping(s)): s for s in ("https", "http")}
         chosen = None
+        # A registry that stalls both probes gets no longer than a connect or a read would.
+        deadline = min(self.options.connect_timeout, self.options.read_timeout)
         try:
-            for finished in asyncio.as_completed(probes):
+            for finished in asyncio.as_completed(probes, timeout=deadline):
                 chosen = await finished
                 if chosen is not None:
                     break
+        except TimeoutError:
+            pass
         finally:
             for probe in probes:
                 probe.cancel()
