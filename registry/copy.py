@@ -201,7 +201,7 @@ class Copier:
             await run_all(self._child(source, dest, child, (*path, manifest.digest))
                           for child in manifest.children)
         else:
-            await run_all(self._blob(source, dest, blob) for blob in manifest.blobs)
+            await run_all(self._blob(source, dest, blob) for blob in manifest.distributable_blobs)
         client = self.registries.client(dest.repository.registry)
         await self._retry(
             lambda: manifest_put(client, dest.repository.path, manifest.digest, manifest),

@@ -35,6 +35,13 @@ SCHEMA1_MEDIA_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 # single platform from it.
 ACCEPT_MANIFESTS = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
+# Layers a registry may not redistribute (Windows base layers): fetched from their ``urls``.
+NONDISTRIBUTABLE_MEDIA_TYPES = frozenset({
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+})
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the limit distribution and most registries enforce
 
 # Content types that say nothing about which manifest this is; the JSON's mediaType decides.
@@ -213,6 +220,12 @@ class Manifest:
                 seen.add(desc.digest)
                 out.append(desc)
         return tuple(out)
+
+    @property
+    def distributable_blobs(self) -> tuple[Descriptor, ...]:
+        """The blobs a copy moves: foreign (non-distributable) layers stay where their
+        ``urls`` say, as crane and skopeo leave them."""
+        return tuple(b for b in self.blobs if b.media_type not in NONDISTRIBUTABLE_MEDIA_TYPES)
 
     def descriptor(self) -> Descriptor:
         """A descriptor pointing at this manifest."""

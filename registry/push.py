@@ -223,4 +223,5 @@ async def manifest_put(
 
 def is_unsupported_upload(exc: RegistryError) -> bool:
     """A monolithic PUT the registry will not take whole: try chunks instead."""
-    return isinstance(exc, UnexpectedStatus) and exc.status in (413, 416)
+    return isinstance(exc, UnexpectedStatus) and (
+        exc.status in (405, 413, 416) or "UNSUPPORTED" in exc.codes)

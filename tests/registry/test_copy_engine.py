@@ -398,3 +398,26 @@ def test_an_untrusted_certificate_is_permanent_and_says_what_to_do() -> None:
         assert not is_transient(exc)
     assert isinstance(error, UntrustedCertificate) and not error.transient
     assert "private.example" in str(error) and "--ca-bundle" in str(error)
+
+
+def test_foreign_layers_stay_where_their_urls_say() -> None:
+    src, dst, hosts = two_registries()
+    own = os.urandom(500)
+    config = b'{"architecture":"amd64","os":"windows","rootfs":{"type":"layers","diff_ids":[]}}'
+    foreign = {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+               "digest": "sha256:" + "f" * 64, "size": 123456,
+               "urls": ["https://mcr.microsoft.com/v2/windows/blobs/sha256:" + "f" * 64]}
+    manifest = {"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "digest": src.put_blob("win", config), "size": len(config)},
+                "layers": [foreign, {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": src.put_blob("win", own), "size": len(own)}]}
+    raw = json.dumps(manifest).encode()
+    src.put_manifest("win", raw, manifest["mediaType"], "v1")  # type: ignore[arg-type]
+    result = run(copy(route(hosts), "src.test/win:v1", "dst.test/win"))
+    assert result.ok, result.error
+    assert result.stats.blobs_uploaded == 2  # the config and the own layer, not the foreign one
+    assert src.count("GET", "f" * 64) == 0 and dst.count("HEAD", "f" * 64) == 0
+    assert dst.manifests["win"]["v1"][0] == raw
