@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 from .common import UsageError
-from .table import print_releases
+from .table import print_recent, print_releases
 
 EXIT_CODES_HELP = ("Exit 0 when every destination succeeded, 1 when any failed for good, "
                    "3 when some are still queued, running or retrying (--wait timed out), "
@@ -25,9 +25,13 @@ EXIT_CODES_HELP = ("Exit 0 when every destination succeeded, 1 when any failed f
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "status", help="show a release: state, attempts, bytes and errors per destination",
-        description=f"Show the release RELEASE from the ledger. {EXIT_CODES_HELP}",
+        description=f"Show the release RELEASE from the ledger. {EXIT_CODES_HELP} "
+                    "Without RELEASE: list the most recent releases, a line each.",
     )
-    parser.add_argument("release", metavar="RELEASE", help="release id printed by enqueue")
+    parser.add_argument("release", metavar="RELEASE", nargs="?",
+                        help="release id printed by enqueue; omit to list recent releases")
+    parser.add_argument("--limit", type=int, default=20, metavar="N",
+                        help="without RELEASE: how many recent releases to list (default 20)")
     add_wait_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the release as JSON")
     parser.set_defaults(run=run)
@@ -108,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     from . import api
     check_wait_flags(args)
     ledger = api.connect_ledger(api.queue_settings(os.environ))
+    if args.release is None:
+        if args.wait:
+            raise UsageError("--wait needs a RELEASE")
+        return list_recent(ledger, args.limit, as_json=args.json, out=sys.stdout)
     if args.wait:
         releases = wait_all([args.release], ledger, timeout=args.timeout, poll=args.poll,
                             on_poll=TransitionPrinter(sys.stderr))
@@ -115,3 +123,15 @@ def run(args: argparse.Namespace) -> int:
         releases = [api.status(args.release, ledger=ledger)]
     # Exit 3 means "not finished" with or without --wait: a script can poll on it.
     return show(releases, as_json=args.json, out=sys.stdout)
+
+
+def list_recent(ledger: Ledger, limit: int, *, as_json: bool, out: TextIO) -> int:
+    """The newest releases, a line each: what an operator looks at first."""
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {limit}")
+    releases = [r for r in (ledger.get(i) for i in ledger.recent(limit)) if r is not None]
+    if as_json:
+        print(json.dumps({"releases": [release_json(r) for r in releases]}, indent=2), file=out)
+    else:
+        print_recent(releases, out)
+    return 0

@@ -80,3 +80,13 @@ def print_releases(releases: Sequence[Release], out: TextIO,
         if index:
             print(file=out)
         print(render(release, now=clock()), file=out)
+
+
+def print_recent(releases: Sequence[Release], out: TextIO) -> None:
+    """One line per release, newest first: id, when, source, and how its destinations stand."""
+    if not releases:
+        print("no releases in the ledger", file=out)
+        return
+    for release in releases:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(release.created_at))
+        print(f"{release.id}  {when}  {release.source}  {summary(release)}", file=out)

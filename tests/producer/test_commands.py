@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,23 @@ def test_status_table_json_and_exit_codes(ledger: Ledger,
 def test_status_of_an_unknown_release(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "rel-unknown"]) == 2
     assert "no release 'rel-unknown'" in capsys.readouterr().err
+
+
+def test_status_without_a_release_lists_the_newest(ledger: Ledger,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"]) == 0
+    assert capsys.readouterr().out.strip() == "no releases in the ledger"
+    first = ledger.create_release(SOURCE, [("a.example/app", ())])
+    time.sleep(0.01)  # ids and order are by creation time, in milliseconds
+    second = ledger.create_release(SOURCE, [("a.example/app", ()), ("b.example/app", ())])
+    ledger.mark_running(second, "a.example/app", worker="w")
+    ledger.mark_failed(second, "a.example/app", error="denied", error_type="Denied")
+    assert main(["status"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == [second, first]
+    assert "1 failed, 1 queued" in lines[0] and "1 queued" in lines[1]
+    assert main(["status", "--limit", "1", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in document["releases"]] == [second]
+    assert main(["status", "--wait"]) == 2
+    assert "--wait needs a RELEASE" in capsys.readouterr().err
