@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.docs import redis_version, write_section  # noqa: E402
 from producer import api  # noqa: E402
 from tests.support.images import push_oci_image  # noqa: E402
 from tests.support.queue import (  # noqa: E402
@@ -146,7 +145,7 @@ def report(result: Result) -> str:
         "goes to one of five shared repositories on one registry (releases 2k and 2k+1 side "
         "by side in the queue, so their tasks race for it) and to its own repository on the "
         "two others. Redis "
-        f"{_redis_version()} with `appendfsync always`, {platform.python_implementation()} "
+        f"{redis_version()} with `appendfsync always`, {platform.python_implementation()} "
         f"{platform.python_version()}, {os.cpu_count()} CPUs.",
         "",
         "| releases | tasks | enqueue s | total s | tasks/s | waited for the lock | "
@@ -167,24 +166,6 @@ def report(result: Result) -> str:
     ])
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) our section; other sections of the file stay as they are."""
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(updated.rstrip("\n") + "\n")
-
-
-def _redis_version() -> str:
-    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
-                         check=False).stdout
-    match = re.search(r"v=(\S+)", out)
-    return match.group(1) if match else "?"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="releases (default 200)")
@@ -195,7 +176,7 @@ def main() -> int:
     text = report(result)
     print(text)
     if not args.no_write and args.n == 200:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"written to {DOC.relative_to(ROOT)}")
     return 0
 

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.docs import redis_version, write_section  # noqa: E402
 from producer import api  # noqa: E402
 from registry.copy import Copier  # noqa: E402
 from registry.credentials import default_store  # noqa: E402
@@ -106,7 +106,7 @@ def report(runs: list[Run], count: int) -> str:
         SECTION, "",
         f"`bench/queue_overhead.py -n {count}`: {count} no-op copies (every destination already "
         "holds the digest) of a single-platform image between two local registries; Redis "
-        f"{_redis_version()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"{redis_version()}, {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs. Includes publishing, delivery, ledger writes and the lock.",
         "",
         "| run | seconds | tasks/s | per task | overhead per task vs in-process |",
@@ -122,25 +122,6 @@ def report(runs: list[Run], count: int) -> str:
               "seconds. Two worker processes share two CPUs with Redis and both registries "
               "here, so the second process adds less than it would on its own host.", ""]
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    """Replace (or add) our section; other sections of the file stay as they are."""
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated.rstrip("\n") + "\n")
-
-
-def _redis_version() -> str:
-    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
-                         check=False).stdout
-    match = re.search(r"v=(\S+)", out)
-    return match.group(1) if match else "?"
 
 
 def main() -> int:
@@ -185,7 +166,7 @@ def main() -> int:
     text = report(runs, args.n)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"written to {DOC.relative_to(ROOT)}")
     return 0
 

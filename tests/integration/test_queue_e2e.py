@@ -26,6 +26,7 @@ import redis
 from producer import api
 from tests.support.images import blob_exists, manifest_exists, push_oci_image, push_oci_index
 from tests.support.ports import free_port
+from tests.support.queue import FAST_ENV
 from tests.support.registries import RegistryServer, RegistrySet
 from workers.ledger import Ledger, Release
 
@@ -38,18 +39,6 @@ REGISTRY_COMMAND = ["serve"]  # `registry serve CONFIG`, as tests/support/regist
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-# Fast task-tier retries. The visibility timeout must exceed the longest countdown plus the
-# time limit (workers/settings.py refuses anything less); it is this low so that a killed
-# worker's message comes back within the test.
-FAST_ENV = {
-    "FANOUT_RETRY_BACKOFF": "0.2",
-    "FANOUT_RETRY_BACKOFF_MAX": "1",
-    "FANOUT_LOCK_RETRY": "1",
-    "FANOUT_TASK_MAX_RETRIES": "50",
-    "FANOUT_TASK_TIME_LIMIT": "12",
-    "FANOUT_LOCK_TTL": "13",
-    "FANOUT_VISIBILITY_TIMEOUT": "14",
-}
 READY_TIMEOUT = 30.0
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,0 +1,28 @@
+"""Where benchmark scripts record their numbers: one section each of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def write_section(heading: str, text: str, doc: Path = DOC) -> None:
+    """Replace (or add) the section under ``heading``; every other section stays as it is."""
+    current = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text + "\n", current, count=1)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(updated.rstrip("\n") + "\n")
+
+
+def redis_version() -> str:
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                         check=False).stdout
+    match = re.search(r"v=(\S+)", out)
+    return match.group(1) if match else "?"
