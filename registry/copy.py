@@ -2,36 +2,26 @@
 
 Order, per destination: children of an index (recursively) before the index, a manifest's blobs
 before the manifest, tags last — so no tag ever names content that is not fully present.
-Within one run, source manifests are fetched once for all destinations, a blob shared by several
-platforms moves once per destination, and a blob already landed in another repository of the same
-registry is mounted rather than sent again.
+Within one run, source manifests are fetched once for all destinations, and a blob shared by
+several platforms moves once per destination (``registry/blobs.py`` moves the blobs).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from .blobs import BlobMover
 from .errors import InternalError, InvalidManifest, RegistryError, SizeMismatch
-from .fetch import blob_head, blob_stream, manifest_get, manifest_head
+from .fetch import manifest_get, manifest_head
+from .gather import cancel_all, run_all
 from .manifest import Descriptor, Manifest
 from .options import CopyOptions
-from .push import (
-    UploadSession,
-    VerifyingStream,
-    blob_mount,
-    is_unsupported_upload,
-    manifest_put,
-    upload_cancel,
-    upload_chunks,
-    upload_start,
-    upload_stream,
-)
+from .push import manifest_put
 from .reference import Reference, Repository
 from .referrers import copy_referrers
 from .results import CopyResult, CopyStats, ProgressSink
@@ -41,8 +31,6 @@ from .session import Registries
 T = TypeVar("T")
 log = logging.getLogger("fanout.copy")
 
-# Chunk size used when a registry refuses a whole-blob PUT and no size was configured.
-_FALLBACK_CHUNK = 8 * 1024 * 1024
 # Child manifests of an index fetched and written at once, per destination.
 _MANIFEST_CONCURRENCY = 8
 
@@ -73,12 +61,7 @@ class Copier:
         self.options = options or CopyOptions()
         self.progress = progress
         self._manifests: dict[tuple[str, str], asyncio.Future[Manifest]] = {}
-        # Where each blob is known to be, per registry: the mount sources for later copies.
-        self._landed: dict[tuple[str, str], set[str]] = {}
-        # Uploads under way per (registry, digest): a second destination on the same registry
-        # waits for the first and mounts, so the bytes cross the network once per registry.
-        self._inflight: dict[tuple[str, str], asyncio.Future[str]] = {}
-        self._chunked_hosts: set[str] = set()
+        self._blobs = BlobMover(registries, self.options.retry, progress)
 
     # -- the public operations ------------------------------------------------------------
 
@@ -149,7 +132,7 @@ class Copier:
         except BaseException:
             # Shared blob and child tasks outlive the awaits that were cancelled; stop them too,
             # so a failed destination leaves nothing running against its registry.
-            await _cancel_all([*dest.blobs.values(), *dest.manifests.values()])
+            await cancel_all([*dest.blobs.values(), *dest.manifests.values()])
             raise
         return stats
 
@@ -262,159 +245,12 @@ class Copier:
     async def _blob(self, source: Repository, dest: _Destination, blob: Descriptor) -> None:
         task = dest.blobs.get(blob.digest)
         if task is None:
-            task = asyncio.ensure_future(self._copy_blob(source, dest, blob))
+            task = asyncio.ensure_future(self._blobs.copy(
+                source, dest.repository, blob, dest.stats, dest.blob_slots))
             dest.blobs[blob.digest] = task
         await asyncio.shield(task)
-
-    async def _copy_blob(self, source: Repository, dest: _Destination, blob: Descriptor) -> None:
-        target = dest.repository
-        client = self.registries.client(target.registry)
-        async with dest.blob_slots:
-            size = await self._retry(lambda: blob_head(client, target.path, blob.digest),
-                                     f"check blob {blob.digest[:19]} at {target}")
-            if size is not None:
-                dest.stats.blobs_skipped += 1
-                self._landed_at(target, blob.digest)
-                return
-            key = (target.registry, blob.digest)
-            waiting = self._inflight.get(key)
-            if waiting is not None:
-                # Another destination is sending these bytes to this registry; mount after it.
-                # Its failure is its own: then we send the bytes ourselves below.
-                with contextlib.suppress(RegistryError):
-                    await asyncio.shield(waiting)
-            session = await self._try_mounts(source, dest, blob)
-            if session is None and self._is_mounted(dest, blob):
-                return
-            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._inflight.setdefault(key, future)
-            try:
-                await self._upload(source, dest, blob, session)
-            except BaseException as exc:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, RegistryError)
-                                         else RegistryError("upload abandoned"))
-                    future.exception()  # nobody may be waiting; keep asyncio quiet
-                raise
-            finally:
-                if self._inflight.get(key) is future:
-                    del self._inflight[key]
-            if not future.done():
-                future.set_result(target.path)
-            dest.stats.blobs_uploaded += 1
-            dest.stats.bytes_transferred += blob.size
-            self._landed_at(target, blob.digest)
-
-    def _landed_at(self, repository: Repository, digest: str) -> None:
-        self._landed.setdefault((repository.registry, digest), set()).add(repository.path)
-
-    def _is_mounted(self, dest: _Destination, blob: Descriptor) -> bool:
-        return dest.repository.path in self._landed.get(
-            (dest.repository.registry, blob.digest), set())
-
-    async def _try_mounts(
-        self, source: Repository, dest: _Destination, blob: Descriptor,
-    ) -> UploadSession | None:
-        """Mount from a repository of the same registry known to hold the blob.
-
-        Returns an upload session the registry opened instead of mounting, or None (which,
-        with the destination recorded as landed, means mounted; otherwise nothing to mount from).
-        """
-        target = dest.repository
-        candidates = sorted(self._landed.get((target.registry, blob.digest), set()) - {target.path})
-        if source.registry == target.registry and source.path != target.path:
-            candidates.insert(0, source.path)
-        client = self.registries.client(target.registry)
-        for origin in dict.fromkeys(candidates):
-            try:
-                session = await self._retry(
-                    lambda origin=origin: blob_mount(client, target.path, blob.digest, origin),  # type: ignore[misc]
-                    f"mount {blob.digest[:19]} into {target}",
-                )
-            except RegistryError as exc:
-                if exc.transient:
-                    raise
-                log.info("mount of %s from %s refused (%s); uploading instead",
-                         blob.digest[:19], origin, exc)
-                continue
-            if session is None:
-                dest.stats.blobs_mounted += 1
-                self._landed_at(target, blob.digest)
-                return None
-            return session  # registry declined the mount but opened an upload for us
-        return None
-
-    async def _upload(
-        self, source: Repository, dest: _Destination, blob: Descriptor,
-        session: UploadSession | None,
-    ) -> None:
-        target = dest.repository
-        client = self.registries.client(target.registry)
-        source_client = self.registries.client(source.registry)
-        opened = [session]
-
-        def advance(nbytes: int) -> None:
-            if self.progress is not None:
-                self.progress.advance(str(target), nbytes)
-
-        async def attempt() -> None:
-            current = opened[0] or await upload_start(client, target.path)
-            opened[0] = None  # a session serves one attempt; a retry opens a fresh one
-            try:
-                async with blob_stream(source_client, source.path, blob.digest) as response:
-                    stream = VerifyingStream(response.aiter_bytes(), blob, advance)
-                    chunk = self.registries.options.chunk_size
-                    if chunk is None and (current.chunk_min or target.registry in
-                                          self._chunked_hosts):
-                        chunk = max(current.chunk_min, _FALLBACK_CHUNK)
-                    if chunk:
-                        await upload_chunks(client, current, blob, stream, chunk)
-                    else:
-                        await upload_stream(client, current, blob, stream)
-            except RegistryError as exc:
-                await upload_cancel(client, current)
-                if is_unsupported_upload(exc) and target.registry not in self._chunked_hosts:
-                    log.info("%s refused a whole-blob upload; switching to chunks", target.registry)
-                    self._chunked_hosts.add(target.registry)
-                    return await attempt()
-                raise
-            except BaseException:
-                await asyncio.shield(upload_cancel(client, current))
-                raise
-            return None
-
-        if self.progress is not None:
-            self.progress.expect(str(target), blob.size)
-        await self._retry(attempt, f"upload blob {blob.digest[:19]} to {target}")
 
     # -- plumbing -------------------------------------------------------------------------
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.options.retry, operation, what=what)
-
-
-async def run_all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run together; on the first failure cancel the rest and raise one error, a permanent one
-    when there is one (retrying cannot fix the whole), else the first."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for coroutine in work:
-                group.create_task(coroutine)
-    except ExceptionGroup as failures:
-        errors = _leaves(failures)
-        permanent = [e for e in errors if isinstance(e, RegistryError) and not e.transient]
-        raise (permanent or errors)[0] from None
-
-
-def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
-    found: list[Exception] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
-
-
-async def _cancel_all(tasks: Sequence[asyncio.Future[None]]) -> None:
-    pending = [task for task in tasks if not task.done()]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,37 @@
+"""Running a group of coroutines as one: all succeed, or the first failure cancels the rest."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any
+
+from .errors import RegistryError
+
+
+async def run_all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run together; on the first failure cancel the rest and raise one error, a permanent one
+    when there is one (retrying cannot fix the whole), else the first."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in work:
+                group.create_task(coroutine)
+    except ExceptionGroup as failures:
+        errors = _leaves(failures)
+        permanent = [e for e in errors if isinstance(e, RegistryError) and not e.transient]
+        raise (permanent or errors)[0] from None
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    found: list[Exception] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+async def cancel_all(tasks: Sequence[asyncio.Future[None]]) -> None:
+    """Cancel what is still running and wait until it has stopped."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
