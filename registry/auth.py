@@ -16,7 +16,6 @@ Pinging first matters: blob uploads stream their bodies, which cannot be replaye
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import logging
 import re
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .bounded import bound_body
-from .challenge import Challenge, response_challenges
+from .challenge import Challenge, realm_url, response_challenges
 from .errors import (
     Denied,
     InvalidReference,
@@ -243,7 +242,7 @@ class RegistryAuth(httpx.Auth):
         self, challenge: Challenge, scopes: tuple[str, ...], original: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, tuple[str, float]]:
         """Ask the realm for a token: OAuth2 refresh grant when we hold a refresh token."""
-        realm = self._realm(challenge)
+        realm = realm_url(challenge, self._registry, allow_http=self._allow_http_realm)
         service = challenge.params.get("service")
         scope_text = " ".join(scopes) or "no scope"
         cred = self._credential
@@ -329,34 +328,6 @@ class RegistryAuth(httpx.Auth):
         if cred is not None:
             secrets += [cred.password, cred.identity_token, cred.registry_token]
         return any(secret and secret in text for secret in secrets)
-
-    def _realm(self, challenge: Challenge) -> httpx.URL:
-        """The challenge's realm, if it is a URL we are willing to send credentials to."""
-        raw = challenge.params.get("realm")
-        if not raw:
-            raise ProtocolError(f"Bearer challenge from {self._registry} has no realm")
-        try:
-            realm = httpx.URL(raw)
-        except httpx.InvalidURL:
-            raise ProtocolError(
-                f"Bearer challenge from {self._registry} has a malformed realm") from None
-        scheme = realm.scheme
-        if scheme not in ("https", "http") or (scheme == "http" and not self._allow_http_realm):
-            raise ProtocolError(
-                f"token realm scheme {scheme!r} from {self._registry} is not allowed"
-                + (" (https only for a TLS registry)" if scheme == "http" else ""))
-        if not realm.host:
-            raise ProtocolError(f"Bearer challenge from {self._registry} has a realm without host")
-        try:
-            address = ipaddress.ip_address(realm.host)
-        except ValueError:
-            return realm
-        # Cloud metadata services live on link-local addresses: a hostile registry must not be
-        # able to point our token requests (and a password) at them.
-        if address.is_link_local or address.is_unspecified or address.is_multicast:
-            raise ProtocolError(
-                f"token realm host {realm.host} from {self._registry} is not allowed")
-        return realm
 
     def _is_registry(self, url: httpx.URL) -> bool:
         if url.host.lower() != self._hostname:

@@ -9,6 +9,7 @@ scanner rather than a ``split(",")``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -154,3 +155,32 @@ class _Scanner:
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
+
+
+def realm_url(challenge: Challenge, registry: str, *, allow_http: bool) -> httpx.URL:
+    """The challenge's realm, if it is a URL we are willing to send credentials to."""
+    raw = challenge.params.get("realm")
+    if not raw:
+        raise ProtocolError(f"Bearer challenge from {registry} has no realm")
+    try:
+        realm = httpx.URL(raw)
+    except httpx.InvalidURL:
+        raise ProtocolError(
+            f"Bearer challenge from {registry} has a malformed realm") from None
+    scheme = realm.scheme
+    if scheme not in ("https", "http") or (scheme == "http" and not allow_http):
+        raise ProtocolError(
+            f"token realm scheme {scheme!r} from {registry} is not allowed"
+            + (" (https only for a TLS registry)" if scheme == "http" else ""))
+    if not realm.host:
+        raise ProtocolError(f"Bearer challenge from {registry} has a realm without host")
+    try:
+        address = ipaddress.ip_address(realm.host)
+    except ValueError:
+        return realm
+    # Cloud metadata services live on link-local addresses: a hostile registry must not be
+    # able to point our token requests (and a password) at them.
+    if address.is_link_local or address.is_unspecified or address.is_multicast:
+        raise ProtocolError(
+            f"token realm host {realm.host} from {registry} is not allowed")
+    return realm
