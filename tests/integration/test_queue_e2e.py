@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import redis
 from producer import api
 from tests.support.images import blob_exists, manifest_exists, push_oci_image, push_oci_index
 from tests.support.ports import free_port
-from tests.support.queue import FAST_ENV
+from tests.support.queue import FAST_ENV, Process
 from tests.support.registries import RegistryServer, RegistrySet
 from workers.ledger import Ledger, Release
 
@@ -45,50 +44,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-@dataclass
-class Process:
-    """A child process with its log in a file, stopped (or killed) by the test."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> Process:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env, cwd=ROOT)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for_log(self, text: str, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: no {text!r} after {timeout}s:\n"
-                                     f"{self.log()[-3000:]}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @dataclass
