@@ -16,6 +16,12 @@ class UsageError(Exception):
     """Bad input from the user: printed as is, exit status 2."""
 
 
+def add_tag_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tag", "-t", action="append", default=[], metavar="T",
+                        help="tag every destination with T (repeatable); default: the "
+                             "destination's own tag, else the source's")
+
+
 def add_registry_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("registry access")
     group.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",

@@ -19,6 +19,7 @@ from .common import (
     UsageError,
     add_referrer_flags,
     add_registry_flags,
+    add_tag_flag,
     copy_options,
     credentials,
     parse_destinations,
@@ -38,9 +39,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("source", metavar="SOURCE", help="image reference, by tag or digest")
     parser.add_argument("destinations", metavar="DEST", nargs="+",
                         help="repository, optionally with a tag")
-    parser.add_argument("--tag", "-t", action="append", default=[], metavar="T",
-                        help="tag every destination with T (repeatable); default: the "
-                             "destination's own tag, else the source's")
+    add_tag_flag(parser)
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     add_registry_flags(parser)
     add_referrer_flags(parser)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from .common import UsageError, add_referrer_flags
+from .common import UsageError, add_referrer_flags, add_tag_flag
 from .config import load_config, pick_destinations
 from .status_cmd import (
     EXIT_CODES_HELP,
@@ -34,9 +34,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="image reference, by tag or digest; '-' reads them from stdin")
     parser.add_argument("destinations", metavar="DEST", nargs="*",
                         help="repository, optionally with a tag")
-    parser.add_argument("--tag", "-t", action="append", default=[], metavar="T",
-                        help="tag every destination with T (repeatable); default: the "
-                             "destination's own tag, else the source's")
+    add_tag_flag(parser)
     parser.add_argument("--to", metavar="NAME", help="the destination set NAME of fanout.toml")
     parser.add_argument("--config", metavar="FILE",
                         help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")

@@ -85,22 +85,20 @@ class Copier:
         started = time.monotonic()
         stats = CopyStats()
         digest = source.digest or ""
+        error: RegistryError | None = None
         try:
             pinned = await self.resolve(source)
             digest = pinned.digest or ""
             await self.copy_image(pinned, destination, tags, stats=stats)
         except RegistryError as exc:
             log.warning("copy of %s to %s failed: %s", source, destination, exc)
-            return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
-                              time.monotonic() - started, exc)
+            error = exc
         except Exception as exc:
             # A bug of ours must not take the other destinations' results down with it.
             log.exception("unexpected error copying %s to %s", source, destination)
             error = InternalError(f"unexpected {type(exc).__name__} (a fanout bug; see the log)")
-            return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
-                              time.monotonic() - started, error)
         return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
-                          time.monotonic() - started)
+                          time.monotonic() - started, error)
 
     async def copy_many(
         self, source: Reference, targets: Sequence[tuple[Repository, Sequence[str]]],
@@ -140,7 +138,7 @@ class Copier:
         assert source.digest is not None
         destination, stats = dest.repository, dest.stats
         client = self.registries.client(destination.registry)
-        root = await self._source_manifest(source.repository, source.digest)
+        root = await self.source_manifest(source.repository, source.digest)
         present = await self._retry(
             lambda: manifest_head(client, destination.path, root.digest),
             f"check {destination}@{root.digest[:19]}",
@@ -164,7 +162,8 @@ class Copier:
             future.set_result(manifest)
             self._manifests[key] = future
 
-    async def _source_manifest(self, repository: Repository, digest: str) -> Manifest:
+    async def source_manifest(self, repository: Repository, digest: str) -> Manifest:
+        """A source manifest by digest, fetched once per run however many ask for it."""
         key = (str(repository), digest)
         task = self._manifests.get(key)
         # A failed fetch is not cached: the next destination (or retry) tries again.
@@ -208,7 +207,7 @@ class Copier:
         self, source: Repository, dest: _Destination, child: Descriptor, path: tuple[str, ...],
     ) -> None:
         async with dest.manifest_slots:
-            manifest = await self._source_manifest(source, child.digest)
+            manifest = await self.source_manifest(source, child.digest)
             if len(manifest.raw) != child.size:
                 raise SizeMismatch(
                     f"manifest {child.digest[:19]} is {len(manifest.raw)} bytes but its index "

@@ -146,7 +146,7 @@ async def _manifests_within(copier: Copier, repository: Repository, root: Manife
                 continue
             found.append(child.digest)
             if is_index_media_type(child.media_type):
-                pending.append(await copier._source_manifest(repository, child.digest))
+                pending.append(await copier.source_manifest(repository, child.digest))
     return found
 
 
@@ -272,7 +272,7 @@ async def _kept(copier: Copier, repository: Repository, descriptor: Descriptor) 
     if artifact_type is None:
         # An index entry written without artifactType: the manifest itself says (it is
         # fetched once per run, and copied from that cache if kept).
-        manifest = await copier._source_manifest(repository, descriptor.digest)
+        manifest = await copier.source_manifest(repository, descriptor.digest)
         artifact_type = _artifact_type_of(manifest)
     return artifact_type in wanted
 
@@ -323,7 +323,7 @@ async def _copy_found(
             if parent is not None:
                 parent.absorb(stats)
         if item.tag is None:
-            manifest = await copier._source_manifest(repository, item.digest)
+            manifest = await copier.source_manifest(repository, item.digest)
             entries.append(referrer_descriptor(manifest))
     if entries:
         await _register(copier, state, destination, subject, entries)
