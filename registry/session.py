@@ -21,12 +21,15 @@ class Registries:
         options: TransportOptions | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: a context built once (``tls_context(options)``) for callers that open many
+        pools, such as a worker's tasks; by default the first client builds one."""
         self.credentials = credentials
         self.options = options or TransportOptions()
         self._transport = transport
         self._clients: dict[str, RegistryClient] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
 
     def client(self, registry: str) -> RegistryClient:
         found = self._clients.get(registry)

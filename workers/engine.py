@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
+from registry.client import tls_context
 from registry.copy import Copier
 from registry.credentials import default_store
 from registry.envconfig import copy_options_from_env, transport_options_from_env
@@ -36,6 +37,9 @@ class CopyEngine:
         # Read once, at worker start: a bad setting fails the worker, not every task.
         self._transport = transport_options_from_env(self._env)
         copy_options_from_env(self._env)
+        # Loading the trust store costs tens of milliseconds: once per worker process, not per
+        # task (the runner is built after the prefork fork).
+        self._tls = tls_context(self._transport)
 
     def copy(self, job: CopyJob, *, timeout: float | None) -> dict[str, int]:
         return asyncio.run(self._copy(job, timeout))
@@ -45,7 +49,8 @@ class CopyEngine:
                                         referrer_types=job.referrer_types)
         source = parse_reference(job.source)
         destination = parse_repository(job.destination)
-        async with Registries(default_store(self._env), self._transport) as registries:
+        async with Registries(default_store(self._env), self._transport,
+                              tls=self._tls) as registries:
             copier = Copier(registries, options)
             deadline = asyncio.timeout(timeout)
             try:
