@@ -1,4 +1,5 @@
-"""The Python API behind ``fanout enqueue`` and ``fanout status``: for CI tooling in Python.
+"""The Python API behind ``fanout enqueue``, ``fanout status`` and ``fanout check``: for CI
+tooling in Python.
 
 ::
 
@@ -9,6 +10,7 @@
 
 Everything is checked before anything is enqueued: the references, the source (a tag is pinned to
 its digest here, once; a digest must exist), the destinations, the broker and the ledger.
+``check(destinations)`` is the preflight of destinations, as ``fanout check`` runs it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from registry.envconfig import transport_options_from_env
 from registry.errors import NotFound, RegistryError
 from registry.fetch import manifest_head
 from registry.options import CopyOptions
+from registry.preflight import DestinationCheck
 from registry.reference import Reference, Repository
 from registry.retry import RetryPolicy, retry_async
 from registry.session import Registries
@@ -35,6 +38,7 @@ from workers.ledger import Ledger, Release
 from workers.routing import queue_for
 from workers.settings import WorkerSettings
 
+from . import check_cmd
 from .common import UsageError, credentials, parse_destinations, parse_source
 
 TASK_NAME = "fanout.copy"
@@ -43,7 +47,7 @@ EXIT_FAILED = 1
 EXIT_TIMEOUT = 3
 
 # Resolving the source happens while a CI job waits: a blip is retried, an outage is reported.
-_RESOLVE_RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0)
+_RESOLVE_RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0, max_hold=5.0)
 _CONNECT_TIMEOUT = 5.0
 
 
@@ -139,6 +143,26 @@ def wait(
             sleep(min(poll, left))
         else:
             sleep(poll)
+
+
+def check(
+    destinations: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    insecure_registries: Sequence[str] = (),
+    ca_bundle: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[DestinationCheck]:
+    """Check each destination as ``fanout check`` does (``.ready``, ``.problems``), in order.
+
+    Bad input raises (``InvalidReference``, ``UsageError``) before any registry is contacted.
+    """
+    env = os.environ if env is None else env
+    targets = check_cmd.parse_targets(destinations)
+    options = transport_options_from_env(env, insecure=list(insecure_registries),
+                                         ca_bundle=ca_bundle)
+    return asyncio.run(check_cmd.check_all(targets, options=options, env=env,
+                                           transport=transport))
 
 
 def exit_code(releases: Sequence[Release]) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from registry.envconfig import ConfigError
 from registry.errors import InvalidReference, RegistryError
 
-from . import copy_cmd, enqueue_cmd, status_cmd
+from . import check_cmd, copy_cmd, enqueue_cmd, status_cmd
 from .common import UsageError
 
 EXIT_OK = 0
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     copy_cmd.add_parser(commands)
     enqueue_cmd.add_parser(commands)
     status_cmd.add_parser(commands)
+    check_cmd.add_parser(commands)
     return parser
 
 

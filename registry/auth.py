@@ -24,12 +24,11 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import httpx
 
 from .bounded import bound_body
-from .challenge import Challenge, realm_url, response_challenges
+from .challenge import Challenge, pick_challenge, realm_url, response_challenges
 from .errors import (
     Denied,
     InvalidReference,
@@ -38,7 +37,8 @@ from .errors import (
     Unauthorized,
     error_from_response,
 )
-from .scopes import scope_key, scopes_for
+from .hosts import bare_hostname, split_host_port
+from .scopes import scope_key, scopes_of
 
 _LOG = logging.getLogger("fanout.auth")
 
@@ -103,6 +103,12 @@ class RegistryAuth(httpx.Auth):
     def __repr__(self) -> str:
         return f"RegistryAuth({self._registry!r})"
 
+    def prime(self, challenge: Challenge | None, credential: CredentialLike | None) -> None:
+        """Take the host probe's answer and the credential, so the flow need not ping itself."""
+        self._challenge = challenge
+        self._credential = credential
+        self._pinged = True
+
     # -- the flow ------------------------------------------------------------------------------
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -116,7 +122,7 @@ class RegistryAuth(httpx.Auth):
             self._challenge = self._read_ping((yield ping))
             self._pinged = True
 
-        scopes = scopes_for(request)
+        scopes = scopes_of(request)
         sent = yield from self._authorize(request, scopes, fresh=False)
         # Judged before sending: a transport may turn a consumed stream into something else.
         replayable = isinstance(request.stream, httpx.ByteStream)
@@ -126,7 +132,9 @@ class RegistryAuth(httpx.Auth):
         if not self._is_registry(response.request.url):
             return  # a redirect target's challenge is not the registry's to answer
 
-        challenge = _pick(response_challenges(response))
+        # Artifact Registry answers 401 without a challenge on every path but /v2/: the
+        # ping's challenge is the one to answer then.
+        challenge = pick_challenge(response_challenges(response)) or self._challenge
         if challenge is None or not self._can_answer(challenge):
             return
         # Whatever happens next, that token is no good for these scopes any more.
@@ -192,7 +200,7 @@ class RegistryAuth(httpx.Auth):
         if not self._is_registry(response.request.url):
             raise ProtocolError(f"ping of {self._registry} was redirected to another host",
                                 status=401, method="GET", url=response.request.url)
-        challenge = _pick(response_challenges(response))
+        challenge = pick_challenge(response_challenges(response))
         if challenge is None:
             # Nothing we can answer (no header, or only schemes like Negotiate): requests go out
             # as they are, and their own 401 reaches the caller as Unauthorized.
@@ -229,9 +237,12 @@ class RegistryAuth(httpx.Auth):
             return _Sent.NOTHING
         token = self._tokens.get(scope_key(scopes))
         now = self._clock()
-        if fresh or token is None or now >= token.expires_at - _EXPIRY_MARGIN:
+        if fresh or token is None or now >= token.expires_at:
             value, expires_in = yield from self._fetch_token(challenge, scopes, request)
-            token = _Token(value, now + expires_in)  # counted from before the request: safe side
+            # Counted from before the request (the safe side). The margin is a quarter of a
+            # short lifetime: GitLab's tokens can live minutes, a test's seconds.
+            margin = min(_EXPIRY_MARGIN, expires_in / 4)
+            token = _Token(value, now + expires_in - margin)
             self._tokens[scope_key(scopes)] = token
             if also_for is not None:
                 self._tokens[scope_key(also_for)] = token
@@ -367,15 +378,6 @@ def _oauth_unsupported(response: httpx.Response) -> bool:
     return isinstance(doc, dict) and doc.get("error") == "unsupported_grant_type"
 
 
-def _pick(challenges: list[Challenge]) -> Challenge | None:
-    """The challenge we can best answer: Bearer, then Basic."""
-    for scheme in ("bearer", "basic"):
-        for challenge in challenges:
-            if challenge.scheme == scheme:
-                return challenge
-    return None
-
-
 def _basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
@@ -385,13 +387,13 @@ def _ping_url(url: httpx.URL) -> httpx.URL:
 
 
 def _split_host(registry_host: str) -> tuple[str, int | None]:
-    """``host[:port]`` → (lower-case host, port or None)."""
-    parts = urlsplit(f"//{registry_host}")
+    """``host[:port]`` → (lower-case host without brackets, port or None)."""
     try:
-        port = parts.port
+        host, port = split_host_port(registry_host)
     except ValueError:
-        port = -1
-    if (not parts.hostname or port == -1 or parts.path or parts.query or parts.fragment
-            or "@" in registry_host):
+        host, port = "", None
+    hostname = bare_hostname(registry_host)
+    if (not host or not hostname or "@" in registry_host or "/" in registry_host
+            or (port is not None and not (port.isdigit() and 0 < int(port[:6]) <= 65535))):
         raise InvalidReference(f"registry host {registry_host!r} is not host[:port]")
-    return parts.hostname.lower(), port
+    return hostname, int(port) if port is not None else None

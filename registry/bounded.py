@@ -50,6 +50,20 @@ class BoundedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             await self._inner.aclose()
 
 
+async def read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a streamed response's body; the rest is left unread.
+
+    For bodies read only for what they say (error codes, a ping): a registry that streams
+    without end gets no more of our memory than this.
+    """
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
+
+
 def bound_body(response: httpx.Response) -> None:
     """Make reading ``response`` fail past MAX_AUTH_BODY bytes, early if it says so up front."""
     length = response.headers.get("content-length", "")

@@ -157,6 +157,15 @@ class _Scanner:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
 
+def pick_challenge(challenges: list[Challenge]) -> Challenge | None:
+    """The challenge we can best answer: Bearer, then Basic; None when neither is offered."""
+    for scheme in ("bearer", "basic"):
+        for challenge in challenges:
+            if challenge.scheme == scheme:
+                return challenge
+    return None
+
+
 def realm_url(challenge: Challenge, registry: str, *, allow_http: bool) -> httpx.URL:
     """The challenge's realm, if it is a URL we are willing to send credentials to."""
     raw = challenge.params.get("realm")

@@ -1,4 +1,14 @@
-"""One registry host: an httpx client with auth, scheme choice and error mapping.
+"""One registry host: the per-host layer every read and write goes through.
+
+It owns what is true of a host rather than of one request:
+
+- the probe (scheme and auth challenge, :mod:`registry.probe`), done once and shared;
+- the credential, looked up off the event loop (a credential helper is a subprocess, and ECR's
+  takes seconds) at the same time as the probe;
+- tokens (:class:`registry.auth.RegistryAuth`), asked for the scopes each request states;
+- holds: a ``Retry-After`` or an exhausted rate limit holds every request to the host, in this
+  process and, through the :class:`~registry.holds.HoldStore`, in every worker;
+- what the host has been seen to accept (:class:`~registry.capabilities.Capabilities`).
 
 Everything above this module speaks in registry errors (``registry.errors``), never in httpx
 exceptions or raw status codes.
@@ -7,7 +17,6 @@ exceptions or raw status codes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 import time
 from collections.abc import AsyncIterator, Container, Mapping
@@ -18,49 +27,34 @@ import httpcore
 import httpx
 
 from .auth import RegistryAuth
+from .bounded import read_bounded
 from .errors import (
     ProtocolError,
+    RateLimited,
     RegistryError,
+    TokenExpired,
     error_from_response,
     error_from_transport,
-    is_certificate_error,
 )
+from .holds import HoldStore, MemoryHolds, ratelimit_exhausted
+from .hosts import api_host, uses_plain_http
 from .options import TransportOptions
-from .reference import is_loopback_host
+from .probe import Probe, probe_host
+from .retry import REQUEST_RETRY, RetryPolicy
+from .scopes import SCOPES, Scopes
+from .singleflight import SingleFlight
 
 if TYPE_CHECKING:
-    from .credentials import Credential
+    from .capabilities import Capabilities
+    from .credentials import CredentialStore
 
 # An error body is for a diagnostic code and a message; never worth more than this.
 _ERROR_BODY_LIMIT = 64 * 1024
+MAX_HOLD_SECONDS = 3600.0
 # httpcore receives 64 KiB per read; blobs stream with about 30% less CPU per byte in reads of
 # 256 KiB (measured on loopback, bench/copy_bench.py). It is a class attribute, so this sets it
 # for the process; should httpcore drop it, the assignment is simply unused.
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024
-
-# The longest Retry-After we hold every request to a registry for. A longer one fails the request
-# (transient, carrying the delay) so the task tier waits without holding a worker slot.
-MAX_HOLD_SECONDS = 60.0
-_DOCKER_HUB = "docker.io"
-_DOCKER_HUB_API = "registry-1.docker.io"
-
-
-def api_host(registry: str) -> str:
-    """The host[:port] that serves the API for ``registry`` (Docker Hub's differs from its name)."""
-    return _DOCKER_HUB_API if registry == _DOCKER_HUB else registry
-
-
-def uses_plain_http(registry: str, insecure: frozenset[str]) -> bool:
-    """Plain HTTP for loopback (as Docker and crane do) and for hosts the user listed."""
-    if registry in insecure or is_loopback_host(registry):
-        return True
-    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-    if host in insecure:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def tls_context(options: TransportOptions) -> ssl.SSLContext:
@@ -74,28 +68,35 @@ def tls_context(options: TransportOptions) -> ssl.SSLContext:
 
 
 class RegistryClient:
-    """Requests to one registry, with credentials that never leave its host."""
+    """Requests to one registry host, with credentials that never leave it."""
 
     def __init__(
         self,
         registry: str,
         *,
-        credential: Credential | None,
+        credentials: CredentialStore | None,
         options: TransportOptions,
+        capabilities: Capabilities,
+        holds: HoldStore | None = None,
+        retry: RetryPolicy = REQUEST_RETRY,
         transport: httpx.AsyncBaseTransport | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.registry = registry
         self.options = options
+        self.capabilities = capabilities
+        self.retry_policy = retry
         self.plain_http = uses_plain_http(registry, options.insecure_registries)
-        host = api_host(registry)
-        self.base_url = f"https://{host}"
-        # Where plain HTTP is allowed, HTTPS is still used if the registry speaks it (as Docker
-        # and go-containerregistry do): a loopback port-forward to a TLS registry must work.
-        self._scheme_settled = not self.plain_http
-        self._scheme_lock = asyncio.Lock()
+        self._host = api_host(registry)
+        self.base_url = f"https://{self._host}"
+        self._credentials = credentials
+        self._holds = holds if holds is not None else MemoryHolds()
+        self._ready: SingleFlight[str, Probe] = SingleFlight()
+        # Consecutive 429s without a Retry-After: the hold grows with them, as backoff does.
+        self._throttled = 0
+        self._auth = RegistryAuth(self._host, None, allow_http_realm=self.plain_http)
         self.http = httpx.AsyncClient(
-            auth=RegistryAuth(host, credential, allow_http_realm=self.plain_http),
+            auth=self._auth,
             timeout=httpx.Timeout(
                 options.read_timeout, connect=options.connect_timeout, pool=None,
             ),
@@ -109,67 +110,73 @@ class RegistryClient:
             transport=transport,
         )
 
-        # monotonic time before which nothing is sent here: a registry's Retry-After covers
-        # the registry, not just the one request that was told.
-        self._hold_until = 0.0
-
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r})"
 
-    def hold(self, seconds: float) -> None:
-        """Send nothing to this registry for ``seconds`` (up to MAX_HOLD_SECONDS)."""
-        if 0 < seconds <= MAX_HOLD_SECONDS:
-            self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+    # -- the host, once ----------------------------------------------------------------------
 
-    async def _settle_scheme(self) -> None:
-        if self._scheme_settled:
-            return
-        async with self._scheme_lock:
-            if self._scheme_settled:
-                return
-            self.base_url = await self._pick_scheme(self.base_url.removeprefix("https://"))
-            self._scheme_settled = True
+    async def probe(self) -> Probe:
+        """The host's scheme and auth kind, asked once (with the credential lookup beside it)."""
+        return await self._ready.do("probe", self._first_contact)
 
-    async def _pick_scheme(self, host: str) -> str:
-        """Ping ``/v2/`` over HTTPS and HTTP at once; the first registry answer (200 or 401)
-        wins (a TLS port answers plain HTTP with 400, so it is HTTPS there). At once, because
-        a plain-HTTP server may never answer a TLS handshake, and waiting for it would cost
-        every client the connect timeout."""
-        async def ping(scheme: str) -> str | None:
-            try:
-                # The client's own timeouts: a registry that stalls stalls the probe no longer
-                # than it would stall any request.
-                response = await self.http.get(f"{scheme}://{host}/v2/", auth=None)
-            except httpx.TransportError as exc:
-                # An untrusted certificate still means the registry speaks TLS: use HTTPS so
-                # the real request fails with that reason, not a misleading one.
-                return scheme if is_certificate_error(exc) else None
-            return scheme if response.status_code in (200, 401) else None
-
-        probes = {asyncio.ensure_future(ping(s)): s for s in ("https", "http")}
-        chosen = None
-        # A registry that stalls both probes gets no longer than a connect or a read would.
-        deadline = min(self.options.connect_timeout, self.options.read_timeout)
+    async def _first_contact(self) -> Probe:
+        lookup = None
+        if self._credentials is not None:
+            # A credential helper is a subprocess: never on the event loop.
+            lookup = asyncio.ensure_future(asyncio.to_thread(self._credentials.get, self.registry))
         try:
-            for finished in asyncio.as_completed(probes, timeout=deadline):
-                chosen = await finished
-                if chosen is not None:
-                    break
-        except TimeoutError:
-            pass
-        finally:
-            for probe in probes:
-                probe.cancel()
-            await asyncio.gather(*probes, return_exceptions=True)
-        # Neither answered like a registry: HTTP, where the real request reports the problem.
-        return f"{chosen or 'http'}://{host}"
+            # A registry that stalls the probe gets no longer than a connect or a read would.
+            connect, read = self.options.connect_timeout, self.options.read_timeout
+            await self._respect_hold()
+            found = await probe_host(
+                self.http, self._host, plain_http=self.plain_http, deadline=min(connect, read),
+                deadline_kind=httpx.ReadTimeout if read <= connect else httpx.ConnectTimeout)
+            credential = await lookup if lookup is not None else None
+        except BaseException:
+            if lookup is not None:
+                lookup.cancel()
+                await asyncio.gather(lookup, return_exceptions=True)
+            raise
+        self.base_url = f"{found.scheme}://{self._host}"
+        self._auth.prime(found.challenge, credential)
+        return found
+
+    # -- holds -------------------------------------------------------------------------------
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing to this host for ``seconds``, here and wherever the hold store reaches."""
+        if seconds > 0:
+            # A registry's word is trusted up to an hour: a hostile or broken Retry-After must
+            # not park a host for every worker for days.
+            self._holds.hold(self.registry, time.time() + min(seconds, MAX_HOLD_SECONDS))
 
     async def _respect_hold(self) -> None:
-        while (delay := self._hold_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+        """Wait out a short hold; fail at once on one longer than the request tier waits, so the
+        task tier waits without holding a connection or a worker slot."""
+        while (remaining := self._holds.until(self.registry) - time.time()) > 0:
+            if remaining > self.retry_policy.max_hold:
+                raise RateLimited(
+                    f"{self.registry} is rate limited for another {remaining:.0f} s",
+                    retry_after=remaining)
+            await asyncio.sleep(remaining)
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    def _note_limits(self, response: httpx.Response, error: RegistryError | None) -> None:
+        if isinstance(error, RateLimited):
+            self._throttled += 1
+            after = error.retry_after
+            if after is None:
+                after = self.retry_policy.backoff(self._throttled)
+            self.hold(after)
+            return
+        if error is None:
+            self._throttled = 0
+        if ratelimit_exhausted(response.headers):
+            # Docker Hub says the window is spent before it starts refusing: stop now, for
+            # every worker, rather than collect 429s.
+            after = error.retry_after if error is not None else None
+            self.hold(after if after is not None else self.retry_policy.backoff(1))
+
+    # -- requests ----------------------------------------------------------------------------
 
     def url(self, path: str) -> str:
         """Absolute URL for an API path (``/v2/...``) or a ``Location`` a registry returned."""
@@ -188,14 +195,15 @@ class RegistryClient:
         *,
         expected: Container[int],
         what: str,
+        scopes: Scopes,
         headers: Mapping[str, str] | None = None,
         content: httpx._types.RequestContent | None = None,
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Send a request and read its (small) body; raise a registry error unless ``expected``."""
         async with self.stream(
-            method, url, expected=expected, what=what, headers=headers, content=content,
-            params=params,
+            method, url, expected=expected, what=what, scopes=scopes, headers=headers,
+            content=content, params=params,
         ) as response:
             await response.aread()
             return response
@@ -208,15 +216,18 @@ class RegistryClient:
         *,
         expected: Container[int],
         what: str,
+        scopes: Scopes,
         headers: Mapping[str, str] | None = None,
         content: httpx._types.RequestContent | None = None,
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Like :meth:`request`, but the caller reads the body as it arrives."""
-        await self._settle_scheme()
+        await self.probe()
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
+            extensions={SCOPES: tuple(scopes)},
         )
+        replayable = isinstance(request.stream, httpx.ByteStream)
         await self._respect_hold()
         try:
             response = await self.http.send(request, stream=True)
@@ -230,7 +241,17 @@ class RegistryClient:
                 method=method, url=request.url) from None
         try:
             if response.status_code not in expected:
-                raise await self._failure(response, what)
+                error = await self._failure(response, what)
+                if (response.status_code == 401 and not replayable
+                        and "authorization" in response.request.headers):
+                    # A token that expired while a streamed body was on its way (GitLab's
+                    # last minutes): the flow has dropped it, and the next attempt gets a
+                    # fresh one. Real bad credentials fail the attempt's first request.
+                    error = TokenExpired(f"{what}: the registry refused the token mid-upload",
+                                         status=401, method=method, url=request.url)
+                self._note_limits(response, error)
+                raise error
+            self._note_limits(response, None)
             yield response
         except httpx.TransportError as exc:
             raise error_from_transport(exc, what) from None
@@ -238,20 +259,16 @@ class RegistryClient:
             await response.aclose()
 
     async def _failure(self, response: httpx.Response, what: str) -> RegistryError:
-        body = b""
         try:
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) >= _ERROR_BODY_LIMIT:
-                    break
+            body = await read_bounded(response, _ERROR_BODY_LIMIT)
         except httpx.TransportError:
-            pass  # the status alone classifies the failure
+            body = b""  # the status alone classifies the failure
         # Hand the classifier a response whose body is exactly what we read.
         clone = httpx.Response(
-            response.status_code, headers=response.headers, content=body[:_ERROR_BODY_LIMIT],
+            response.status_code, headers=response.headers, content=body,
             request=response.request,
         )
-        error = error_from_response(clone, what)
-        if error.retry_after is not None and error.transient:
-            self.hold(error.retry_after)
-        return error
+        return error_from_response(clone, what)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

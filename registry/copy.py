@@ -1,9 +1,20 @@
-"""The copy engine: one image, pinned by digest, to one or many repositories.
+"""The copy engine: a walk of one image's graph, pinned by digest, to one or many repositories.
 
-Order, per destination: children of an index (recursively) before the index, a manifest's blobs
-before the manifest, tags last — so no tag ever names content that is not fully present.
-Within one run, source manifests are fetched once for all destinations, and a blob shared by
-several platforms moves once per destination (``registry/blobs.py`` moves the blobs).
+One destination's copy, top to bottom (:meth:`Copier.copy_image`)::
+
+    root manifest (from the source, by digest, verified)
+    └─ node(root): HEAD at the destination ── present ──▶ skip the subtree
+         ├─ an index: node(child) for every child, together
+         ├─ an image: every blob (HEAD → mount → upload, ``registry/blobs.py``), together
+         └─ PUT the exact source bytes by digest, once everything it names is there
+    referrers of the root and of every manifest inside it (``registry/referrers.py`` finds them)
+    └─ referrer(r): node(r), then r's own referrers, then r's cosign tag; OCI referrers are
+       registered under their subject where the destination lacks the referrers API
+    tags: PUT the root's bytes by tag, last, so no tag names content that is not fully there
+
+The per-destination state is one explicit :class:`_Walk` (single-flight maps of manifests and
+blobs under way, the counters, the slots); the state shared by every destination of a run is
+the :class:`Copier`'s (source manifests, what the source's referrers are, where blobs landed).
 """
 
 from __future__ import annotations
@@ -13,38 +24,49 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .blobs import BlobMover
+from .client import RegistryClient
 from .errors import InternalError, InvalidManifest, RegistryError, SizeMismatch
 from .fetch import manifest_get, manifest_head
-from .gather import cancel_all, run_all
+from .gather import run_all
 from .manifest import Descriptor, Manifest
 from .options import CopyOptions
 from .push import manifest_put
 from .reference import Reference, Repository
-from .referrers import copy_referrers
+from .referrers import Found, ReferrerFinder, has_referrers_api, referrer_descriptor
+from .referrers_index import fallback_tag, merge_fallback_index
 from .results import CopyResult, CopyStats, ProgressSink
 from .retry import retry_async
 from .session import Registries
+from .singleflight import SingleFlight
 
 T = TypeVar("T")
 log = logging.getLogger("fanout.copy")
 
-# Child manifests of an index fetched and written at once, per destination.
+# Child manifests of an index fetched and checked at once, per destination.
 _MANIFEST_CONCURRENCY = 8
 
 
 @dataclass
-class _Destination:
-    """The state of one destination's copy: its counters and what it has done already."""
+class _Walk:
+    """One destination's copy: where it goes, what it counts, what is under way there."""
 
-    repository: Repository
+    destination: Repository
+    client: RegistryClient
     stats: CopyStats
     blob_slots: asyncio.Semaphore
     manifest_slots: asyncio.Semaphore
-    blobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    manifests: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    manifests: SingleFlight[str, None] = field(default_factory=SingleFlight)
+    blobs: SingleFlight[str, None] = field(default_factory=SingleFlight)
+    subjects: SingleFlight[str, None] = field(default_factory=SingleFlight)
+    referrers: SingleFlight[tuple[str, str], None] = field(default_factory=SingleFlight)
+
+    async def cancel(self) -> None:
+        """Stop everything still running for this destination."""
+        for flight in (self.referrers, self.subjects, self.manifests, self.blobs):
+            await flight.cancel()
 
 
 class Copier:
@@ -60,8 +82,13 @@ class Copier:
         self.registries = registries
         self.options = options or CopyOptions()
         self.progress = progress
-        self._manifests: dict[tuple[str, str], asyncio.Future[Manifest]] = {}
+        self._manifests: SingleFlight[tuple[str, str], Manifest] = SingleFlight()
         self._blobs = BlobMover(registries, self.options.retry, progress)
+        self._referrers = ReferrerFinder(registries, self.options, self.source_manifest)
+        self._api_asked: SingleFlight[str, bool] = SingleFlight()
+        # Our own writers of one fallback index take turns; other processes are handled by
+        # reading back (referrers_index.py).
+        self._index_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- the public operations ------------------------------------------------------------
 
@@ -70,12 +97,10 @@ class Copier:
         if source.digest:
             return source
         client = self.registries.client(source.registry)
-        assert source.tag is not None
-        manifest = await self._retry(
-            lambda: manifest_get(client, source.path, source.tag or ""),
-            f"resolve {source}",
-        )
-        self._remember_manifest(source.repository, manifest)
+        tag = source.tag or ""
+        manifest = await self._retry(lambda: manifest_get(client, source.path, tag),
+                                     f"resolve {source}")
+        self._manifests.seed((str(source.repository), manifest.digest), manifest)
         return source.with_digest(manifest.digest)
 
     async def copy(
@@ -120,136 +145,146 @@ class Copier:
         """Copy ``source`` (pinned by digest) to ``destination`` and tag it; raise on failure."""
         if not source.digest:
             raise InvalidManifest(f"source {source} is not pinned by digest")
-        stats = stats if stats is not None else CopyStats()
-        dest = _Destination(
-            destination, stats, asyncio.Semaphore(self.options.blob_concurrency),
+        walk = _Walk(
+            destination, self.registries.client(destination.registry),
+            stats if stats is not None else CopyStats(),
+            asyncio.Semaphore(self.options.blob_concurrency),
             asyncio.Semaphore(_MANIFEST_CONCURRENCY),
         )
+        repository = source.repository
         try:
-            await self._copy_image(source, dest, tags)
+            root = await self.source_manifest(repository, source.digest)
+            await self._node(repository, walk, root.digest, ())
+            if self.options.referrers:
+                # Signatures and SBOMs land before the tags: a tag means "complete", and an
+                # image without its signatures fails admission where it is deployed.
+                await self._referrers_of(repository, walk, root, frozenset())
+                if root.subject is not None:
+                    # Copied on its own, not as someone's referrer: still make it findable.
+                    await self._register(walk, root.subject.digest, [referrer_descriptor(root)])
+            await self._write_tags(walk, root, tags)
         except BaseException:
-            # Shared blob and child tasks outlive the awaits that were cancelled; stop them too,
-            # so a failed destination leaves nothing running against its registry.
-            await cancel_all([*dest.blobs.values(), *dest.manifests.values()])
+            # Shared work outlives the awaits that were cancelled; stop it too, so a failed
+            # destination leaves nothing running against its registry.
+            await walk.cancel()
             raise
-        return stats
-
-    async def _copy_image(self, source: Reference, dest: _Destination, tags: Sequence[str]) -> None:
-        assert source.digest is not None
-        destination, stats = dest.repository, dest.stats
-        client = self.registries.client(destination.registry)
-        root = await self.source_manifest(source.repository, source.digest)
-        present = await self._retry(
-            lambda: manifest_head(client, destination.path, root.digest),
-            f"check {destination}@{root.digest[:19]}",
-        )
-        if present is not None and present.digest in ("", root.digest):
-            stats.manifests_skipped += 1
-        else:
-            await self._copy_manifest(source.repository, dest, root, ())
-        if self.options.referrers:
-            # Signatures and SBOMs land before the tags: a tag means "complete", and an image
-            # without its signatures fails admission where it is deployed.
-            stats.referrers_copied += await copy_referrers(self, source, destination, root, stats)
-        await self._write_tags(dest, root, tags)
-
-    # -- manifests ------------------------------------------------------------------------
-
-    def _remember_manifest(self, repository: Repository, manifest: Manifest) -> None:
-        key = (str(repository), manifest.digest)
-        if key not in self._manifests:
-            future: asyncio.Future[Manifest] = asyncio.get_running_loop().create_future()
-            future.set_result(manifest)
-            self._manifests[key] = future
+        return walk.stats
 
     async def source_manifest(self, repository: Repository, digest: str) -> Manifest:
         """A source manifest by digest, fetched once per run however many ask for it."""
-        key = (str(repository), digest)
-        task = self._manifests.get(key)
-        # A failed fetch is not cached: the next destination (or retry) tries again.
-        if task is None or (task.done() and task.exception() is not None):
-            client = self.registries.client(repository.registry)
-            task = asyncio.ensure_future(self._retry(
-                lambda: manifest_get(client, repository.path, digest),
-                f"get {repository}@{digest[:19]}",
-            ))
-            self._manifests[key] = task
-        return await asyncio.shield(task)
+        client = self.registries.client(repository.registry)
+        return await self._manifests.do(
+            (str(repository), digest),
+            lambda: self._retry(lambda: manifest_get(client, repository.path, digest),
+                                f"get {repository}@{digest[:19]}"))
 
-    async def _copy_manifest(
-        self, source: Repository, dest: _Destination, manifest: Manifest, path: tuple[str, ...],
+    # -- manifests: the graph -------------------------------------------------------------
+
+    async def _node(
+        self, source: Repository, walk: _Walk, digest: str, path: tuple[str, ...],
+        size: int | None = None,
     ) -> None:
+        """Make manifest ``digest`` and everything it names present at the destination."""
+        if digest in path:
+            raise InvalidManifest(f"index {path[-1][:19]} refers back to {digest[:19]}: a loop")
+        await walk.manifests.do(digest, lambda: self._copy_node(source, walk, digest, path, size))
+
+    async def _copy_node(
+        self, source: Repository, walk: _Walk, digest: str, path: tuple[str, ...],
+        size: int | None,
+    ) -> None:
+        destination, client = walk.destination, walk.client
+        async with walk.manifest_slots:
+            manifest = await self.source_manifest(source, digest)
+            if size is not None and len(manifest.raw) != size:
+                raise SizeMismatch(f"manifest {digest[:19]} is {len(manifest.raw)} bytes but its "
+                                   f"index says {size}")
+            present = await self._retry(
+                lambda: manifest_head(client, destination.path, digest, for_push=True),
+                f"check {destination}@{digest[:19]}")
+        if present is not None and present.digest in ("", digest):
+            walk.stats.manifests_skipped += 1
+            return
+        inner = (*path, digest)
         if manifest.is_index:
-            await run_all(self._child(source, dest, child, (*path, manifest.digest))
+            await run_all(self._node(source, walk, child.digest, inner, child.size)
                           for child in manifest.children)
         else:
-            await run_all(self._blob(source, dest, blob) for blob in manifest.distributable_blobs)
-        client = self.registries.client(dest.repository.registry)
-        await self._retry(
-            lambda: manifest_put(client, dest.repository.path, manifest.digest, manifest),
-            f"put {dest.repository}@{manifest.digest[:19]}",
-        )
-        dest.stats.manifests_copied += 1
+            await run_all(self._blob(source, walk, blob) for blob in manifest.distributable_blobs)
+        await self._retry(lambda: manifest_put(client, destination.path, digest, manifest),
+                          f"put {destination}@{digest[:19]}")
+        walk.stats.manifests_copied += 1
 
-    async def _child(
-        self, source: Repository, dest: _Destination, child: Descriptor, path: tuple[str, ...],
-    ) -> None:
-        if child.digest in path:
-            raise InvalidManifest(f"index {path[-1][:19]} refers back to {child.digest[:19]}: "
-                                  "a loop")
-        task = dest.manifests.get(child.digest)
-        if task is None:
-            task = asyncio.ensure_future(self._copy_child(source, dest, child, path))
-            dest.manifests[child.digest] = task
-        await asyncio.shield(task)
+    async def _blob(self, source: Repository, walk: _Walk, blob: Descriptor) -> None:
+        await walk.blobs.do(blob.digest, lambda: self._blobs.copy(
+            source, walk.destination, blob, walk.stats, walk.blob_slots))
 
-    async def _copy_child(
-        self, source: Repository, dest: _Destination, child: Descriptor, path: tuple[str, ...],
+    # -- referrers: more nodes of the same walk -------------------------------------------
+
+    async def _referrers_of(
+        self, source: Repository, walk: _Walk, root: Manifest, ancestry: frozenset[str],
     ) -> None:
-        async with dest.manifest_slots:
-            manifest = await self.source_manifest(source, child.digest)
-            if len(manifest.raw) != child.size:
-                raise SizeMismatch(
-                    f"manifest {child.digest[:19]} is {len(manifest.raw)} bytes but its index "
-                    f"says {child.size}")
-            client = self.registries.client(dest.repository.registry)
-            present = await self._retry(
-                lambda: manifest_head(client, dest.repository.path, child.digest),
-                f"check {dest.repository}@{child.digest[:19]}",
-            )
-        if present is not None:
-            dest.stats.manifests_skipped += 1
+        """Copy the referrers of ``root`` and of every manifest inside it."""
+        within = await self._referrers.manifests_within(source, root)
+        for subject in [root.digest, *within]:
+            if subject in ancestry:
+                continue  # a cycle through tags: the caller up the chain is doing it
+            await walk.subjects.do(subject, lambda subject=subject: self._subject(  # type: ignore[misc]
+                source, walk, subject, ancestry | {subject}))
+
+    async def _subject(
+        self, source: Repository, walk: _Walk, subject: str, ancestry: frozenset[str],
+    ) -> None:
+        entries: list[dict[str, Any]] = []
+        for found in await self._referrers.find(source, subject):
+            key = f"{found.digest}|{found.tag or ''}"
+            if key not in ancestry:  # else a cycle through tags, done up the chain
+                chain = ancestry | {key}
+                await walk.referrers.do((found.digest, found.tag or ""),
+                                        lambda found=found, chain=chain: (  # type: ignore[misc]
+                                            self._referrer(source, walk, found, chain)))
+            if found.tag is None:
+                entries.append(referrer_descriptor(await self.source_manifest(source,
+                                                                              found.digest)))
+        if entries:
+            await self._register(walk, subject, entries)
+
+    async def _referrer(
+        self, source: Repository, walk: _Walk, found: Found, ancestry: frozenset[str],
+    ) -> None:
+        """One referrer: its graph, its own referrers (a signature on an SBOM), its cosign tag."""
+        manifest = await self.source_manifest(source, found.digest)
+        await self._node(source, walk, found.digest, ())
+        await self._referrers_of(source, walk, manifest, ancestry)
+        if found.tag is not None:
+            await self._write_tags(walk, manifest, [found.tag])
+        walk.stats.referrers_copied += 1
+
+    async def _register(self, walk: _Walk, subject: str, entries: list[dict[str, Any]]) -> None:
+        """Make ``entries`` findable from ``subject`` at the destination: the referrers API
+        finds them through their ``subject`` already; elsewhere, the fallback index."""
+        destination, client = walk.destination, walk.client
+        if await has_referrers_api(client, destination, subject, self.options, self._api_asked):
             return
-        await self._copy_manifest(source, dest, manifest, path)
+        tag = fallback_tag(subject)
+        lock = self._index_locks.setdefault((str(destination), tag), asyncio.Lock())
+        async with lock:
+            await merge_fallback_index(client, destination, tag, entries, self.options.retry)
 
-    async def _write_tags(
-        self, dest: _Destination, manifest: Manifest, tags: Sequence[str],
-    ) -> None:
-        client = self.registries.client(dest.repository.registry)
+    # -- tags, last -----------------------------------------------------------------------
+
+    async def _write_tags(self, walk: _Walk, manifest: Manifest, tags: Sequence[str]) -> None:
+        destination, client = walk.destination, walk.client
         for tag in tags:
             current = await self._retry(
-                lambda tag=tag: manifest_head(client, dest.repository.path, tag),  # type: ignore[misc]
-                f"check tag {dest.repository}:{tag}",
-            )
+                lambda tag=tag: manifest_head(client, destination.path, tag, for_push=True),  # type: ignore[misc]
+                f"check tag {destination}:{tag}")
             if current is not None and current.digest == manifest.digest:
                 continue
             await self._retry(
-                lambda tag=tag: manifest_put(client, dest.repository.path, tag, manifest),  # type: ignore[misc]
-                f"tag {dest.repository}:{tag}",
-            )
-            dest.stats.tags_written += 1
-
-    # -- blobs ----------------------------------------------------------------------------
-
-    async def _blob(self, source: Repository, dest: _Destination, blob: Descriptor) -> None:
-        task = dest.blobs.get(blob.digest)
-        if task is None:
-            task = asyncio.ensure_future(self._blobs.copy(
-                source, dest.repository, blob, dest.stats, dest.blob_slots))
-            dest.blobs[blob.digest] = task
-        await asyncio.shield(task)
-
-    # -- plumbing -------------------------------------------------------------------------
+                lambda tag=tag: manifest_put(client, destination.path, tag, manifest),  # type: ignore[misc]
+                f"tag {destination}:{tag}")
+            walk.stats.tags_written += 1
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.options.retry, operation, what=what)

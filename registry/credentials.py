@@ -34,12 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from registry.errors import CredentialError
+from registry.hosts import DOCKER_HUB, DOCKER_HUB_SERVER_URL, canonical_host
 
-DOCKER_HUB = "docker.io"
-# The key `docker login` has always used for Hub, so the one helpers hold Hub credentials under.
-DOCKER_HUB_SERVER_URL = "https://index.docker.io/v1/"
-_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io",
-                          "registry.hub.docker.com"})
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Helper names become part of an executable name: no path separators, nothing a shell would mind.
 _HELPER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -53,7 +49,7 @@ HelperRunner = Callable[[str, str], str | None]
 def normalize_registry(server: str) -> str:
     """``host[:port]`` for a config key or registry name: scheme and path dropped, Hub aliased."""
     host = _SCHEME.sub("", server.strip()).split("/", 1)[0].lower()
-    return DOCKER_HUB if host in _HUB_ALIASES else host
+    return canonical_host(host)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -7,7 +7,8 @@
     │   ├── ConnectionFailed           refused, reset, cut mid-body, TLS handshake
     │   ├── Timeout                    connect / read / write / pool timeout
     │   ├── RateLimited                429 or TOOMANYREQUESTS; carries retry_after
-    │   └── ServerError                5xx, 408, UNAVAILABLE
+    │   ├── ServerError                5xx, 408, UNAVAILABLE
+    │   └── TokenExpired               401 to a streamed upload whose token ran out on the way
     └── PermanentError                 will not succeed on retry
         ├── InvalidReference           also a ValueError; names the part that is wrong
         ├── CredentialError            a credential helper or config that cannot be used
@@ -67,6 +68,9 @@ class RegistryError(Exception):
     """Base of every error fanout raises about a registry or an image."""
 
     transient: ClassVar[bool] = False
+    # The ``Range`` header of the answer, where it had one: an upload's refusal says there
+    # how much of it the registry holds.
+    range: str | None = None
 
     def __init__(
         self,
@@ -127,6 +131,10 @@ class RateLimited(TransientError):
 
 
 class ServerError(TransientError):
+    pass
+
+
+class TokenExpired(TransientError):
     pass
 
 
@@ -237,6 +245,14 @@ def error_from_response(response: httpx.Response, what: str = "") -> RegistryErr
     kwargs: dict[str, Any] = {
         "status": status, "codes": codes, "method": request.method, "url": request.url,
     }
+    error = _classify(response, summary, codes, kwargs)
+    error.range = response.headers.get("range")
+    return error
+
+
+def _classify(response: httpx.Response, summary: str, codes: list[str],
+              kwargs: dict[str, Any]) -> RegistryError:
+    status = response.status_code
     code_set = set(codes)
     if status == 429 or "TOOMANYREQUESTS" in code_set:
         after = parse_retry_after(response.headers.get("retry-after"))

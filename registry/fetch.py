@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from . import scopes
+from .bounded import read_bounded
 from .client import RegistryClient
-from .errors import InvalidManifest, NotFound, ProtocolError, UnexpectedStatus
+from .errors import Denied, InvalidManifest, NotFound, ProtocolError, UnexpectedStatus
 from .manifest import (
     ACCEPT_MANIFESTS,
     MAX_MANIFEST_BYTES,
@@ -39,16 +41,27 @@ def blob_path(repository: str, digest: str) -> str:
 
 
 async def manifest_head(
-    client: RegistryClient, repository: str, identifier: str,
+    client: RegistryClient, repository: str, identifier: str, *, for_push: bool = False,
 ) -> ManifestInfo | None:
-    """The manifest's digest and type, or None when the repository lacks it."""
+    """The manifest's digest and type, or None when the repository lacks it.
+
+    ``for_push``: a check before writing, asked with push scope (the token then serves the
+    writes too). A 403 there means "not known present": Artifactory answers a HEAD of a
+    missing manifest with 403 (go-containerregistry's writer allows for it), and if we truly
+    may not write, the write that follows says so with the registry's own words.
+    """
     try:
         response = await client.request(
             "HEAD", manifest_path(repository, identifier), expected=(200,),
             headers={"Accept": ACCEPT_MANIFESTS}, what=f"check manifest {identifier}",
+            scopes=scopes.push(repository) if for_push else scopes.pull(repository),
         )
     except NotFound:
         return None
+    except Denied as exc:
+        if for_push and exc.status == 403:
+            return None
+        raise
     digest = response.headers.get("docker-content-digest", "")
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
     size = int(response.headers.get("content-length") or 0)
@@ -66,7 +79,7 @@ async def manifest_get(
         f"get manifest {repository}@{identifier}"
     async with client.stream(
         "GET", manifest_path(repository, identifier), expected=(200,),
-        headers={"Accept": ACCEPT_MANIFESTS}, what=what,
+        headers={"Accept": ACCEPT_MANIFESTS}, what=what, scopes=scopes.pull(repository),
     ) as response:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
@@ -74,30 +87,34 @@ async def manifest_get(
                 f"manifest {identifier} is {declared} bytes, over the 4 MiB limit",
                 method="GET", url=response.request.url,
             )
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            # Refuse a hostile registry that streams without end rather than buffering it.
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise InvalidManifest(
-                    f"manifest {identifier} is over the 4 MiB limit",
-                    method="GET", url=response.request.url,
-                )
+        # Refuse a hostile registry that streams without end rather than buffering it.
+        body = await read_bounded(response, MAX_MANIFEST_BYTES + 1)
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise InvalidManifest(f"manifest {identifier} is over the 4 MiB limit",
+                                  method="GET", url=response.request.url)
         content_type = response.headers.get("content-type")
         if expected_digest is None:
             expected_digest = response.headers.get("docker-content-digest") or None
     return parse_manifest(bytes(body), content_type, expected_digest=expected_digest)
 
 
-async def blob_head(client: RegistryClient, repository: str, digest: str) -> int | None:
-    """The blob's size if the repository holds it, else None."""
+async def blob_head(
+    client: RegistryClient, repository: str, digest: str, *, for_push: bool = False,
+) -> int | None:
+    """The blob's size if the repository holds it, else None (a 403 before a push, too: see
+    :func:`manifest_head`)."""
     try:
         response = await client.request(
             "HEAD", blob_path(repository, digest), expected=(200,),
             what=f"check blob {digest[:19]}",
+            scopes=scopes.push(repository) if for_push else scopes.pull(repository),
         )
     except NotFound:
         return None
+    except Denied as exc:
+        if for_push and exc.status == 403:
+            return None
+        raise
     length = response.headers.get("content-length")
     return int(length) if length and length.isdigit() else -1
 
@@ -110,6 +127,7 @@ async def blob_stream(
     async with client.stream(
         "GET", blob_path(repository, digest), expected=(200,),
         headers={"Accept-Encoding": "identity"}, what=f"get blob {digest[:19]}",
+        scopes=scopes.pull(repository),
     ) as response:
         if response.headers.get("content-encoding", "identity") not in ("identity", ""):
             raise ProtocolError(
@@ -134,21 +152,19 @@ def _next_page(client: RegistryClient, response: httpx.Response) -> str | None:
 
 
 async def _get_listing(
-    client: RegistryClient, url: str, *, what: str, accept: str | None = None,
+    client: RegistryClient, repository: str, url: str, *, what: str, accept: str | None = None,
     params: dict[str, str] | None = None,
 ) -> tuple[bytes, str, str | None]:
     """One page's body (bounded like a manifest), its Content-Type and the next page's URL."""
     async with client.stream(
         "GET", url, expected=(200,), what=what, params=params,
-        headers={"Accept": accept} if accept else None,
+        headers={"Accept": accept} if accept else None, scopes=scopes.pull(repository),
     ) as response:
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise ProtocolError(f"{what}: the answer is over 4 MiB",
-                                    method="GET", url=response.request.url)
-        return (bytes(body), response.headers.get("content-type", ""),
+        body = await read_bounded(response, MAX_MANIFEST_BYTES + 1)
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise ProtocolError(f"{what}: the answer is over 4 MiB",
+                                method="GET", url=response.request.url)
+        return (body, response.headers.get("content-type", ""),
                 _next_page(client, response))
 
 
@@ -166,7 +182,7 @@ async def tags_list(
         seen_urls.add(url)
         try:
             body, _, next_url = await _get_listing(
-                client, url, params=params, what=f"list tags of {repository}")
+                client, repository, url, params=params, what=f"list tags of {repository}")
         except NotFound:
             return tags
         except UnexpectedStatus as exc:
@@ -209,7 +225,7 @@ async def referrers_get(
             return tuple(found)
         seen_urls.add(url)
         body, content_type, next_url = await _get_listing(
-            client, url, params=params, accept=OCI_INDEX,
+            client, repository, url, params=params, accept=OCI_INDEX,
             what=f"list referrers of {repository}@{digest[:19]}")
         index = parse_manifest(body, content_type)
         if index.media_type != OCI_INDEX:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from . import scopes
+from .advice import explain_refusal
 from .client import RegistryClient
 from .errors import (
     DigestMismatch,
@@ -29,23 +31,34 @@ log = logging.getLogger("fanout.push")
 
 @dataclass(slots=True)
 class UploadSession:
-    """An open upload: where to send the next bytes, and what the registry asked of chunks."""
+    """An open upload: its repository, where to send the next bytes, what the registry asked of
+    chunks (``OCI-Chunk-Min-Length``)."""
 
+    repository: str
     location: str
     chunk_min: int = 0
 
 
-def _session(client: RegistryClient, response: httpx.Response, what: str) -> UploadSession:
+def next_location(client: RegistryClient, response: httpx.Response, what: str) -> str:
+    """The upload's ``Location`` after this response, resolved against it."""
     location = response.headers.get("location")
     if not location:
         raise ProtocolError(f"{what}: the registry answered without a Location",
                             status=response.status_code, method=response.request.method,
                             url=response.request.url)
+    return client.resolve(response, location)
+
+
+def _session(
+    client: RegistryClient, repository: str, response: httpx.Response, what: str,
+) -> UploadSession:
     chunk_min = response.headers.get("oci-chunk-min-length", "")
-    return UploadSession(
-        location=client.resolve(response, location),
-        chunk_min=int(chunk_min) if chunk_min.isdigit() else 0,
-    )
+    # A hostile minimum is bounded by what any registry could mean: above 1 GiB it is noise.
+    minimum = int(chunk_min) if chunk_min.isdigit() and len(chunk_min) < 11 else 0
+    if 0 < minimum <= 1 << 30:
+        client.capabilities.learn_chunk_min(minimum)
+    return UploadSession(repository, next_location(client, response, what),
+                         minimum if minimum <= 1 << 30 else 0)
 
 
 async def blob_mount(
@@ -60,25 +73,31 @@ async def blob_mount(
         "POST", f"/v2/{repository}/blobs/uploads/",
         params={"mount": digest, "from": source_repository},
         expected=(201, 202), what=f"mount blob {digest[:19]} from {source_repository}",
+        scopes=scopes.mount(repository, source_repository),
     )
     if response.status_code == 201:
+        client.capabilities.mounts = True
         return None
-    return _session(client, response, "mount")
+    return _session(client, repository, response, "mount")
 
 
 async def upload_start(client: RegistryClient, repository: str) -> UploadSession:
-    response = await client.request(
-        "POST", f"/v2/{repository}/blobs/uploads/", expected=(202,),
-        headers={"Content-Length": "0"}, what="start blob upload",
-    )
-    return _session(client, response, "start blob upload")
+    try:
+        response = await client.request(
+            "POST", f"/v2/{repository}/blobs/uploads/", expected=(202,),
+            headers={"Content-Length": "0"}, what="start blob upload",
+            scopes=scopes.push(repository),
+        )
+    except RegistryError as exc:
+        raise explain_refusal(exc, client.registry, repository) from None
+    return _session(client, repository, response, "start blob upload")
 
 
 async def upload_cancel(client: RegistryClient, session: UploadSession) -> None:
     """Best effort: tell the registry to drop a half-written upload."""
     with contextlib.suppress(RegistryError):
         await client.request("DELETE", session.location, expected=(204, 404, 202, 200),
-                             what="cancel blob upload")
+                             what="cancel blob upload", scopes=scopes.push(session.repository))
 
 
 class VerifyingStream:
@@ -118,7 +137,7 @@ class VerifyingStream:
                 f"blob content hashes to {actual}, not to its digest {self._descriptor.digest}")
 
 
-def _with_digest(location: str, digest: str) -> str:
+def with_digest(location: str, digest: str) -> str:
     separator = "&" if "?" in location else "?"
     return f"{location}{separator}digest={digest}"
 
@@ -129,66 +148,12 @@ async def upload_stream(
 ) -> None:
     """Monolithic upload: one PUT whose body flows from the source as it arrives."""
     await client.request(
-        "PUT", _with_digest(session.location, descriptor.digest), expected=(201,),
+        "PUT", with_digest(session.location, descriptor.digest), expected=(201,),
         headers={"Content-Type": "application/octet-stream",
                  "Content-Length": str(descriptor.size)},
         content=stream.__aiter__(),
-        what=f"upload blob {descriptor.digest[:19]}",
+        what=f"upload blob {descriptor.digest[:19]}", scopes=scopes.push(session.repository),
     )
-
-
-async def upload_chunks(
-    client: RegistryClient, session: UploadSession, descriptor: Descriptor,
-    stream: VerifyingStream, chunk_size: int,
-) -> None:
-    """Chunked upload: PATCH pieces of at least the registry's minimum, following the Range
-    and Location it returns, then commit with an empty PUT."""
-    size = max(chunk_size, session.chunk_min)
-    buffer = bytearray()
-    offset = 0
-    location = session.location
-
-    async def send(piece: bytes) -> None:
-        nonlocal offset, location
-        while piece:
-            end = offset + len(piece) - 1
-            response = await client.request(
-                "PATCH", location, expected=(202,),
-                headers={"Content-Type": "application/octet-stream",
-                         "Content-Range": f"{offset}-{end}",
-                         "Content-Length": str(len(piece))},
-                content=bytes(piece), what=f"upload chunk of blob {descriptor.digest[:19]}",
-            )
-            location = _session(client, response, "upload chunk").location
-            accepted = _range_end(response) + 1 if response.headers.get("range") else end + 1
-            if accepted <= offset:
-                raise ProtocolError(
-                    f"registry accepted no bytes of the chunk at offset {offset}",
-                    method="PATCH", url=response.request.url)
-            # A registry may take less than we sent: resend from where it says it is.
-            piece = piece[accepted - offset:]
-            offset = accepted
-
-    async for chunk in stream:
-        buffer += chunk
-        while len(buffer) >= size:
-            await send(bytes(buffer[:size]))
-            del buffer[:size]
-    if buffer:
-        await send(bytes(buffer))
-    await client.request(
-        "PUT", _with_digest(location, descriptor.digest), expected=(201,),
-        headers={"Content-Length": "0"}, what=f"commit blob {descriptor.digest[:19]}",
-    )
-
-
-def _range_end(response: httpx.Response) -> int:
-    value = response.headers.get("range", "")
-    _, _, end = value.removeprefix("bytes=").partition("-")
-    if not end.isdigit():
-        raise ProtocolError(f"malformed Range header {value!r} on an upload",
-                            method=response.request.method, url=response.request.url)
-    return int(end)
 
 
 async def manifest_put(
@@ -201,10 +166,11 @@ async def manifest_put(
         response = await client.request(
             "PUT", manifest_path(repository, identifier), expected=(201, 200),
             headers={"Content-Type": manifest.media_type}, content=manifest.raw, what=what,
+            scopes=scopes.push(repository),
         )
     except UnexpectedStatus as exc:
         if "DIGEST_INVALID" not in exc.codes:
-            raise
+            raise explain_refusal(exc, client.registry, repository) from None
         # We verified these bytes hash to their digest, so the registry is wrong about them.
         # distribution answers so when it reads a blob link another writer is rewriting (its
         # filesystem driver truncates, then writes): a race on its side, gone on a retry.
@@ -212,6 +178,8 @@ async def manifest_put(
             f"{what}: the registry rejected the digest of verified bytes (DIGEST_INVALID); "
             "retrying", status=exc.status, codes=exc.codes, method="PUT", url=exc.url,
         ) from None
+    except RegistryError as exc:
+        raise explain_refusal(exc, client.registry, repository) from None
     echoed = response.headers.get("docker-content-digest")
     if echoed and echoed != manifest.digest:
         raise DigestMismatch(
@@ -221,7 +189,15 @@ async def manifest_put(
     return response
 
 
+# Answers to a whole-blob PUT that mean "not like that": a chunk-only registry's refusal.
+_NOT_LIKE_THAT = frozenset({405, 411, 413, 501})
+# Answers that may mean it, unless the codes say the bytes were wrong, not the way.
+_MAYBE_NOT_LIKE_THAT = frozenset({400, 416})
+_ABOUT_THE_BYTES = frozenset({"DIGEST_INVALID", "SIZE_INVALID"})
+
+
 def is_unsupported_upload(exc: RegistryError) -> bool:
     """A monolithic PUT the registry will not take whole: try chunks instead."""
-    return isinstance(exc, UnexpectedStatus) and (
-        exc.status in (405, 413, 416) or "UNSUPPORTED" in exc.codes)
+    if "UNSUPPORTED" in exc.codes or exc.status in _NOT_LIKE_THAT:
+        return True
+    return exc.status in _MAYBE_NOT_LIKE_THAT and not set(exc.codes) & _ABOUT_THE_BYTES

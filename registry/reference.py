@@ -28,6 +28,14 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from registry.errors import InvalidReference
+from registry.hosts import (
+    DOCKER_HUB,
+    DOCKER_HUB_API_HOST,
+    api_host,
+    canonical_host,
+    is_loopback_host,
+    split_host_port,
+)
 
 __all__ = [
     "DOCKER_HUB",
@@ -41,10 +49,6 @@ __all__ = [
     "validate_tag",
 ]
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_API_HOST = "registry-1.docker.io"
-# Names people write for Docker Hub; all mean the same repositories.
-_DOCKER_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API_HOST})
 _OFFICIAL_PREFIX = "library/"
 
 NAME_MAX_LENGTH = 255
@@ -135,19 +139,10 @@ def _check_digest(digest: str) -> str:
 
 
 def _split_host_port(registry: str) -> tuple[str, str | None]:
-    """``host[:port]`` into host (brackets kept) and port, without validating either."""
-    if registry.startswith("["):
-        end = registry.find("]")
-        if end < 0:
-            raise _Bad(f"registry {_quote(registry)} is invalid: '[' without ']'")
-        host, rest = registry[:end + 1], registry[end + 1:]
-        if not rest:
-            return host, None
-        if not rest.startswith(":"):
-            raise _Bad(f"registry {_quote(registry)} is invalid: only ':port' may follow ']'")
-        return host, rest[1:]
-    host, colon, port = registry.partition(":")
-    return host, (port if colon else None)
+    try:
+        return split_host_port(registry)
+    except ValueError as exc:
+        raise _Bad(f"registry {_quote(registry)} is invalid: {exc}") from None
 
 
 def _check_registry(registry: str) -> str:
@@ -206,8 +201,7 @@ def _canonical(registry: str, path: str) -> tuple[str, str]:
     if not _looks_like_registry(registry):
         raise _Bad(f"registry {_quote(registry)} would read as a Docker Hub namespace: "
                    "a registry needs a '.' or a ':port', or is localhost")
-    if registry in _DOCKER_HUB_ALIASES:
-        registry = DOCKER_HUB
+    registry = canonical_host(registry)
     path = _check_path(path)
     if registry == DOCKER_HUB and "/" not in path:
         path = _OFFICIAL_PREFIX + path
@@ -238,7 +232,7 @@ class Repository:
     @property
     def api_host(self) -> str:
         """The host[:port] that serves the distribution API for this registry."""
-        return DOCKER_HUB_API_HOST if self.registry == DOCKER_HUB else self.registry
+        return api_host(self.registry)
 
     @property
     def hostname(self) -> str:
@@ -393,23 +387,3 @@ def validate_digest(digest: str) -> str:
         return _check_digest(digest)
     except _Bad as bad:
         _invalid("digest", digest, bad)
-
-
-def is_loopback_host(registry: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ``[::1]``, with or without a port."""
-    try:
-        return ipaddress.ip_address(registry).is_loopback  # a bare "::1"
-    except ValueError:
-        pass
-    try:
-        host, _ = _split_host_port(registry)
-    except _Bad:
-        return False
-    if host.startswith("["):
-        host = host[1:-1]
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -18,10 +18,10 @@ from .errors import InvalidManifest, NotFound, TransientError
 from .fetch import manifest_get
 from .manifest import OCI_INDEX, Manifest, parse_manifest
 from .push import manifest_put
-from .retry import retry_async
+from .retry import RetryPolicy, retry_async
 
 if TYPE_CHECKING:
-    from .copy import Copier
+    from .client import RegistryClient
     from .reference import Repository
 
 log = logging.getLogger("fanout.referrers")
@@ -40,18 +40,18 @@ def fallback_tag(digest: str) -> str:
 
 
 async def merge_fallback_index(
-    copier: Copier, destination: Repository, tag: str, entries: Sequence[dict[str, Any]],
+    client: RegistryClient, destination: Repository, tag: str,
+    entries: Sequence[dict[str, Any]], retry: RetryPolicy,
 ) -> None:
     """Add ``entries`` to the OCI index tagged ``tag``, keeping every entry already there.
 
     No registry offers compare-and-swap on a tag, so a writer that read before our PUT can land
     after it and drop our entries: read back after a pause, and merge again when that happened.
     """
-    client = copier.registries.client(destination.registry)
 
     async def read() -> dict[str, Any] | None:
         try:
-            current = await retry_async(copier.options.retry,
+            current = await retry_async(retry,
                                         lambda: manifest_get(client, destination.path, tag),
                                         what=f"get {destination}:{tag}")
         except NotFound:
@@ -73,7 +73,7 @@ async def merge_fallback_index(
             log.info("%s:%s lost %d entries to a concurrent writer; merging again",
                      destination, tag, len(missing))
         merged = _merged(doc, missing)
-        await retry_async(copier.options.retry,
+        await retry_async(retry,
                           functools.partial(manifest_put, client, destination.path, tag, merged),
                           what=f"put {destination}:{tag}")
         # A rival's read-to-PUT takes about as long as ours did: wait that long (at least

@@ -6,8 +6,8 @@ destination later, for outages. Both ask :func:`registry.errors.is_transient` wh
 retrying.
 
 Worst case of :data:`REQUEST_RETRY`: 5 attempts, waits of at most 0.5+1+2+4 s of backoff (plus up
-to 25% jitter), or a server's ``Retry-After`` when it is longer and fits the budget; never more than
-``max_elapsed`` (60 s) spent waiting in all. A ``Retry-After`` longer than the remaining budget is
+to 25% jitter), or a server's ``Retry-After`` when it is longer, up to ``max_hold`` (30 s); never
+more than ``max_elapsed`` (60 s) spent waiting in all. A ``Retry-After`` longer than ``max_hold`` is
 not slept through here: the error goes up so the task tier can wait without holding a connection.
 """
 
@@ -43,6 +43,10 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.25
     max_elapsed: float = 60.0
+    # The one Retry-After rule: a hold (Retry-After, or an exhausted rate limit) up to this
+    # long is waited out in place; a longer one fails the attempt at once, carrying the delay,
+    # and the task tier waits it out without holding a connection or a worker slot.
+    max_hold: float = 30.0
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (1-based), before jitter."""
@@ -75,7 +79,7 @@ def _fits_budget(policy: RetryPolicy) -> Callable[[BaseException], bool]:
             return False
         after = retry_after_of(exc)
         # A long Retry-After is the task tier's to honour; sleeping here would pin a slot.
-        return after is None or after <= policy.max_elapsed / 2
+        return after is None or after <= policy.max_hold
 
     return retryable
 

@@ -1,41 +1,48 @@
-"""Which token scopes a registry request needs, derived from its method and path."""
+"""Token scopes, stated by the caller with each request (Docker token spec, "scope").
+
+The operation knows what it needs: a manifest read needs ``pull``, an upload ``pull,push``, a
+mount also ``pull`` on the repository mounted from. So every request says it, through the
+request extension :data:`SCOPES`, and the auth flow asks the token server for exactly that;
+nothing is guessed back from a URL (an upload's ``Location`` need not even name the repository).
+"""
 
 from __future__ import annotations
 
-import re
-
 import httpx
 
-# /v2/<name>/<endpoint>: greedy name, anchored end, so a repository named ".../blobs/..." still
-# splits at the right place.
-_REPO_PATH = re.compile(
-    r"^/v2/(?P<name>[^:\s]+)/"
-    r"(?:manifests/[^/]+|blobs/uploads/[^/]*|blobs/[^/]+|tags/list|referrers/[^/]+)$"
-)
-_REPO_NAME = re.compile(r"^[^:\s/][^:\s]*$")
+# The httpx request extension that carries a request's scopes to the auth flow.
+SCOPES = "fanout.scopes"
 
-def scopes_for(request: httpx.Request) -> tuple[str, ...]:
-    """The token scopes a registry request needs; empty for ``/v2/`` and unknown paths."""
-    match = _REPO_PATH.match(request.url.path)
-    if match is None:
-        return ()
-    name = match["name"]
-    method = request.method.upper()
-    if method in ("GET", "HEAD"):
-        actions = "pull"
-    elif method == "DELETE":
-        # distribution checks "delete" for DELETE; asking more than granted is harmless, as
-        # token servers grant the intersection.
-        actions = "pull,push,delete"
-    else:
-        actions = "pull,push"
-    scopes = [f"repository:{name}:{actions}"]
-    source = request.url.params.get("from")
-    if (method == "POST" and "mount" in request.url.params and source
-            and source != name and _REPO_NAME.match(source)):
-        scopes.append(f"repository:{source}:pull")
-    return tuple(scopes)
+Scopes = tuple[str, ...]
 
 
-def scope_key(scopes: tuple[str, ...]) -> tuple[str, ...]:
+def pull(repository: str) -> Scopes:
+    return (f"repository:{repository}:pull",)
+
+
+def push(repository: str) -> Scopes:
+    return (f"repository:{repository}:pull,push",)
+
+
+def mount(repository: str, source: str) -> Scopes:
+    """Push to ``repository`` and pull from ``source``: the push first, because some token
+    servers (Docker Hub's, by several reports) grant only the first scope of a request."""
+    if source == repository:
+        return push(repository)
+    return (*push(repository), *pull(source))
+
+
+def delete(repository: str) -> Scopes:
+    # distribution checks "delete" for DELETE; asking more than granted is harmless, as token
+    # servers grant the intersection.
+    return (f"repository:{repository}:pull,push,delete",)
+
+
+def scopes_of(request: httpx.Request) -> Scopes:
+    """The scopes a request was sent with; () for the ping and for requests built elsewhere."""
+    found = request.extensions.get(SCOPES, ())
+    return tuple(found) if isinstance(found, tuple | list) else ()
+
+
+def scope_key(scopes: Scopes) -> Scopes:
     return tuple(sorted(set(scopes)))

@@ -1,4 +1,5 @@
-"""A pool of registry clients, one per host, sharing credentials and transport settings."""
+"""A pool of per-host registry clients sharing credentials, transport settings, holds and
+learnt capabilities."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ from types import TracebackType
 
 import httpx
 
+from .capabilities import CapabilityStore
 from .client import RegistryClient, tls_context
 from .credentials import CredentialStore
+from .holds import HoldStore, MemoryHolds
+from .hosts import canonical_host
 from .options import TransportOptions
+from .retry import REQUEST_RETRY, RetryPolicy
 
 
 class Registries:
-    """Hands out one :class:`RegistryClient` per registry host; use as an async context manager."""
+    """Hands out one :class:`RegistryClient` per registry host; use as an async context manager.
+
+    ``capabilities`` and ``holds`` may outlive the pool: a worker keeps one of each per process
+    (and shares holds across processes), so what one task learns the next one knows.
+    """
 
     def __init__(
         self,
@@ -22,24 +31,32 @@ class Registries:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         tls: ssl.SSLContext | None = None,
+        holds: HoldStore | None = None,
+        capabilities: CapabilityStore | None = None,
+        retry: RetryPolicy = REQUEST_RETRY,
     ) -> None:
         """``tls``: a context built once (``tls_context(options)``) for callers that open many
         pools, such as a worker's tasks; by default the first client builds one."""
         self.credentials = credentials
         self.options = options or TransportOptions()
+        self.capabilities = capabilities if capabilities is not None else CapabilityStore()
+        self.holds = holds if holds is not None else MemoryHolds()
+        self.retry = retry
         self._transport = transport
         self._clients: dict[str, RegistryClient] = {}
         self._tls = tls
 
     def client(self, registry: str) -> RegistryClient:
+        """The client for ``registry`` (``host[:port]``; Docker Hub by any of its names)."""
+        registry = canonical_host(registry)
         found = self._clients.get(registry)
         if found is None:
-            credential = self.credentials.get(registry) if self.credentials else None
             if self._tls is None:
                 self._tls = tls_context(self.options)
             found = RegistryClient(
-                registry, credential=credential, options=self.options, transport=self._transport,
-                tls=self._tls,
+                registry, credentials=self.credentials, options=self.options,
+                capabilities=self.capabilities.get(registry), holds=self.holds,
+                retry=self.retry, transport=self._transport, tls=self._tls,
             )
             self._clients[registry] = found
         return found

@@ -12,15 +12,19 @@ import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
+from registry.capabilities import CapabilityStore
 from registry.client import tls_context
 from registry.copy import Copier
 from registry.credentials import default_store
 from registry.envconfig import copy_options_from_env, transport_options_from_env
 from registry.errors import Timeout
+from registry.holds import HoldStore
 from registry.reference import parse_reference, parse_repository
 from registry.session import Registries
 
+from .holds import RedisHolds
 from .job import CopyJob
+from .settings import WorkerSettings
 
 
 class Engine(Protocol):
@@ -30,9 +34,13 @@ class Engine(Protocol):
 
 
 class CopyEngine:
-    """Runs ``Copier.copy_image`` for one job; raises ``registry.errors.RegistryError``."""
+    """Runs ``Copier.copy_image`` for one job; raises ``registry.errors.RegistryError``.
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    ``holds``: where a registry's rate-limit hold is kept; by default in the ledger's Redis,
+    so that a 429 one worker hears holds that registry for every worker.
+    """
+
+    def __init__(self, env: Mapping[str, str], *, holds: HoldStore | None = None) -> None:
         self._env = dict(env)
         # Read once, at worker start: a bad setting fails the worker, not every task.
         self._transport = transport_options_from_env(self._env)
@@ -40,6 +48,12 @@ class CopyEngine:
         # Loading the trust store costs tens of milliseconds: once per worker process, not per
         # task (the runner is built after the prefork fork).
         self._tls = tls_context(self._transport)
+        # One per worker process, like the TLS context; its client connects on first use.
+        self._holds = holds if holds is not None else RedisHolds.from_url(
+            WorkerSettings.from_env(self._env).ledger_url)
+        # What each registry host accepts (chunk bounds, mounts, the referrers API), learnt by
+        # one task and known to every later task of this process.
+        self.capabilities = CapabilityStore()
 
     def copy(self, job: CopyJob, *, timeout: float | None) -> dict[str, int]:
         return asyncio.run(self._copy(job, timeout))
@@ -49,8 +63,9 @@ class CopyEngine:
                                         referrer_types=job.referrer_types)
         source = parse_reference(job.source)
         destination = parse_repository(job.destination)
-        async with Registries(default_store(self._env), self._transport,
-                              tls=self._tls) as registries:
+        async with Registries(default_store(self._env), self._transport, tls=self._tls,
+                              holds=self._holds, capabilities=self.capabilities,
+                              retry=options.retry) as registries:
             copier = Copier(registries, options)
             deadline = asyncio.timeout(timeout)
             try:

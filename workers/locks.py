@@ -15,7 +15,19 @@ from typing import Any
 
 import redis
 
+from registry.errors import InvalidReference
+from registry.reference import parse_repository
+
 KEY_PREFIX = "fanout:lock:"
+
+
+def canonical_repository(destination: str) -> str:
+    """``host/path`` as the engine names it; the text as given when it does not parse (a
+    message that bad fails before any lock is taken)."""
+    try:
+        return str(parse_repository(destination))
+    except InvalidReference:
+        return destination
 
 
 class DestinationLock:
@@ -28,7 +40,9 @@ class DestinationLock:
         if ttl <= 0:
             raise ValueError(f"lock ttl must be positive, not {ttl}")
         self._redis = client
-        self.key = f"{KEY_PREFIX}{destination}@{digest}"
+        # The canonical name: "Docker.io/x", "index.docker.io/library/x" and "docker.io/x"
+        # are one repository, and two copies to it must not both think they hold the lock.
+        self.key = f"{KEY_PREFIX}{canonical_repository(destination)}@{digest}"
         self.ttl = ttl
         # The owner (e.g. the task id) is only for people reading the key; the random part
         # is what makes the token unique.

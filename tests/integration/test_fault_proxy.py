@@ -24,6 +24,7 @@ from tests.support.fault_proxy import (
     Rule,
     Stall,
     Status,
+    TooManyRequests,
     WrongDigest,
 )
 from tests.support.registries import RegistryServer, RegistrySet
@@ -90,6 +91,18 @@ def test_status_with_headers_and_body_until_cleared(proxy: FaultProxy) -> None:
         assert answer.content == body
     proxy.clear()
     assert httpx.get(f"{proxy.url}/v2/").status_code == 200
+
+
+def test_too_many_requests_for_a_window_names_it_once(proxy: FaultProxy) -> None:
+    rule = proxy.add(Rule(TooManyRequests(retry_after="1"), path=r"^/v2/$", window=0.5))
+    first, second = (httpx.get(f"{proxy.url}/v2/") for _ in range(2))
+    assert (first.status_code, first.headers.get("retry-after")) == (429, "1")
+    assert (second.status_code, second.headers.get("retry-after")) == (429, None)
+    assert b"TOOMANYREQUESTS" in second.content
+    time.sleep(0.6)
+    assert httpx.get(f"{proxy.url}/v2/").status_code == 200  # the window has passed
+    assert rule.hits == 2 and rule.opened == proxy.seen[0].time
+    assert [s.fault for s in proxy.seen] == ["TooManyRequests", "TooManyRequests", None]
 
 
 def test_rules_match_method_and_path(proxy: FaultProxy, registries: RegistrySet,

@@ -14,6 +14,13 @@ Rules are matched in the order they were added, by method and a regex searched i
     proxy.clear()                      # the fault clears; a stall in progress ends too
     assert proxy.count("PUT", r"/blobs/uploads/", status=503) == 2
 
+A rule with a ``window`` is time-based: from its first hit it matches for that many seconds, then
+never again. ``TooManyRequests`` is a rate limit that names its window once::
+
+    limit = proxy.add(Rule(TooManyRequests(retry_after="4"), path=r"/manifests/", window=4))
+    ...
+    held = [s for s in proxy.seen if limit.opened <= s.time < limit.opened + 4]
+
 Everything the proxy saw is in ``proxy.seen`` (time, method, path, status, Authorization present).
 A threaded server, not asyncio: a test's own event loop (the copy engine's) stays the only one.
 """
@@ -115,16 +122,26 @@ class DropLocation:
     """Forward, but remove the ``Location`` header from the registry's answer."""
 
 
+@dataclass(frozen=True)
+class TooManyRequests:
+    """Answer 429. The rule's first answer carries ``Retry-After: <retry_after>`` (when given),
+    later ones none: a registry that names its window once (pair it with ``Rule.window``)."""
+
+    retry_after: str | None = None
+
+
 Action = (Status | Refuse | CutRequest | CutResponse | Stall | Delay | FlipBytes | WrongDigest
-          | Redirect | DropLocation)
+          | Redirect | DropLocation | TooManyRequests)
 
 
 @dataclass
 class Rule:
     """``action`` for requests whose method is ``method`` (None: any), whose path matches
-    ``path`` and query matches ``query`` (``re.search``), ``times`` times (None: until cleared).
+    ``path`` and query matches ``query`` (``re.search``), ``times`` times (None: until cleared),
+    and for ``window`` seconds from its first hit (None: no time limit).
 
     ``query`` tells one upload from another: a monolithic upload's PUT carries ``digest=``.
+    ``opened`` is the ``time.monotonic()`` of the first hit, comparable with ``Seen.time``.
     """
 
     action: Action
@@ -133,9 +150,14 @@ class Rule:
     times: int | None = None
     query: str = ""
     hits: int = 0
+    window: float | None = None
+    opened: float | None = None
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, method: str, path: str, query: str, now: float | None = None) -> bool:
         if self.times is not None and self.hits >= self.times:
+            return False
+        now = time.monotonic() if now is None else now
+        if self.window is not None and self.opened is not None and now >= self.opened + self.window:
             return False
         if self.method is not None and self.method.upper() != method.upper():
             return False
@@ -312,13 +334,16 @@ class FaultProxy:
                 self._open.add(client)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _match(self, method: str, path: str, query: str) -> Rule | None:
+    def _match(self, method: str, path: str, query: str, now: float) -> tuple[Rule | None, int]:
+        """The rule deciding this request, and which hit of it this is (1: its first)."""
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, path, query):
+                if rule.matches(method, path, query, now):
                     rule.hits += 1
-                    return rule
-        return None
+                    if rule.opened is None:
+                        rule.opened = now
+                    return rule, rule.hits
+        return None, 0
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
@@ -336,7 +361,7 @@ class FaultProxy:
             with self._lock:
                 self._seen.append(record)
                 release = self._release
-            rule = self._match(method, path, query)
+            rule, hit = self._match(method, path, query, record.time)
             action = rule.action if rule is not None else None
             if action is not None:
                 record.fault = type(action).__name__
@@ -347,6 +372,10 @@ class FaultProxy:
                 return
             if isinstance(action, Delay):
                 release.wait(action.seconds)
+            if isinstance(action, TooManyRequests):
+                told = hit == 1 and action.retry_after is not None
+                action = Status(429, {"Retry-After": action.retry_after or ""} if told else {},
+                                b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
             if isinstance(action, Status | Redirect):
                 for _ in _body(client_in, headers, is_response=False):
                     pass  # read, so the client sees our answer rather than a failed write

@@ -21,9 +21,11 @@ JOB = CopyJob("rel-1", f"src.example/app@{DIGEST}", "dst.example/app", DIGEST, (
 class FakeCopier:
     delay = 0.0
     seen: list[Any] = []
+    registries: list[Any] = []
 
     def __init__(self, registries: Any, options: Any) -> None:
         FakeCopier.seen.append(options)
+        FakeCopier.registries.append(registries)
 
     async def copy_image(self, source: Any, destination: Any, tags: Any) -> CopyStats:
         FakeCopier.seen.append((str(source), str(destination), tuple(tags)))
@@ -34,6 +36,7 @@ class FakeCopier:
 @pytest.fixture(autouse=True)
 def fake_copier(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeCopier.seen = []
+    FakeCopier.registries = []
     FakeCopier.delay = 0.0
     monkeypatch.setattr(engine_module, "Copier", FakeCopier)
 
@@ -56,3 +59,15 @@ def test_its_deadline_is_a_transient_timeout() -> None:
 def test_a_bad_setting_fails_at_start() -> None:
     with pytest.raises(ValueError, match="FANOUT_BLOB_CONCURRENCY"):
         CopyEngine({"FANOUT_BLOB_CONCURRENCY": "none"})
+
+
+def test_what_one_task_learns_of_a_host_the_next_task_knows() -> None:
+    engine = CopyEngine({"HOME": "/nonexistent"})
+    engine.copy(JOB, timeout=5)
+    first = FakeCopier.registries[-1].client("dst.example").capabilities
+    first.whole_blob = False  # as if the first task's upload had been refused whole
+    engine.copy(JOB, timeout=5)
+    second = FakeCopier.registries[-1]
+    assert second is not FakeCopier.registries[0]  # a new pool per task ...
+    assert second.client("dst.example").capabilities.whole_blob is False  # ... same knowledge
+    assert second.holds is FakeCopier.registries[0].holds

@@ -26,6 +26,15 @@ def test_other_digest_or_destination_is_another_lock(redis_client: Any) -> None:
     assert DestinationLock(redis_client, "r.example/app", "sha256:" + "b" * 64, 60).acquire()
 
 
+@pytest.mark.parametrize("spelling", [
+    "index.docker.io/library/app", "docker.io/app", "registry-1.docker.io/library/app",
+    "Docker.IO/library/app",
+])
+def test_one_repository_by_any_name_is_one_lock(redis_client: Any, spelling: str) -> None:
+    assert DestinationLock(redis_client, "docker.io/library/app", DIGEST, 60).acquire()
+    assert not DestinationLock(redis_client, spelling, DIGEST, 60).acquire()
+
+
 def test_expiry_is_set_in_milliseconds(redis_client: Any) -> None:
     lock = DestinationLock(redis_client, "r.example/app", DIGEST, 90.5)
     assert lock.acquire()

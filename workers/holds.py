@@ -1,0 +1,111 @@
+"""Registry holds in Redis, so a 429 one worker hears holds that registry for every worker.
+
+One string key per registry, ``fanout:hold:<host[:port]>``, holding the wall-clock time the hold
+ends and expiring a little after it. ``hold`` raises the value, never lowers it: a read, then a
+write under ``WATCH`` (atomic without Lua, so fakeredis runs it as is, as ``workers.locks``
+does; Redis has no ``SET ... GT``). ``until`` is one ``GET``.
+
+The store advises; it never fails a copy. Its client has short timeouts and no retries, an
+error is logged and treated as "not held", and after one the store stays quiet for a few
+seconds rather than make every request of a copy wait out a timeout on a Redis that is gone.
+The calls block (the engine asks before each request, from its event loop): one ``GET`` on the
+ledger's Redis, bounded by the socket timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger("fanout.holds")
+
+KEY_PREFIX = "fanout:hold:"
+# A key outlives its hold by this much, so a reader never sees it vanish early.
+_TTL_MARGIN_MS = 1000
+# Redis on the worker's network answers in a millisecond; one that takes this long is as
+# good as down for an advisory read.
+_TIMEOUT_S = 0.5
+# After an error, how long ``until`` answers 0.0 without asking.
+_QUIET_S = 5.0
+
+
+class RedisHolds:
+    """A :class:`registry.holds.HoldStore` in Redis, shared by every worker using it."""
+
+    def __init__(
+        self, client: redis.Redis[Any], prefix: str = KEY_PREFIX, *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._clock = clock
+        self._monotonic = monotonic
+        self._quiet_until = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> RedisHolds:
+        """A store on its own client for ``url`` (the ledger's Redis): short timeouts, no
+        retries, unlike the ledger's client, which rides out a Redis restart."""
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=_TIMEOUT_S,
+            socket_timeout=_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        return cls(client, prefix)
+
+    def key(self, registry: str) -> str:
+        return f"{self._prefix}{registry}"
+
+    def until(self, registry: str) -> float:
+        if self._monotonic() < self._quiet_until:
+            return 0.0
+        try:
+            raw = self._redis.get(self.key(registry))
+        except redis.RedisError as exc:
+            self._quiet_until = self._monotonic() + _QUIET_S
+            log.debug("could not read the hold on %s (treated as none): %s", registry, exc)
+            return 0.0
+        until = _number(raw)
+        return until if until > self._clock() else 0.0
+
+    def hold(self, registry: str, until: float) -> None:
+        ttl_ms = math.ceil((until - self._clock()) * 1000) if math.isfinite(until) else 0
+        if ttl_ms <= 0:
+            return  # already over, or nonsense: nothing to hold
+        try:
+            self._raise_to(self.key(registry), until, ttl_ms + _TTL_MARGIN_MS)
+        except redis.RedisError as exc:
+            log.warning("could not hold %s for other workers (this copy still waits): %s",
+                        registry, exc)
+
+    def _raise_to(self, key: str, until: float, ttl_ms: int) -> None:
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if _number(pipe.get(key)) >= until:
+                        pipe.unwatch()
+                        return  # a hold at least as long is in place, with a TTL to match
+                    pipe.multi()
+                    pipe.set(key, repr(until), px=ttl_ms)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # another worker held it between GET and EXEC: compare again
+
+
+def _number(raw: Any) -> float:
+    """A stored time, or 0.0 for a missing or unreadable one."""
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if math.isfinite(value) else 0.0
