@@ -12,13 +12,12 @@ from typing import TextIO
 
 import httpx
 
-from registry.envconfig import transport_options_from_env
 from registry.options import TransportOptions
 from registry.preflight import DestinationCheck, check_destinations
 from registry.reference import Reference, parse_reference
 from registry.session import Registries
 
-from .common import UsageError, credentials
+from .common import UsageError, add_transport_flags, credentials, transport_options
 from .output import human_bytes
 
 COLUMNS = ("DESTINATION", "READY", "SCHEME", "AUTH", "CREDENTIALS", "PULL", "PUSH",
@@ -39,13 +38,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="repository, optionally with a tag")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list, an object per destination")
-    group = parser.add_argument_group("registry access")
-    # The same flags, and the same environment, as `fanout copy`.
-    group.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
-                       help="allow plain HTTP to this registry (loopback always may); "
-                            "also FANOUT_INSECURE_REGISTRIES")
-    group.add_argument("--ca-bundle", metavar="FILE",
-                       help="trust this CA bundle for TLS (also FANOUT_CA_BUNDLE)")
+    add_transport_flags(parser)  # the same flags, and the same environment, as `fanout copy`
     parser.set_defaults(run=run)
 
 
@@ -83,8 +76,7 @@ async def check_all(
 def run(args: argparse.Namespace) -> int:
     env = os.environ
     targets = parse_targets(args.destinations)
-    options = transport_options_from_env(env, insecure=args.insecure_registry,
-                                         ca_bundle=args.ca_bundle)
+    options = transport_options(args, env)
     checks = asyncio.run(check_all(targets, options=options, env=env))
     if args.json:
         print(json.dumps([c.to_dict() for c in checks], indent=2))

@@ -22,13 +22,19 @@ def add_tag_flag(parser: argparse.ArgumentParser) -> None:
                              "destination's own tag, else the source's")
 
 
-def add_registry_flags(parser: argparse.ArgumentParser) -> None:
+def add_transport_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """How to reach registries: the flags every command that talks to one takes."""
     group = parser.add_argument_group("registry access")
     group.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                        help="allow plain HTTP to this registry (loopback always may); "
                             "also FANOUT_INSECURE_REGISTRIES")
     group.add_argument("--ca-bundle", metavar="FILE",
                        help="trust this CA bundle for TLS (also FANOUT_CA_BUNDLE)")
+    return group
+
+
+def add_registry_flags(parser: argparse.ArgumentParser) -> None:
+    group = add_transport_flags(parser)
     group.add_argument("--chunk-size", metavar="SIZE",
                        help="upload blobs in chunks of SIZE (e.g. 16M) instead of one PUT")
     group.add_argument("--concurrency", type=int, metavar="N",
@@ -44,7 +50,8 @@ def add_referrer_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def transport_options(args: argparse.Namespace, env: Mapping[str, str]) -> TransportOptions:
-    chunk = parse_size(args.chunk_size, name="--chunk-size") if args.chunk_size else None
+    chunk_size = getattr(args, "chunk_size", None)
+    chunk = parse_size(chunk_size, name="--chunk-size") if chunk_size else None
     return transport_options_from_env(
         env, insecure=args.insecure_registry, ca_bundle=args.ca_bundle, chunk_size=chunk,
     )
