@@ -29,6 +29,7 @@ from .push import (
     UploadSession,
     VerifyingStream,
     blob_mount,
+    is_unsupported_chunk,
     is_unsupported_upload,
     upload_cancel,
     upload_start,
@@ -166,23 +167,32 @@ class BlobMover:
             chunk = self.registries.options.chunk_size
             if chunk is None and (current.chunk_min or caps.whole_blob is False):
                 chunk = max(current.chunk_min, _FALLBACK_CHUNK)
+            if caps.chunked is False and caps.whole_blob is not False:
+                chunk = None  # a chunk size is a preference; this host takes none
             try:
                 async with blob_stream(source_client, source.path, blob.digest) as response:
                     stream = VerifyingStream(response.aiter_bytes(), blob, advance)
                     if chunk:
                         await upload_chunks(client, current, blob, stream, chunk)
+                        caps.chunked = True
                     else:
                         await upload_stream(client, current, blob, stream)
                         caps.whole_blob = True
             except RegistryError as exc:
                 await upload_cancel(client, current)
-                if not chunk and is_unsupported_upload(exc):
+                if not chunk and is_unsupported_upload(exc) and caps.chunked is not False:
                     # Whoever learnt it first, this upload goes again in chunks; a sibling
                     # that raced us to the same refusal does the same.
                     if caps.whole_blob is not False:
                         log.info("%s refused a whole-blob upload; using chunks",
                                  target.registry)
                     caps.whole_blob = False
+                    return await attempt()
+                if chunk and is_unsupported_chunk(exc) and caps.whole_blob is not False:
+                    if caps.chunked is not False:
+                        log.info("%s refused a chunked upload; sending whole blobs",
+                                 target.registry)
+                    caps.chunked = False
                     return await attempt()
                 raise
             except BaseException:

@@ -29,6 +29,8 @@ class Capabilities:
 
     # A blob in one PUT (POST then PUT with the body). False: chunks only.
     whole_blob: bool | None = None
+    # Chunked (PATCH) uploads. False: whole blobs only (Artifact Registry refuses PATCH).
+    chunked: bool | None = None
     # Chunk bounds, from OCI-Chunk-Min-Length, a 416 with Range, or a refused chunk.
     chunk_min: int = 0
     chunk_max: int | None = None

@@ -95,7 +95,8 @@ async def upload_start(client: RegistryClient, repository: str) -> UploadSession
 
 async def upload_cancel(client: RegistryClient, session: UploadSession) -> None:
     """Best effort: tell the registry to drop a half-written upload."""
-    with contextlib.suppress(RegistryError):
+    # RuntimeError: the client closed under a copy being cancelled; nothing left to tidy.
+    with contextlib.suppress(RegistryError, RuntimeError):
         await client.request("DELETE", session.location, expected=(204, 404, 202, 200),
                              what="cancel blob upload", scopes=scopes.push(session.repository))
 
@@ -194,6 +195,11 @@ _NOT_LIKE_THAT = frozenset({405, 411, 413, 501})
 # Answers that may mean it, unless the codes say the bytes were wrong, not the way.
 _MAYBE_NOT_LIKE_THAT = frozenset({400, 416})
 _ABOUT_THE_BYTES = frozenset({"DIGEST_INVALID", "SIZE_INVALID"})
+
+
+def is_unsupported_chunk(exc: RegistryError) -> bool:
+    """A PATCH the registry will not take at all (not a size rule): upload whole instead."""
+    return "UNSUPPORTED" in exc.codes or exc.status in (405, 501)
 
 
 def is_unsupported_upload(exc: RegistryError) -> bool:

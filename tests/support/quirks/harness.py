@@ -1,0 +1,214 @@
+"""What the profile tests share: releases to copy, the real CLI run against proxies, and checks
+made on the registry BEHIND a proxy (never through it), so a proxy quirk cannot hide a defect.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support import images
+from tests.support.cli import fanout_env, run_fanout
+from tests.support.images import PushedImage, RegistryHTTP
+from tests.support.registries import RegistryServer
+from tests.support.signing import (
+    SBOM_TYPE,
+    fallback_tag,
+    push_cosign_signature,
+    push_referrers_index,
+    referrers_index,
+    walk,
+)
+
+from .proxy import QuirkProxy
+from .referrers import ReferrersAPI
+
+MiB = 1024 * 1024
+# Quick request-tier retries, so a retry costs a fraction of a second; Retry-After still wins.
+FAST_ENV = {"FANOUT_REQUEST_ATTEMPTS": "4", "FANOUT_REQUEST_MAX_ELAPSED": "15",
+            "FANOUT_CONNECT_TIMEOUT": "3", "FANOUT_READ_TIMEOUT": "30"}
+CLI_TIMEOUT_S = 120.0
+PLATFORMS = (("linux", "amd64"), ("linux", "arm64"), ("linux", "arm", "v7"))
+
+
+@dataclass
+class Release:
+    """An index with a cosign signature (tag) and an SBOM (OCI referrer, in the fallback index
+    at a plain registry)."""
+
+    server: RegistryServer
+    repo: str
+    image: PushedImage
+    signature: PushedImage
+    sbom: PushedImage
+
+    @property
+    def roots(self) -> list[str]:
+        return [self.image.digest, self.signature.digest, self.sbom.digest]
+
+
+def push_index(server: RegistryServer, repo: str, tag: str | None,
+               children: Sequence[PushedImage], media_type: str = images.OCI_INDEX,
+               ) -> PushedImage:
+    """An index over ``children`` (each with its platform), pushed by digest and ``tag``."""
+    entries = []
+    for child in children:
+        parts = child.platforms[0].split("/")
+        platform = {"architecture": parts[1], "os": parts[0]}
+        if len(parts) > 2:
+            platform["variant"] = parts[2]
+        entries.append({**child.descriptor(), "platform": platform})
+    raw = json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": entries},
+                     indent=2).encode()
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    with RegistryHTTP(server) as http:
+        http.push_manifest(repo, digest, raw, media_type)
+        if tag is not None:
+            http.push_manifest(repo, tag, raw, media_type)
+    return PushedImage(
+        registry_host=server.host, repository=repo, tag=tag, digest=digest,
+        media_type=media_type, manifest=raw,
+        blobs=list(dict.fromkeys(b for c in children for b in c.blobs)),
+        manifests=[c.digest for c in children], total_blob_bytes=0,
+        platforms=[p for c in children for p in c.platforms], children=list(children))
+
+
+def push_multiarch(server: RegistryServer, repo: str, tag: str = "v1", *, shared: int = 0,
+                   platforms: Sequence[tuple[str, ...]] = PLATFORMS[:2],
+                   docker: bool = False) -> PushedImage:
+    """One small image per platform over one ``shared`` base layer (none when 0), then an OCI
+    index (whose children are Docker schema 2 manifests when ``docker``)."""
+    base = [images.make_layer(shared, docker=docker)] if shared else []
+    push = images.push_docker_image if docker else images.push_oci_image
+    children = [push(server, repo, None, layers=1, layer_size=2048, platform=p,
+                     base_layers=base) for p in platforms]
+    return push_index(server, repo, tag, children)
+
+
+def push_release(server: RegistryServer, repo: str, *, shared: int = 11 * MiB,
+                 platforms: Sequence[tuple[str, ...]] = PLATFORMS) -> Release:
+    image = push_multiarch(server, repo, shared=shared, platforms=platforms)
+    signature = push_cosign_signature(server, repo, image)
+    sbom = images.push_artifact(server, repo, image, artifact_type=SBOM_TYPE,
+                                blob_media_type=SBOM_TYPE)
+    push_referrers_index(server, repo, image.digest, [sbom])
+    return Release(server, repo, image, signature, sbom)
+
+
+# -- running the CLI ------------------------------------------------------------------------------
+@dataclass
+class CopyRun:
+    result: subprocess.CompletedProcess[str]
+    report: dict[str, Any] | None
+    secrets: tuple[str, ...]
+
+    @property
+    def output(self) -> str:
+        return self.result.stdout + self.result.stderr
+
+    def row(self, destination: str) -> dict[str, Any]:
+        assert self.report is not None, f"no JSON report:\n{self.output[-3000:]}"
+        for row in self.report["destinations"]:
+            if row["destination"] == destination:
+                return dict(row)
+        raise AssertionError(f"no row for {destination} in {self.report['destinations']}")
+
+    def error(self, destination: str) -> str:
+        error = self.row(destination).get("error") or {}
+        return f"{error.get('message')} codes={error.get('codes')} status={error.get('status')}"
+
+    def leaked(self) -> list[str]:
+        """Configured secrets that appear in the CLI's output (there must be none)."""
+        return [s for s in self.secrets if s and s in self.output]
+
+
+def write_docker_config(directory: Path, credentials: Mapping[str, tuple[str, str]]) -> Path:
+    auths = {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+             for host, (user, password) in credentials.items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({"auths": auths}))
+    return directory
+
+
+def copy(tmp_path: Path, source: str, destinations: Sequence[str], *,
+         proxies: Sequence[QuirkProxy] = (), env: Mapping[str, str] | None = None,
+         args: Sequence[str] = ()) -> CopyRun:
+    """``fanout copy SOURCE DEST... --json`` with a Docker config holding each proxy's
+    credentials."""
+    credentials = {}
+    for proxy in proxies:
+        user, password = getattr(proxy.profile, "username", None), getattr(
+            proxy.profile, "password", None)
+        if user and password:
+            credentials[proxy.host] = (user, password)
+    config = write_docker_config(tmp_path / f"docker-{secrets.token_hex(4)}", credentials)
+    full_env = fanout_env(config, **FAST_ENV, **(env or {}))
+    try:
+        result = run_fanout(["copy", source, *destinations, "--json", *args], full_env,
+                            timeout=CLI_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        logs = "\n".join(p.log() for p in proxies)
+        raise AssertionError(f"fanout copy did not finish in {CLI_TIMEOUT_S}s\n{logs}") from exc
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        report = None
+    return CopyRun(result, report, tuple(p for _, p in credentials.values()))
+
+
+def explain(run: CopyRun, *proxies: QuirkProxy, last: int = 60) -> str:
+    """What a failure message needs: the exit code, fanout's errors and the proxies' logs."""
+    rows = ""
+    if run.report is not None:
+        rows = "\n".join(f"  {r['destination']}: {r['status']} {r.get('error') or ''}"
+                         for r in run.report["destinations"])
+    stderr = run.result.stderr.strip().splitlines()[-15:]
+    return (f"\nexit {run.result.returncode}\n{rows}\nstderr tail:\n  " + "\n  ".join(stderr)
+            + "\n" + "\n".join(p.log(last) for p in proxies))
+
+
+# -- checking a destination, behind its proxy ------------------------------------------------------
+def assert_release_at(behind: RegistryServer, repo: str, release: Release,
+                      proxy: QuirkProxy | None = None, *, api: bool = False,
+                      strict_tags: bool = True) -> None:
+    """Every manifest and blob of the release is at ``behind/repo``, byte for byte; the tags are
+    the source's; the SBOM is findable: in the proxy's referrers API when ``api``, else in the
+    fallback index ``sha256-<hex>``, which then is the only extra tag."""
+    expected = walk(release.server, release.repo, release.roots)
+    assert walk(behind, repo, release.roots) == expected, "the copy differs from the source"
+    assert images.get_manifest(behind, f"{repo}:v1")[0] == release.image.manifest
+    sig_tag = release.signature.tag or ""
+    assert images.get_manifest(behind, f"{repo}:{sig_tag}")[0] == release.signature.manifest
+    tags = set(images.list_tags(behind, repo))
+    fallback = fallback_tag(release.image.digest)
+    if api:
+        assert proxy is not None
+        listed = proxy.behaviour(ReferrersAPI).referrers(repo, release.image.digest)
+        assert [(e["digest"], e.get("artifactType")) for e in listed] == [
+            (release.sbom.digest, SBOM_TYPE)], f"referrers API lists {listed}"
+        wanted = {"v1", sig_tag}
+        if not strict_tags:
+            tags.discard(fallback)
+    else:
+        entries = referrers_index(behind, repo, release.image.digest)
+        assert [(e["digest"], e.get("artifactType")) for e in entries] == [
+            (release.sbom.digest, SBOM_TYPE)], f"fallback index lists {entries}"
+        wanted = {"v1", sig_tag, fallback}
+    assert tags == wanted, f"tags at {repo}: {sorted(tags)}, wanted {sorted(wanted)}"
+
+
+@contextlib.contextmanager
+def explained(why: str) -> Iterator[None]:
+    """Add ``why`` (``explain(...)``) to any assertion failing inside."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{why}") from None
