@@ -99,6 +99,7 @@ class RegistryAuth(httpx.Auth):
         # A refresh token the token server gave for our password (offline_token=true), so the
         # password need not be sent again.
         self._learned_refresh_token = ""
+        self._oauth_post = True  # False once the realm refused the OAuth2 POST
 
     def __repr__(self) -> str:
         return f"RegistryAuth({self._registry!r})"
@@ -261,7 +262,7 @@ class RegistryAuth(httpx.Auth):
         refresh_token = (cred.identity_token if cred is not None else "") or learned
         _LOG.debug("token request to %s for %s", realm.host, scope_text)
 
-        if refresh_token:
+        if refresh_token and self._oauth_post:
             form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
                     "client_id": CLIENT_ID}
             if service is not None:
@@ -275,6 +276,9 @@ class RegistryAuth(httpx.Auth):
             if not (_oauth_unsupported(response)
                     or (learned and response.status_code in (400, 401))):
                 raise self._token_error(response, realm, scope_text)
+            if _oauth_unsupported(response):
+                # Harbor's realm takes GET only: asking again on every token costs a request.
+                self._oauth_post = False
             self._learned_refresh_token = ""
             _LOG.debug("token refresh grant not usable at %s; using GET", realm.host)
 

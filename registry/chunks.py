@@ -54,6 +54,8 @@ class _Upload:
         self.blob = blob
         self.offset = 0
         self.relearnt = 0
+        # The smallest non-final part the registry has taken so far.
+        self.smallest = _MAX_CHUNK
         self.what = f"upload chunk of blob {blob.digest[:19]}"
 
     async def send(self, piece: bytes, *, final: bool) -> int:
@@ -79,6 +81,8 @@ class _Upload:
                                 method="PATCH", url=response.request.url)
         taken = min(taken, len(piece))
         self.offset += taken
+        if not final:
+            self.smallest = min(self.smallest, taken)
         return taken
 
     async def _refused(self, exc: UnexpectedStatus, piece: bytes, *, final: bool) -> int:
@@ -110,6 +114,13 @@ class _Upload:
             caps.learn_chunk_min(len(piece) * 2)
             log.info("%s refused a %d-byte chunk; chunks of at least %d from now on",
                      self.client.registry, len(piece), caps.chunk_min)
+            if self.smallest < caps.chunk_min:
+                # An ECR may refuse the part after a small one, for the small one: the parts
+                # it already took are the problem, and only a new upload undoes them.
+                raise ServerError(
+                    f"{self.what}: parts already sent are under the registry's minimum; "
+                    f"starting the upload over with chunks of at least {caps.chunk_min}",
+                    status=exc.status, codes=exc.codes, method="PATCH", url=exc.url) from None
             return 0
         raise exc
 

@@ -186,6 +186,10 @@ async def check_destination(
 
     await _check_pull(client, found)
     await _check_repository(client, found)
+    if found.pull is False and found.exists and isinstance(found.pull_error, Denied):
+        # Artifactory answers a HEAD of a manifest it lacks with 403; a tag list it answered
+        # says reading is allowed after all.
+        found.pull, found.pull_error = True, None
     await _check_push(client, found)
     await _check_referrers(client, found)
     _explain_access(found)
@@ -300,12 +304,20 @@ def _explain_access(found: _Findings) -> None:
                                   "them pull (read) access; a copy checks what is there first")
         return
     if found.push is False and isinstance(found.push_error, Unauthorized | Denied):
+        says = _registry_says(found.push_error)
         if found.configured:
             found.problems.append(f"the credentials for {host} may read {repo} but not push to "
-                                  "it: grant them push (write) access")
+                                  f"it{says}: grant them push (write) access, or create the "
+                                  "project or repository if it does not exist")
         else:
             found.problems.append(f"{host} lets anyone read {repo} but pushing needs "
                                   f"credentials: {login} with an account that may push")
+
+
+def _registry_says(error: RegistryError | None) -> str:
+    """`` (the registry says: …)`` when the refusal carried words of the registry's own."""
+    words = error.message.partition(": ")[2] if error is not None else ""
+    return f" (the registry says: {words})" if words else ""
 
 
 def _from_token_server(error: RegistryError, repository: Repository) -> bool:

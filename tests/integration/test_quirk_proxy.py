@@ -1,12 +1,11 @@
-"""The quirk proxy itself, driven with plain httpx: each profile's behaviours fire as documented,
-whatever fanout's engine does."""
+"""The quirk proxy itself, in front of the module's plain registry, driven with plain httpx: each
+profile's behaviours fire as documented, whatever fanout's engine does."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from tests.support.quirks import QuirkProxy, ReferrersAPI, profiles
 from tests.support.quirks.harness import MiB, push_multiarch
 from tests.support.quirks.manifests import DockerHubRateLimit
 from tests.support.quirks.profiles import Profile
-from tests.support.registries import RegistryServer, start_registry
+from tests.support.registries import RegistryServer
 
 pytestmark = pytest.mark.integration
 
@@ -24,19 +23,12 @@ Auth = tuple[str, str]
 
 
 @pytest.fixture(scope="module")
-def behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = start_registry(tmp_path_factory.mktemp("quirk-proxy") / "registry")
-    yield server
-    server.close()
+def index(plain: RegistryServer) -> images.PushedImage:
+    return push_multiarch(plain, "acme/app")
 
 
-@pytest.fixture(scope="module")
-def index(behind: RegistryServer) -> images.PushedImage:
-    return push_multiarch(behind, "acme/app")
-
-
-def _proxy(behind: RegistryServer, profile: Profile) -> QuirkProxy:
-    return QuirkProxy(behind.url, profile).start()
+def _proxy(plain: RegistryServer, profile: Profile) -> QuirkProxy:
+    return QuirkProxy(plain.url, profile).start()
 
 
 def _token(proxy: QuirkProxy, path: str, *scopes: str, auth: Auth | None = None) -> str:
@@ -60,9 +52,9 @@ def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def test_ecr(behind: RegistryServer, index: images.PushedImage) -> None:
+def test_ecr(plain: RegistryServer, index: images.PushedImage) -> None:
     profile = profiles.ecr(existing={"acme/app", "acme/copy"})
-    with _proxy(behind, profile) as proxy, httpx.Client(base_url=proxy.url,
+    with _proxy(plain, profile) as proxy, httpx.Client(base_url=proxy.url,
                                                          auth=_creds(profile)) as ecr:
         anonymous = httpx.get(f"{proxy.url}/v2/acme/app/tags/list")
         assert anonymous.status_code == 401
@@ -86,7 +78,7 @@ def test_ecr(behind: RegistryServer, index: images.PushedImage) -> None:
         assert after_small.status_code == 400  # the 1 KiB chunk was not the last
         assert "5 MiB" in after_small.json()["errors"][0]["message"]
         # The referrers API: a manifest with a subject, put through the proxy, is listed.
-        sbom = images.push_artifact(proxy.server(behind), "acme/app", index,
+        sbom = images.push_artifact(proxy.server(plain), "acme/app", index,
                                     artifact_type="application/spdx+json")
         listed = ecr.get(f"/v2/acme/app/referrers/{index.digest}")
         assert listed.headers["content-type"] == images.OCI_INDEX
@@ -102,9 +94,9 @@ def test_ecr(behind: RegistryServer, index: images.PushedImage) -> None:
             "digest"] == sbom.digest
 
 
-def test_ghcr(behind: RegistryServer, index: images.PushedImage) -> None:
+def test_ghcr(plain: RegistryServer, index: images.PushedImage) -> None:
     profile = profiles.ghcr()
-    with _proxy(behind, profile) as proxy:
+    with _proxy(plain, profile) as proxy:
         ping = httpx.get(f"{proxy.url}/v2/")
         assert ping.status_code == 401 and 'realm="' in ping.headers["www-authenticate"]
         assert httpx.get(f"{proxy.url}/v2/acme/app/tags/list").status_code == 401
@@ -129,9 +121,9 @@ def test_ghcr(behind: RegistryServer, index: images.PushedImage) -> None:
         assert referrers.status_code == 404
 
 
-def test_docker_hub(behind: RegistryServer, index: images.PushedImage) -> None:
+def test_docker_hub(plain: RegistryServer, index: images.PushedImage) -> None:
     profile = profiles.docker_hub()
-    with _proxy(behind, profile) as proxy:
+    with _proxy(plain, profile) as proxy:
         both = _token(proxy, "/token", "repository:acme/app:pull",
                       "repository:acme/copy:pull,push", auth=_creds(profile))
         # Only the first scope was granted.
@@ -150,9 +142,9 @@ def test_docker_hub(behind: RegistryServer, index: images.PushedImage) -> None:
         assert httpx.head(url, headers=accept).status_code == 200
 
 
-def test_artifact_registry(behind: RegistryServer, index: images.PushedImage) -> None:
+def test_artifact_registry(plain: RegistryServer, index: images.PushedImage) -> None:
     profile = profiles.artifact_registry()
-    with _proxy(behind, profile) as proxy:
+    with _proxy(plain, profile) as proxy:
         ping = httpx.get(f"{proxy.url}/v2/")
         assert ping.headers["www-authenticate"] == f'Bearer realm="{proxy.url}/v2/token"'
         bare = httpx.get(f"{proxy.url}/v2/acme/app/tags/list")
@@ -167,9 +159,9 @@ def test_artifact_registry(behind: RegistryServer, index: images.PushedImage) ->
         assert chunk.status_code == 405 and chunk.json()["errors"][0]["code"] == "UNSUPPORTED"
 
 
-def test_quay(behind: RegistryServer) -> None:
+def test_quay(plain: RegistryServer) -> None:
     profile = profiles.quay()
-    with _proxy(behind, profile) as proxy:
+    with _proxy(plain, profile) as proxy:
         token = _token(proxy, "/v2/auth", "repository:acme/quay:pull,push", auth=_creds(profile))
         auth = _bearer(token)
         no_from = httpx.post(f"{proxy.url}/v2/acme/quay/blobs/uploads/",
@@ -185,16 +177,16 @@ def test_quay(behind: RegistryServer) -> None:
         wrong = httpx.patch(first.headers["location"], content=b"d",
                             headers={**auth, "Content-Range": "5-5"})
         assert wrong.status_code == 416 and wrong.headers["range"] == "0-2"
-        docker_kids = push_multiarch(behind, "acme/quay-src", docker=True)
+        docker_kids = push_multiarch(plain, "acme/quay-src", docker=True)
         refused = httpx.put(f"{proxy.url}/v2/acme/quay/manifests/v1", content=docker_kids.manifest,
                             headers={**auth, "Content-Type": images.OCI_INDEX})
         assert refused.status_code == 400
         assert refused.json()["errors"][0]["code"] == "MANIFEST_INVALID"
 
 
-def test_harbor(behind: RegistryServer, index: images.PushedImage) -> None:
+def test_harbor(plain: RegistryServer, index: images.PushedImage) -> None:
     profile = profiles.harbor(projects=("acme",))
-    with _proxy(behind, profile) as proxy:
+    with _proxy(plain, profile) as proxy:
         posted = httpx.post(f"{proxy.url}/service/token", data={
             "grant_type": "password", "username": profile.username, "password": profile.password,
             "service": "harbor-registry", "scope": "repository:acme/app:pull"})
@@ -210,9 +202,9 @@ def test_harbor(behind: RegistryServer, index: images.PushedImage) -> None:
         assert referrers.headers["content-type"] == "application/json"
 
 
-def test_acr(behind: RegistryServer) -> None:
+def test_acr(plain: RegistryServer) -> None:
     profile = profiles.acr()
-    with _proxy(behind, profile) as proxy:
+    with _proxy(plain, profile) as proxy:
         token = _token(proxy, "/oauth2/token", "repository:acme/acr:pull,push",
                        auth=_creds(profile))
         auth = _bearer(token)
@@ -228,9 +220,9 @@ def test_acr(behind: RegistryServer) -> None:
         assert too_big.status_code == 400
 
 
-def test_gitlab_tokens_die_before_they_say(behind: RegistryServer) -> None:
+def test_gitlab_tokens_die_before_they_say(plain: RegistryServer) -> None:
     profile = profiles.gitlab(lifetime=0.5)
-    with _proxy(behind, profile) as proxy:
+    with _proxy(plain, profile) as proxy:
         response = httpx.get(f"{proxy.url}/jwt/auth", auth=_creds(profile),
                              params={"scope": "repository:acme/app:pull"})
         assert response.json()["expires_in"] == 60
@@ -242,14 +234,14 @@ def test_gitlab_tokens_die_before_they_say(behind: RegistryServer) -> None:
         assert 'error="invalid_token"' in stale.headers["www-authenticate"]
 
 
-def test_artifactory_distribution3_and_chunk_only(behind: RegistryServer) -> None:
+def test_artifactory_distribution3_and_chunk_only(plain: RegistryServer) -> None:
     artifactory = profiles.artifactory()
-    with _proxy(behind, artifactory) as proxy:
+    with _proxy(plain, artifactory) as proxy:
         token = _token(proxy, "/artifactory/api/docker/docker-local/v2/token",
                        "repository:acme/app:pull", auth=_creds(artifactory))
         head = httpx.head(f"{proxy.url}/v2/acme/app/manifests/nope", headers=_bearer(token))
         assert head.status_code == 403
-    with _proxy(behind, profiles.distribution3()) as proxy:
+    with _proxy(plain, profiles.distribution3()) as proxy:
         start = httpx.post(f"{proxy.url}/v2/acme/dist3/blobs/uploads/")
         mismatch = httpx.patch(start.headers["location"], content=b"abc",
                                headers={"Content-Range": "0-9"})
@@ -259,7 +251,7 @@ def test_artifactory_distribution3_and_chunk_only(behind: RegistryServer) -> Non
                              headers={"Content-Range": "3-5"})
         assert offset.status_code == 416
         assert offset.json()["errors"][0]["code"] == "RANGE_INVALID"
-    with _proxy(behind, profiles.chunk_only()) as proxy:
+    with _proxy(plain, profiles.chunk_only()) as proxy:
         data = b"chunks only"
         start = httpx.post(f"{proxy.url}/v2/acme/chunky/blobs/uploads/")
         whole = httpx.put(f"{start.headers['location']}&digest={_sha(data)}", content=data)

@@ -22,31 +22,32 @@ never again. ``TooManyRequests`` is a rate limit that names its window once::
     held = [s for s in proxy.seen if limit.opened <= s.time < limit.opened + 4]
 
 Everything the proxy saw is in ``proxy.seen`` (time, method, path, status, Authorization present).
-A threaded server, not asyncio: a test's own event loop (the copy engine's) stays the only one.
+The serving itself (threads, lifecycle, the log) is ``loopback_proxy.LoopbackProxy``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BufferedReader
-from typing import IO
-from urllib.parse import urlsplit
 
-_PIECE = 64 * 1024
-_HEAD_LIMIT = 64 * 1024
-# Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, so the proxy sets its own.
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-    "upgrade", "proxy-authorization", "proxy-authenticate",
-})
-_UPSTREAM_TIMEOUT_S = 60.0
+from .http_wire import (
+    Headers,
+    answer,
+    body_pieces,
+    forwarded_request_head,
+    frame,
+    get_header,
+    is_chunked,
+    read_response_head,
+    relayed_response_head,
+)
+from .loopback_proxy import Connection, Cut, LoopbackProxy
+from .loopback_proxy import Seen as _Seen
 
 
 # -- actions --------------------------------------------------------------------------------------
@@ -165,111 +166,35 @@ class Rule:
 
 
 @dataclass
-class Seen:
-    """One request the proxy received. ``time`` is ``time.monotonic()`` at arrival.
+class Seen(_Seen):
+    """One request the proxy received (see ``loopback_proxy.Seen``); ``status`` is None also when
+    the request was refused, stalled, or cut while still arriving. A response cut part-way keeps
+    its status. ``fault`` is the action's class name, when a rule fired."""
 
-    ``status`` is the status line the client was sent (set before it is sent, so a client that
-    has its answer sees it here); None when no answer began: refused, stalled, or cut while the
-    request was still arriving. A response cut part-way keeps its status.
-    """
-
-    time: float
-    method: str
-    path: str
-    query: str
-    authorization: bool
-    status: int | None = None
-    fault: str | None = None  # the action's class name, when a rule fired
-    # time.monotonic() when the proxy closed the connection; may lag the client's own view.
-    done: float | None = None
-
-
-class _Cut(Exception):
-    """A scripted reset: the handler stops and closes everything."""
+    fault: str | None = None
 
 
 # -- the proxy ------------------------------------------------------------------------------------
-class FaultProxy:
+class FaultProxy(LoopbackProxy[Seen]):
     """A reverse proxy on a free loopback port in front of ``upstream`` (``http://host:port``)."""
 
     def __init__(self, upstream: str) -> None:
-        parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
-        if parts.scheme != "http" or parts.hostname is None or parts.port is None:
-            raise ValueError(f"upstream must be http://host:port, not {upstream!r}")
-        self.upstream_url = f"http://{parts.hostname}:{parts.port}"
-        self._upstream_addr = (parts.hostname, parts.port)
-        self._lock = threading.Lock()
+        super().__init__(upstream)
         self._rules: list[Rule] = []
-        self._seen: list[Seen] = []
-        self._open: set[socket.socket] = set()
-        self._stopping = threading.Event()
         self._release = threading.Event()  # set by clear(): ends the stalls under way
-        self._listener: socket.socket | None = None
-        self._accepting: threading.Thread | None = None
-        self._port: int | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------------
-    @property
-    def host(self) -> str:
-        """``127.0.0.1:PORT``: what a reference names as its registry."""
-        if self._port is None:
-            raise RuntimeError("the proxy is not started")
-        return f"127.0.0.1:{self._port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     def start(self) -> FaultProxy:
         """Listen on a free port (the same one again after ``stop_listening()``)."""
-        if self._listener is not None:
-            return self
-        self._stopping.clear()
-        if self._release.is_set():
+        if self._listener is None and self._release.is_set():
             self._release = threading.Event()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self._port or 0))
-        listener.listen(128)
-        # accept() wakes up this often to notice stop(): closing a socket from another thread
-        # does not reliably interrupt a blocking accept().
-        listener.settimeout(0.05)
-        self._port = listener.getsockname()[1]
-        self._listener = listener
-        self._accepting = threading.Thread(
-            target=self._accept_loop, args=(listener,), name=f"fault-proxy-{self._port}",
-            daemon=True)
-        self._accepting.start()
-        return self
-
-    def stop_listening(self) -> None:
-        """Close the listening socket: new connections are refused (ECONNREFUSED) until
-        ``start()`` listens again on the same port. Connections under way continue."""
-        listener, self._listener = self._listener, None
-        thread, self._accepting = self._accepting, None
-        if listener is not None:
-            listener.close()
-        if thread is not None:
-            thread.join()
+        return super().start()
 
     def stop(self) -> None:
-        """Stop listening and cut every connection under way."""
-        self._stopping.set()
+        """Stop listening and cut every connection under way; stalls under way end."""
         self._release.set()
-        self.stop_listening()
-        with self._lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        super().stop()
 
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- script and record ------------------------------------------------------------------------
+    # -- script -----------------------------------------------------------------------------------
     def add(self, rule: Rule) -> Rule:
         """Append ``rule``; returns it so a test can read ``rule.hits``."""
         with self._lock:
@@ -283,57 +208,7 @@ class FaultProxy:
             release, self._release = self._release, threading.Event()
         release.set()
 
-    @property
-    def seen(self) -> list[Seen]:
-        """A snapshot of every request received so far, in order of arrival."""
-        with self._lock:
-            return sorted(self._seen, key=lambda s: s.time)
-
-    def requests(
-        self, method: str | None = None, path: str = "", *, status: int | None = None,
-        fault: str | None = None,
-    ) -> list[Seen]:
-        """The requests seen with this method (None: any), path regex, status and fault name
-        (None: any)."""
-        return [s for s in self.seen
-                if (method is None or s.method == method.upper())
-                and re.search(path, s.path) is not None
-                and (status is None or s.status == status)
-                and (fault is None or s.fault == fault)]
-
-    def count(
-        self, method: str | None = None, path: str = "", *, status: int | None = None,
-        fault: str | None = None,
-    ) -> int:
-        """How many requests ``requests(...)`` would return."""
-        return len(self.requests(method, path, status=status, fault=fault))
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Poll ``condition`` (say, on ``count()``) until true; TimeoutError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"condition not met within {timeout}s")
-            time.sleep(0.01)
-
-    def reset_seen(self) -> None:
-        with self._lock:
-            self._seen.clear()
-
     # -- serving ----------------------------------------------------------------------------------
-    def _accept_loop(self, listener: socket.socket) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed by stop_listening()
-            client.settimeout(None)
-            with self._lock:
-                self._open.add(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
     def _match(self, method: str, path: str, query: str, now: float) -> tuple[Rule | None, int]:
         """The rule deciding this request, and which hit of it this is (1: its first)."""
         with self._lock:
@@ -345,196 +220,85 @@ class FaultProxy:
                     return rule, rule.hits
         return None, 0
 
-    def _serve(self, client: socket.socket) -> None:
-        upstream: socket.socket | None = None
-        client_in = client.makefile("rb")
-        record: Seen | None = None
-        try:
-            head = _read_head(client_in)
-            if head is None:
-                return
-            request_line, headers = head
-            method, target, _ = request_line.split(" ", 2)
-            path, _, query = target.partition("?")
-            record = Seen(time.monotonic(), method.upper(), path, query,
-                          authorization=_get(headers, "authorization") is not None)
-            with self._lock:
-                self._seen.append(record)
-                release = self._release
-            rule, hit = self._match(method, path, query, record.time)
-            action = rule.action if rule is not None else None
-            if action is not None:
-                record.fault = type(action).__name__
-            if isinstance(action, Refuse):
-                raise _Cut
-            if isinstance(action, Stall):
-                release.wait(action.seconds)
-                return
-            if isinstance(action, Delay):
-                release.wait(action.seconds)
-            if isinstance(action, TooManyRequests):
-                told = hit == 1 and action.retry_after is not None
-                action = Status(429, {"Retry-After": action.retry_after or ""} if told else {},
-                                b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
-            if isinstance(action, Status | Redirect):
-                for _ in _body(client_in, headers, is_response=False):
-                    pass  # read, so the client sees our answer rather than a failed write
-                _answer(client, action, target, record)
-                return
-            upstream = socket.create_connection(self._upstream_addr, timeout=_UPSTREAM_TIMEOUT_S)
-            with self._lock:
-                self._open.add(upstream)
-            self._forward(client, client_in, upstream, method, target, headers, action, record)
-        except (_Cut, OSError, ValueError):
-            _reset(client)
-            if upstream is not None:
-                _reset(upstream)
-        finally:
-            if record is not None:
-                record.done = time.monotonic()
-            with contextlib.suppress(OSError):
-                client_in.close()
-            for sock in (client, upstream):
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.close()
-                    with self._lock:
-                        self._open.discard(sock)
+    def _handle(self, conn: Connection, request_line: str, headers: Headers) -> None:
+        method, target, _ = request_line.split(" ", 2)
+        path, _, query = target.partition("?")
+        record = Seen(time.monotonic(), method.upper(), path, query,
+                      authorization=get_header(headers, "authorization") is not None)
+        conn.record = record
+        with self._lock:
+            self._seen.append(record)
+            release = self._release
+        rule, hit = self._match(method, path, query, record.time)
+        action = rule.action if rule is not None else None
+        if action is not None:
+            record.fault = type(action).__name__
+        if isinstance(action, Refuse):
+            raise Cut
+        if isinstance(action, Stall):
+            release.wait(action.seconds)
+            return
+        if isinstance(action, Delay):
+            release.wait(action.seconds)
+        if isinstance(action, TooManyRequests):
+            told = hit == 1 and action.retry_after is not None
+            action = Status(429, {"Retry-After": action.retry_after or ""} if told else {},
+                            b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
+        if isinstance(action, Status | Redirect):
+            for _ in body_pieces(conn.reader, headers, is_response=False):
+                pass  # read, so the client sees our answer rather than a failed write
+            _answer(conn.client, action, target, record)
+            return
+        upstream = self._connect_upstream(conn)
+        self._forward(conn.client, conn.reader, upstream, method, target, headers, action, record)
 
     def _forward(
         self, client: socket.socket, client_in: BufferedReader, upstream: socket.socket,
-        method: str, target: str, headers: list[tuple[str, str]], action: Action | None,
-        record: Seen,
+        method: str, target: str, headers: Headers, action: Action | None, record: Seen,
     ) -> None:
         """Relay one exchange, applying ``action``; record the status before the client sees it."""
-        chunked_request = "chunked" in (_get(headers, "transfer-encoding") or "").lower()
-        out = [f"{method} {target} HTTP/1.1", f"Host: {self.upstream_url.removeprefix('http://')}"]
-        out += [f"{k}: {v}" for k, v in headers if k.lower() not in _HOP_BY_HOP | {"host"}]
-        if chunked_request:
-            out.append("Transfer-Encoding: chunked")
-        out.append("Connection: close")
-        upstream.sendall(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+        chunked_request = is_chunked(headers)
+        upstream.sendall(forwarded_request_head(
+            method, target, self.upstream_host, headers,
+            extra=["Transfer-Encoding: chunked"] if chunked_request else []))
         sent = 0
-        for piece in _body(client_in, headers, is_response=False):
+        for piece in body_pieces(client_in, headers, is_response=False):
             if isinstance(action, CutRequest) and sent + len(piece) >= action.after:
-                upstream.sendall(_frame(piece[: action.after - sent], chunked_request))
-                raise _Cut
-            upstream.sendall(_frame(piece, chunked_request))
+                upstream.sendall(frame(piece[: action.after - sent], chunked_request))
+                raise Cut
+            upstream.sendall(frame(piece, chunked_request))
             sent += len(piece)
         if chunked_request:
             upstream.sendall(b"0\r\n\r\n")
 
         upstream_in = upstream.makefile("rb")
         try:
-            while True:
-                head = _read_head(upstream_in)
-                if head is None:
-                    raise ValueError("the registry closed without answering")
-                status_line, response_headers = head
-                status = int(status_line.split(" ", 2)[1])
-                if status >= 200 or status == 101:
-                    break  # 1xx interim answers are the proxy's to swallow
+            status, status_line, response_headers = read_response_head(upstream_in)
             record.status = status
             client.sendall(self._response_head(status_line, response_headers, action))
             if method.upper() == "HEAD" or status in (204, 304):
                 return
             offset = 0
-            for piece in _body(upstream_in, response_headers, is_response=True):
+            for piece in body_pieces(upstream_in, response_headers, is_response=True):
                 if isinstance(action, FlipBytes):
                     piece = _flip(piece, offset, action)
                 if isinstance(action, CutResponse) and offset + len(piece) >= action.after:
                     client.sendall(piece[: action.after - offset])
-                    raise _Cut
+                    raise Cut
                 client.sendall(piece)
                 offset += len(piece)
         finally:
             upstream_in.close()
 
-    def _response_head(
-        self, status_line: str, headers: list[tuple[str, str]], action: Action | None,
-    ) -> bytes:
-        out = [status_line]
-        for name, value in headers:
-            lower = name.lower()
-            if lower in _HOP_BY_HOP:
-                continue  # a chunked body goes out close-delimited: the proxy closes anyway
-            if lower == "location" and isinstance(action, DropLocation):
-                continue
-            if lower == "docker-content-digest" and isinstance(action, WrongDigest):
-                continue
-            if lower in ("location", "link"):
-                value = value.replace(self.upstream_url, self.url)
-            out.append(f"{name}: {value}")
+    def _response_head(self, status_line: str, headers: Headers, action: Action | None) -> bytes:
+        drop, extra = set(), []
+        if isinstance(action, DropLocation):
+            drop.add("location")
         if isinstance(action, WrongDigest):
-            out.append(f"Docker-Content-Digest: {action.digest}")
-        out.append("Connection: close")
-        return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
-
-
-# -- HTTP/1.1 pieces ------------------------------------------------------------------------------
-def _read_head(stream: IO[bytes]) -> tuple[str, list[tuple[str, str]]] | None:
-    """The start line and headers, or None when the peer closed before sending any."""
-    first = stream.readline(_HEAD_LIMIT)
-    if not first:
-        return None
-    headers: list[tuple[str, str]] = []
-    total = len(first)
-    while True:
-        line = stream.readline(_HEAD_LIMIT)
-        total += len(line)
-        if not line:
-            raise ValueError("connection closed inside a message head")
-        if total > _HEAD_LIMIT:
-            raise ValueError("message head too large")
-        if line in (b"\r\n", b"\n"):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers.append((name.strip(), value.strip()))
-    return first.decode("latin-1").rstrip("\r\n"), headers
-
-
-def _get(headers: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _body(
-    stream: BufferedReader, headers: list[tuple[str, str]], *, is_response: bool,
-) -> Iterator[bytes]:
-    """The message body's bytes (de-chunked) as they arrive."""
-    if "chunked" in (_get(headers, "transfer-encoding") or "").lower():
-        while True:
-            size = int(stream.readline(_HEAD_LIMIT).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while stream.readline(_HEAD_LIMIT) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers: dropped
-                return
-            yield from _exactly(stream, size)
-            stream.readline(_HEAD_LIMIT)
-    length = _get(headers, "content-length")
-    if length is not None:
-        yield from _exactly(stream, int(length))
-    elif is_response:  # no framing: the body runs until the registry closes
-        while piece := stream.read1(_PIECE):
-            yield piece
-
-
-def _exactly(stream: BufferedReader, size: int) -> Iterator[bytes]:
-    left = size
-    while left > 0:
-        piece = stream.read1(min(left, _PIECE))
-        if not piece:
-            raise ValueError(f"connection closed {left} bytes before the body's end")
-        left -= len(piece)
-        yield piece
-
-
-def _frame(piece: bytes, chunked: bool) -> bytes:
-    if not chunked or not piece:
-        return piece
-    return f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+            drop.add("docker-content-digest")
+            extra.append(f"Docker-Content-Digest: {action.digest}")
+        return relayed_response_head(status_line, headers, upstream_url=self.upstream_url,
+                                     url=self.url, drop=drop, extra=extra)
 
 
 def _flip(piece: bytes, offset: int, action: FlipBytes) -> bytes:
@@ -554,17 +318,6 @@ def _answer(client: socket.socket, action: Status | Redirect, target: str, recor
         headers = {"Location": action.to.rstrip("/") + target if action.keep_path else action.to}
     else:
         status, body, headers = action.status, action.body, dict(action.headers)
-    lines = [f"HTTP/1.1 {status} Fault"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines += [f"Content-Length: {len(body)}", "Connection: close"]
     # Recorded first: a client that has its answer may look at ``seen`` straight away.
     record.status = status
-    client.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with RST rather than FIN: the peer sees 'connection reset', as on a real cut."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    with contextlib.suppress(OSError):
-        sock.close()
+    client.sendall(answer(f"HTTP/1.1 {status} Fault", headers.items(), body))

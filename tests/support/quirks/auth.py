@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from .exchange import Behaviour, Exchange
-from .wire import Reply, error_reply, json_reply
+from .replies import Reply, error_reply, json_reply
 
 Need = tuple[str, str]  # (repository, action)
 

@@ -11,7 +11,10 @@ from io import BufferedReader
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-from .wire import Headers, Reply, body_pieces, get_header, is_chunked
+from tests.support.http_wire import Headers, body_pieces, get_header, is_chunked
+from tests.support.loopback_proxy import Seen as _Seen
+
+from .replies import Reply
 
 if TYPE_CHECKING:
     from .proxy import QuirkProxy
@@ -24,22 +27,13 @@ _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
-class Seen:
-    """One request the proxy received. ``time`` is ``time.monotonic()`` at arrival.
-
-    ``status`` is what the client was sent (None when no answer began); ``quirk`` names the
+class Seen(_Seen):
+    """One request the proxy received (see ``loopback_proxy.Seen``). ``quirk`` names the
     behaviour that answered or changed the answer; ``length`` is the request's Content-Length.
     """
 
-    time: float
-    method: str
-    path: str
-    query: str
-    authorization: bool
     length: int | None = None
-    status: int | None = None
     quirk: str | None = None
-    done: float | None = None
 
     def line(self, start: float = 0.0) -> str:
         query = f"?{_short_query(self.query)}" if self.query else ""

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .exchange import Behaviour, Exchange, Upstream
-from .wire import Reply, error_reply
+from .replies import Reply, error_reply
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",

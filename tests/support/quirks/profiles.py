@@ -10,8 +10,8 @@ a test builds its own with ``Profile("mine", [BearerAuth(...), PatchAnswers(201)
   without Retry-After; no referrers API.
 - ``quay``: Bearer; Content-Range ``start-end`` at the upload's offset; a mount needs ``from``;
   an OCI index of Docker manifests refused; scripted 429s without Retry-After.
-- ``harbor``: Bearer, token realm GET only; a missing project 401; referrers API answering
-  ``application/json``.
+- ``harbor``: Bearer, token realm GET only (optionally handing out refresh tokens); a missing
+  project 401; referrers API answering ``application/json``.
 - ``acr``: Bearer; ``Content-Range: bytes ...`` refused; manifests over 4 MiB refused;
   referrers API.
 - ``gitlab``: Bearer tokens that die in seconds (said to live 60 s), optionally slow uploads;
@@ -139,11 +139,19 @@ def quay(*, password: str | None = None) -> Profile:
                             IndexOfDockerManifestsRefused()], "acme+robot", password)
 
 
-def harbor(projects: Iterable[str] = ("acme",), *, password: str | None = None) -> Profile:
-    """Harbor 2.x with the given projects."""
+def harbor(projects: Iterable[str] = ("acme",), *, refresh_tokens: bool = False,
+           password: str | None = None) -> Profile:
+    """Harbor 2.x with the given projects.
+
+    ``refresh_tokens``: the realm answers ``offline_token=true`` with a refresh token, as
+    distribution's token spec lets a token server do (we know of no Harbor that does). A client
+    holding one asks for its next token with an OAuth2 POST, which this GET-only realm answers
+    405: the path by which a client meets Harbor's 405 (containerd/containerd#8630).
+    """
     password = _password(password)
     auth = BearerAuth(realm_path="/service/token", service="harbor-registry",
-                      users={"robot$acme+ci": password}, token_methods=("GET",))
+                      users={"robot$acme+ci": password}, token_methods=("GET",),
+                      refresh_tokens=refresh_tokens)
     return Profile("harbor", [auth, HarborProjects(projects),
                               ReferrersAPI(content_type="application/json")],
                    "robot$acme+ci", password, referrers_api=True)

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .exchange import Behaviour, Exchange, Upstream
-from .wire import Reply, json_reply
+from .replies import Reply, json_reply
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 

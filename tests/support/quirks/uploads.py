@@ -10,7 +10,7 @@ import re
 import threading
 
 from .exchange import Behaviour, Exchange, Upstream
-from .wire import Reply, error_reply
+from .replies import Reply, error_reply
 
 MiB = 1024 * 1024
 _RANGE = re.compile(r"^(\d+)-(\d+)$")

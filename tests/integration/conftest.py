@@ -1,0 +1,48 @@
+"""Fixtures of the quirk-proxy tests (``test_profiles``, ``test_quirks``, ``test_quirk_proxy``,
+``test_check_profiles``): a plain registry and a release on it per module, and proxies stopped
+after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.quirks.harness import Release, StartProxy, push_release
+from tests.support.quirks.profiles import Profile
+from tests.support.quirks.proxy import QuirkProxy
+from tests.support.registries import RegistryServer, start_registry
+
+
+@pytest.fixture(scope="module")
+def plain(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A plain anonymous registry for the module: a source, a destination, or the registry behind
+    proxies."""
+    name = request.module.__name__.rpartition(".")[2]
+    server = start_registry(tmp_path_factory.mktemp(name) / "plain")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def release(plain: RegistryServer) -> Release:
+    """A release at ``plain``/acme/app: a three-platform index over an 11 MiB layer (several
+    chunks' worth), a cosign signature and an SBOM."""
+    return push_release(plain, "acme/app")
+
+
+@pytest.fixture
+def proxies(fresh_registry: Callable[..., RegistryServer]) -> Iterator[StartProxy]:
+    started: list[QuirkProxy] = []
+
+    def start(profile: Profile, behind: RegistryServer | None = None,
+              ) -> tuple[RegistryServer, QuirkProxy]:
+        behind = behind or fresh_registry()
+        proxy = QuirkProxy(behind.url, profile).start()
+        started.append(proxy)
+        return behind, proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
