@@ -78,7 +78,8 @@ def run(count: int, tmp: Path) -> Result:
         # The e2e settings shorten retries for tests; a load run uses the defaults, except
         # that a lock held by a racing copy is looked at again after 1 s, not 10 s.
         for name in ("FANOUT_RETRY_BACKOFF", "FANOUT_RETRY_BACKOFF_MAX", "FANOUT_TASK_MAX_RETRIES",
-                     "FANOUT_TASK_TIME_LIMIT", "FANOUT_LOCK_TTL", "FANOUT_VISIBILITY_TIMEOUT"):
+                     "FANOUT_TASK_TIME_LIMIT", "FANOUT_LOCK_TTL", "FANOUT_HEARTBEAT_INTERVAL",
+                     "FANOUT_REAPER_INTERVAL", "FANOUT_VISIBILITY_TIMEOUT"):
             env.pop(name)
         env["FANOUT_LOCK_RETRY"] = "1"
         ledger = ledger_for(env["FANOUT_BROKER_URL"])

@@ -22,6 +22,8 @@ from typing import Any
 
 from celery import Celery
 
+from .connections import broker_transport_options
+from .notifications import NotifySettings
 from .routing import DEFAULT_QUEUE
 from .settings import WorkerSettings
 
@@ -44,6 +46,8 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
             # Sweep for a dead worker's overdue messages every 10 s rather than every 100 s
             # (kombu's default throttle), so redelivery follows the visibility timeout closely.
             "unacked_restore_throttle": 1,
+            # sentinel://: the master's name, and the sentinels' password when they want one.
+            **broker_transport_options(settings.broker_url, settings.sentinel),
         },
         "task_time_limit": settings.time_limit,
         "task_soft_time_limit": (settings.soft_time_limit + settings.time_limit) / 2,
@@ -69,5 +73,8 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 settings = WorkerSettings.from_env(os.environ)
-app = Celery("fanout", include=["workers.tasks"])
+# Release-finished notifications (workers/notifications.py): a bad one stops the worker here.
+notify_settings = NotifySettings.from_env(os.environ,
+                                         visibility_timeout=settings.visibility_timeout)
+app = Celery("fanout", include=["workers.tasks", "workers.notify"])
 app.conf.update(celery_config(settings))

@@ -9,6 +9,7 @@ tokens last twelve hours) is picked up without restarting the worker.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -26,11 +27,19 @@ from .holds import RedisHolds
 from .job import CopyJob
 from .settings import WorkerSettings
 
+# How often a copy looks at its abort flag: the lease keeps this much margin many times over.
+_ABORT_POLL = 0.1
+
+
+class LeaseLost(Exception):
+    """The copy's lock lease was lost; it stopped so that no second copy runs beside it."""
+
 
 class Engine(Protocol):
     """What the task needs from the engine: copy one job, return its counters, raise on failure."""
 
-    def copy(self, job: CopyJob, *, timeout: float | None) -> dict[str, int]: ...
+    def copy(self, job: CopyJob, *, timeout: float | None,
+             abort: threading.Event | None = None) -> dict[str, int]: ...
 
 
 class CopyEngine:
@@ -49,14 +58,30 @@ class CopyEngine:
         # task (the runner is built after the prefork fork).
         self._tls = tls_context(self._transport)
         # One per worker process, like the TLS context; its client connects on first use.
-        self._holds = holds if holds is not None else RedisHolds.from_url(
-            WorkerSettings.from_env(self._env).ledger_url)
+        self._holds = holds if holds is not None else RedisHolds.from_settings(
+            WorkerSettings.from_env(self._env))
         # What each registry host accepts (chunk bounds, mounts, the referrers API), learnt by
         # one task and known to every later task of this process.
         self.capabilities = CapabilityStore()
 
-    def copy(self, job: CopyJob, *, timeout: float | None) -> dict[str, int]:
-        return asyncio.run(self._copy(job, timeout))
+    def copy(self, job: CopyJob, *, timeout: float | None,
+             abort: threading.Event | None = None) -> dict[str, int]:
+        """Copy ``job``; ``abort`` set from another thread (a lost lease) stops it at once
+        with :class:`LeaseLost`."""
+        return asyncio.run(self._guarded(job, timeout, abort))
+
+    async def _guarded(self, job: CopyJob, timeout: float | None,
+                       abort: threading.Event | None) -> dict[str, int]:
+        if abort is None:
+            return await self._copy(job, timeout)
+        copying = asyncio.ensure_future(self._copy(job, timeout))
+        while not copying.done():
+            if abort.is_set():
+                copying.cancel()
+                await asyncio.gather(copying, return_exceptions=True)
+                raise LeaseLost(f"copy to {job.destination} stopped: its lease was lost")
+            await asyncio.wait({copying}, timeout=_ABORT_POLL)
+        return copying.result()
 
     async def _copy(self, job: CopyJob, timeout: float | None) -> dict[str, int]:
         options = copy_options_from_env(self._env, referrers=job.referrers,

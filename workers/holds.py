@@ -18,11 +18,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from .connections import SentinelOptions, redis_client
+
+if TYPE_CHECKING:
+    from .settings import WorkerSettings
 
 log = logging.getLogger("fanout.holds")
 
@@ -51,13 +56,19 @@ class RedisHolds:
         self._quiet_until = 0.0
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> RedisHolds:
+    def from_url(cls, url: str, prefix: str = KEY_PREFIX, *,
+                 sentinel: SentinelOptions | None = None) -> RedisHolds:
         """A store on its own client for ``url`` (the ledger's Redis): short timeouts, no
         retries, unlike the ledger's client, which rides out a Redis restart."""
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=_TIMEOUT_S,
+        client = redis_client(
+            url, sentinel, decode_responses=True, socket_connect_timeout=_TIMEOUT_S,
             socket_timeout=_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         return cls(client, prefix)
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> RedisHolds:
+        """A store in the ledger's Redis, as ``settings`` name it (Sentinel included)."""
+        return cls.from_url(settings.ledger_url, sentinel=settings.sentinel)
 
     def key(self, registry: str) -> str:
         return f"{self._prefix}{registry}"

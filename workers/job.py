@@ -15,7 +15,7 @@ from registry.reference import parse_reference, parse_repository, validate_tag
 
 TASK_NAME = "fanout.copy"
 _REQUIRED = ("release_id", "source", "destination", "tags")
-_OPTIONAL = ("referrers",)
+_OPTIONAL = ("referrers", "generation")
 _REFERRER_KEYS = frozenset({"enabled", "types"})
 _RELEASE_ID_MAX = 200
 
@@ -42,6 +42,10 @@ class CopyJob:
     tags: tuple[str, ...]
     referrers: bool = True
     referrer_types: tuple[str, ...] = ()
+    # Which sending of this destination the message is: a lost worker's destination handed
+    # over, or an operator's retry, sends it again under a higher generation, and a message
+    # of an older one (a late redelivery) does nothing.
+    generation: int = 0
 
 
 def parse_job(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> CopyJob:
@@ -74,6 +78,10 @@ def parse_job(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> C
     if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
         raise fail("tags must be a list of strings")
     referrers, referrer_types = _referrers(kwargs.get("referrers"), fail)
+    generation = kwargs.get("generation", 0)
+    if (not isinstance(generation, int) or isinstance(generation, bool)
+            or not 0 <= generation < 2**31):
+        raise fail("generation must be a whole number from 0")
     try:
         source = parse_reference(kwargs["source"])
         parse_repository(kwargs["destination"])
@@ -88,7 +96,7 @@ def parse_job(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> C
     return CopyJob(
         release_id=str(release_id), source=str(source.pinned()), destination=kwargs["destination"],
         digest=source.digest, tags=tuple(dict.fromkeys(tags)), referrers=referrers,
-        referrer_types=referrer_types,
+        referrer_types=referrer_types, generation=generation,
     )
 
 

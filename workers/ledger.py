@@ -1,16 +1,11 @@
 """The release ledger in Redis: what each release's destinations are doing, and did.
 
-Keys (each expires ``retention`` seconds after its release's last update)::
-
-    fanout:release:<id>                   hash: source, digest, created_at
-    fanout:release:<id>:dests             sorted set: destinations, in the order given
-    fanout:release:<id>:dest:<dest>       hash: one DestinationRecord
-    fanout:releases                       sorted set: release ids by creation time
-
-Every transition is one ``MULTI``/``EXEC`` under ``WATCH`` of the destination's hash: it is
-applied whole or not at all, so a worker killed between two transitions leaves the last one
-complete. No Lua, so fakeredis needs nothing extra. ``succeeded`` is final: a late redelivery
-of a task that already succeeded cannot move its destination back.
+The keys and the records are in ``workers/records.py``. Every transition is one ``MULTI``/``EXEC``
+under ``WATCH`` of the destination's hash: it is applied whole or not at all, so a worker killed
+between two transitions leaves the last one complete. No Lua, so fakeredis needs nothing extra.
+``succeeded`` is final: a late redelivery of a task that already succeeded cannot move its
+destination back. An attempt that ends (succeeded, retrying, failed, or lost with its worker)
+is appended to the destination's history in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,82 +14,46 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
 
 from registry.reference import parse_reference
 
-STATES = ("queued", "running", "retrying", "succeeded", "failed")
-FINAL_STATES = frozenset({"succeeded", "failed"})
+from .records import (
+    FINAL_STATES,
+    HISTORY_LIMIT,
+    RELEASES_KEY,
+    RUNNING_KEY,
+    STATES,
+    Attempt,
+    DestinationRecord,
+    Release,
+    decode_map,
+    dest_key,
+    dests_key,
+    history_key,
+    new_record,
+    parse_record,
+    release_key,
+    running_member,
+    text,
+    to_float,
+)
+
 DEFAULT_RETENTION = 7 * 86400.0
-RELEASES_KEY = "fanout:releases"
-_PREFIX = "fanout:release:"
 _Fields = Mapping[str | bytes, bytes | float | int | str]
+__all__ = ["FINAL_STATES", "STATES", "Attempt", "DestinationRecord", "Ledger", "Release"]
+if TYPE_CHECKING:
+    Pipeline = redis.client.Pipeline[Any]
 
 
-@dataclass(frozen=True)
-class DestinationRecord:
-    """One destination of a release, as the ledger last recorded it."""
+class TransitionObserver(Protocol):
+    """Told of every attempt that ends, inside its transaction (the metrics counters)."""
 
-    destination: str
-    tags: tuple[str, ...]
-    state: str
-    attempts: int
-    last_error: str | None
-    error_type: str | None
-    bytes: int
-    seconds: float
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    stats: dict[str, int]
-    worker: str | None
-    next_retry_at: float | None
-
-    @property
-    def done(self) -> bool:
-        return self.state in FINAL_STATES
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["tags"] = list(self.tags)
-        return doc
-
-
-@dataclass(frozen=True)
-class Release:
-    """A source digest and its destinations' records."""
-
-    id: str
-    source: str
-    digest: str
-    created_at: float
-    destinations: dict[str, DestinationRecord]
-
-    @property
-    def done(self) -> bool:
-        """Every destination has succeeded or failed for good."""
-        return all(d.done for d in self.destinations.values())
-
-    @property
-    def ok(self) -> bool:
-        """Every destination has succeeded."""
-        return all(d.state == "succeeded" for d in self.destinations.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "source": self.source,
-            "digest": self.digest,
-            "created_at": self.created_at,
-            "done": self.done,
-            "ok": self.ok,
-            "destinations": {name: d.to_dict() for name, d in self.destinations.items()},
-        }
+    def attempt_ended(self, pipe: Any, destination: str, outcome: str, seconds: float | None,
+                      nbytes: int) -> None: ...
 
 
 class Ledger:
@@ -102,34 +61,43 @@ class Ledger:
 
     def __init__(
         self, redis_client: redis.Redis[Any], *, retention: float = DEFAULT_RETENTION,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, observer: TransitionObserver | None = None,
     ) -> None:
         self._redis = redis_client
         self.retention = retention
         self._clock = clock
+        self._observer = observer
 
-    # -- writing --------------------------------------------------------------------------
+    # -- a release and its destinations ---------------------------------------------------
 
     def create_release(
         self, source: str, targets: Sequence[tuple[str, Sequence[str]]], *,
-        release_id: str | None = None,
+        release_id: str | None = None, optional: Iterable[str] = (),
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> str:
         """Record a release with every destination ``queued``; return its id.
 
         ``source`` must be pinned by digest (``InvalidReference``, a ``ValueError``, if not).
+        ``optional`` names destinations whose failure does not fail the release. ``tasks``: per
+        destination, the arguments its copy task is sent with (``release_id`` is filled in
+        here), kept for :meth:`task_of` so that a retry sends exactly what was sent.
         """
         digest = parse_reference(source).digest
         if digest is None:
             raise ValueError(f"source {source} is not pinned by digest")
+        optional = set(optional)
         now = self._clock()
         release_id = release_id or self._new_id(now)
         with self._redis.pipeline() as pipe:  # MULTI/EXEC: the release appears whole
-            pipe.hset(_release_key(release_id), mapping={
-                "source": source, "digest": digest, "created_at": repr(now)})
+            pipe.hset(release_key(release_id), mapping={
+                "source": source, "digest": digest, "created_at": repr(now), "epoch": "0"})
             for index, (destination, tags) in enumerate(targets):
-                pipe.zadd(_dests_key(release_id), {destination: index}, nx=True)
-                pipe.hset(_dest_key(release_id, destination),
-                          mapping=_fields(_new_record(destination, tags, now)))
+                row = new_record(destination, tags, now, optional=destination in optional)
+                task = (tasks or {}).get(destination)
+                if task is not None:
+                    row["task"] = json.dumps({**task, "release_id": release_id}, sort_keys=True)
+                pipe.zadd(dests_key(release_id), {destination: index}, nx=True)
+                pipe.hset(dest_key(release_id, destination), mapping=_fields(row))
             pipe.zadd(RELEASES_KEY, {release_id: now})
             pipe.zremrangebyscore(RELEASES_KEY, "-inf", now - self.retention)
             self._expire(pipe, release_id, [d for d, _ in targets])
@@ -141,90 +109,230 @@ class Ledger:
     ) -> None:
         """Create the release and destination if missing (a task sent without the producer,
         or a ledger entry expired or flushed); never changes an existing record."""
-        if self._redis.exists(_dest_key(release_id, destination)):
+        if self._redis.exists(dest_key(release_id, destination)):
             return
         now = self._clock()
         digest = parse_reference(source).digest or ""
         with self._redis.pipeline() as pipe:
-            pipe.hsetnx(_release_key(release_id), "source", source)
-            pipe.hsetnx(_release_key(release_id), "digest", digest)
-            pipe.hsetnx(_release_key(release_id), "created_at", repr(now))
-            pipe.zadd(_dests_key(release_id), {destination: math.inf}, nx=True)
-            for name, value in _new_record(destination, tags, now).items():
-                pipe.hsetnx(_dest_key(release_id, destination), name, value)
+            pipe.hsetnx(release_key(release_id), "source", source)
+            pipe.hsetnx(release_key(release_id), "digest", digest)
+            pipe.hsetnx(release_key(release_id), "created_at", repr(now))
+            pipe.zadd(dests_key(release_id), {destination: math.inf}, nx=True)
+            for name, value in new_record(destination, tags, now).items():
+                pipe.hsetnx(dest_key(release_id, destination), name, value)
             pipe.zadd(RELEASES_KEY, {release_id: now}, nx=True)
             self._expire(pipe, release_id, [destination, *self._dest_names(self._redis,
                                                                             release_id)])
             pipe.execute()
 
-    def mark_running(self, release_id: str, destination: str, *, worker: str | None) -> None:
-        """An attempt starts: ``attempts`` goes up by one."""
+    # -- an attempt -----------------------------------------------------------------------
+
+    def mark_running(
+        self, release_id: str, destination: str, *, worker: str | None,
+        task: Mapping[str, Any] | None = None, lease: float | None = None,
+    ) -> int:
+        """An attempt starts: ``attempts`` goes up by one, and its number is returned.
+
+        ``task`` (the message's arguments, which hold no secret) is kept so a lost attempt can
+        be sent again; ``lease`` is how long its heartbeat may be silent before the attempt
+        counts as lost."""
         now = self._clock()
-        self._transition(release_id, destination, {
-            "state": "running", "started_at": repr(now), "worker": worker or "",
-            "next_retry_at": "",
-        }, attempt=True)
+        fields = {"state": "running", "started_at": repr(now), "worker": worker or "",
+                  "next_retry_at": "", "heartbeat_at": repr(now)}
+        if task is not None:
+            fields["task"] = json.dumps(dict(task), sort_keys=True)
+        return self._transition(release_id, destination, fields, attempt=True,
+                                lease=(now + lease) if lease is not None else None)
+
+    def heartbeat(self, release_id: str, destination: str, lease: float) -> None:
+        """The attempt is alive: push its deadline ``lease`` seconds out."""
+        now = self._clock()
+        with self._redis.pipeline() as pipe:
+            pipe.hset(dest_key(release_id, destination), "heartbeat_at", repr(now))
+            pipe.zadd(RUNNING_KEY, {running_member(release_id, destination): now + lease},
+                      xx=True)
+            pipe.execute()
 
     def mark_retrying(
         self, release_id: str, destination: str, *, error: str, error_type: str,
-        next_retry_at: float,
+        next_retry_at: float, attempt: int | None = None,
     ) -> None:
+        """``attempt``: write only if that attempt is still the destination's latest (a copy
+        that outlived its lease must not overwrite the attempt that took over)."""
         self._transition(release_id, destination, {
             "state": "retrying", "last_error": error, "error_type": error_type,
             "next_retry_at": repr(next_retry_at),
-        })
+        }, outcome="retrying", expect_attempt=attempt)
 
     def mark_succeeded(
         self, release_id: str, destination: str, *, stats: Mapping[str, int], seconds: float,
+        attempt: int | None = None,
     ) -> None:
         """Done; ``last_error`` keeps the error of an earlier attempt, if there was one."""
         self._transition(release_id, destination, {
             "state": "succeeded", "stats": json.dumps(dict(stats), sort_keys=True),
             "bytes": str(int(stats.get("bytes_transferred", 0))), "seconds": repr(seconds),
             "finished_at": repr(self._clock()), "next_retry_at": "",
-        })
+        }, outcome="succeeded", expect_attempt=attempt)
 
     def mark_failed(
         self, release_id: str, destination: str, *, error: str, error_type: str,
+        attempt: int | None = None,
     ) -> None:
         """Failed for good; nothing will try this destination again for this release."""
         now = self._clock()
         self._transition(release_id, destination, {
             "state": "failed", "last_error": error, "error_type": error_type,
             "finished_at": repr(now), "next_retry_at": "",
-        }, seconds_since_start=now)
+        }, seconds_since_start=now, outcome="failed", expect_attempt=attempt)
+
+    def mark_lost(
+        self, release_id: str, destination: str, *, attempt: int, reason: str,
+    ) -> DestinationRecord | None:
+        """Attempt ``attempt`` died with its worker: record it lost, move the destination to
+        ``retrying`` under a new generation, and return the record to send again; None when
+        that attempt is no longer the running one (it ended, or was handed over already)."""
+        key = dest_key(release_id, destination)
+        now = self._clock()
+        handed: list[bool] = []
+
+        def apply(pipe: Pipeline) -> None:
+            handed.clear()
+            current = decode_map(cast(Mapping[Any, Any], pipe.hgetall(key)))
+            others = self._dest_names(pipe, release_id)
+            pipe.multi()
+            if current.get("state") != "running" or int(current.get("attempts") or 0) != attempt:
+                pipe.zrem(RUNNING_KEY, running_member(release_id, destination))
+                return
+            self._end_attempt(pipe, release_id, destination, current, "lost", reason,
+                              "WorkerLost", now)
+            pipe.hset(key, mapping=_fields({
+                "state": "retrying", "last_error": reason, "error_type": "WorkerLost",
+                "next_retry_at": repr(now), "updated_at": repr(now),
+                "generation": str(int(current.get("generation") or 0) + 1),
+            }))
+            self._expire(pipe, release_id, [destination, *others])
+            handed.append(True)
+
+        self._redis.transaction(apply, key)  # type: ignore[no-untyped-call]
+        return self.record(release_id, destination) if handed else None
+
+    def forget_running(self, release_id: str, destination: str) -> None:
+        """Drop a heartbeat deadline nobody needs (its attempt ended, or its release expired)."""
+        self._redis.zrem(RUNNING_KEY, running_member(release_id, destination))
+
+    def reset_for_retry(self, release_id: str, destinations: Sequence[str]) -> int:
+        """An operator's retry: the named destinations go back to ``queued`` as a new round
+        under a new generation (history kept); the release is no longer final, so it will
+        notify again when it is. Returns the destinations' new generation."""
+        now = self._clock()
+        keys = [dest_key(release_id, d) for d in destinations]
+        generation = [0]
+
+        def apply(pipe: Pipeline) -> None:
+            rows = [decode_map(cast(Mapping[Any, Any], pipe.hgetall(k))) for k in keys]
+            others = self._dest_names(pipe, release_id)
+            pipe.multi()
+            for key, row in zip(keys, rows, strict=True):
+                generation[0] = max(generation[0], int(row.get("generation") or 0) + 1)
+                pipe.hset(key, mapping=_fields({
+                    "state": "queued", "next_retry_at": "", "finished_at": "",
+                    "round_base": row.get("attempts") or "0", "round_at": repr(now),
+                    "updated_at": repr(now), "generation": str(generation[0]),
+                }))
+            pipe.hincrby(release_key(release_id), "epoch", 1)
+            self._expire(pipe, release_id, [*destinations, *others])
+
+        self._redis.transaction(apply, release_key(release_id), *keys)  # type: ignore[no-untyped-call]
+        return generation[0]
+
+    def settle_final(self, release_id: str) -> Release | None:
+        """If the release is final now and nobody has claimed this final transition, claim it
+        and return the release (to notify about); else None. Exactly one caller wins per
+        transition, however many workers finish destinations at the same instant."""
+        head_key = release_key(release_id)
+        won: list[Release] = []
+
+        def apply(pipe: Pipeline) -> None:
+            won.clear()
+            names = self._dest_names(pipe, release_id)
+            for name in names:  # watched too: a destination changing under us means look again
+                pipe.watch(dest_key(release_id, name))
+            release = self._read(pipe, release_id, names, with_history=False)
+            if release is None or not release.destinations or not release.done:
+                pipe.multi()
+                return
+            head = decode_map(cast(Mapping[Any, Any], pipe.hgetall(head_key)))
+            epoch = head.get("epoch") or "0"
+            pipe.multi()
+            if head.get("notified_epoch") == epoch:
+                return
+            pipe.hset(head_key, "notified_epoch", epoch)
+            won.append(release)
+
+        self._redis.transaction(apply, head_key)  # type: ignore[no-untyped-call]
+        return won[0] if won else None
 
     # -- reading --------------------------------------------------------------------------
 
     def get(self, release_id: str) -> Release | None:
         """The release and every destination's record, or None if unknown or expired."""
-        head = _decode_map(self._redis.hgetall(_release_key(release_id)))
-        if not head:
-            return None
-        names = [_text(n) for n in self._redis.zrange(_dests_key(release_id), 0, -1)]
-        with self._redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(_dest_key(release_id, name))
-            rows = pipe.execute()
-        destinations = {name: _record(name, _decode_map(row))
-                        for name, row in zip(names, rows, strict=True) if row}
-        return Release(
-            id=release_id, source=head.get("source", ""), digest=head.get("digest", ""),
-            created_at=_float(head.get("created_at")) or 0.0, destinations=destinations,
-        )
+        names = self._dest_names(self._redis, release_id)
+        return self._read(self._redis, release_id, names, with_history=True)
 
     def record(self, release_id: str, destination: str) -> DestinationRecord | None:
         """One destination's record, or None if unknown or expired."""
-        row = _decode_map(self._redis.hgetall(_dest_key(release_id, destination)))
-        return _record(destination, row) if row else None
+        row = decode_map(self._redis.hgetall(dest_key(release_id, destination)))
+        if not row:
+            return None
+        history = [text(h) for h in self._redis.lrange(history_key(release_id, destination),
+                                                       0, -1)]
+        return parse_record(destination, row, history)
+
+    def task_of(self, release_id: str, destination: str) -> dict[str, Any] | None:
+        """The arguments the destination's copy task was last sent with, if recorded."""
+        raw = self._redis.hget(dest_key(release_id, destination), "task")
+        if not raw:
+            return None
+        doc = json.loads(text(raw))
+        return doc if isinstance(doc, dict) else None
 
     def recent(self, limit: int = 20) -> list[str]:
         """Release ids, newest first."""
         if limit <= 0:
             return []
-        return [_text(i) for i in self._redis.zrevrange(RELEASES_KEY, 0, limit - 1)]
+        return [text(i) for i in self._redis.zrevrange(RELEASES_KEY, 0, limit - 1)]
+
+    def since(self, timestamp: float) -> list[str]:
+        """Release ids created at or after ``timestamp`` (wall clock), oldest first."""
+        return [text(i) for i in self._redis.zrangebyscore(RELEASES_KEY, timestamp, "+inf")]
+
+    def overdue(self, now: float | None = None, limit: int = 100) -> list[str]:
+        """``<release> <destination>`` of running attempts whose heartbeat deadline has passed."""
+        deadline = self._clock() if now is None else now
+        return [text(m) for m in self._redis.zrangebyscore(RUNNING_KEY, "-inf", deadline,
+                                                           start=0, num=limit)]
 
     # -- plumbing -------------------------------------------------------------------------
+
+    def _read(self, client: Any, release_id: str, names: Sequence[str], *,
+              with_history: bool) -> Release | None:
+        head = decode_map(client.hgetall(release_key(release_id)))
+        if not head:
+            return None
+        rows = [decode_map(client.hgetall(dest_key(release_id, n))) for n in names]
+        histories: list[list[str]] = [[] for _ in names]
+        if with_history:
+            histories = [[text(h) for h in client.lrange(history_key(release_id, n), 0, -1)]
+                         for n in names]
+        destinations = {name: parse_record(name, row, history)
+                        for name, row, history in zip(names, rows, histories, strict=True)
+                        if row}
+        return Release(
+            id=release_id, source=head.get("source", ""), digest=head.get("digest", ""),
+            created_at=to_float(head.get("created_at")) or 0.0, destinations=destinations,
+            epoch=int(head.get("epoch") or 0),
+        )
 
     def _new_id(self, now: float) -> str:
         # Milliseconds first, so ids sort by creation; random bits so two producers never clash.
@@ -233,104 +341,93 @@ class Ledger:
     def _transition(
         self, release_id: str, destination: str, fields: dict[str, str], *,
         attempt: bool = False, seconds_since_start: float | None = None,
-    ) -> None:
-        key = _dest_key(release_id, destination)
+        outcome: str | None = None, lease: float | None = None,
+        expect_attempt: int | None = None,
+    ) -> int:
+        key = dest_key(release_id, destination)
         now = self._clock()
+        number = [0]
 
-        def apply(pipe: redis.client.Pipeline[Any]) -> None:
+        def apply(pipe: Pipeline) -> None:
             # After WATCH the pipeline runs commands at once; the stubs do not know that.
-            current = _decode_map(cast(Mapping[Any, Any], pipe.hgetall(key)))
+            current = decode_map(cast(Mapping[Any, Any], pipe.hgetall(key)))
+            number[0] = int(current.get("attempts") or 0) + (1 if attempt else 0)
             if current.get("state") == "succeeded":
+                pipe.multi()
+                if lease is None:
+                    pipe.zrem(RUNNING_KEY, running_member(release_id, destination))
                 return  # final: a late redelivery must not regress it
+            if expect_attempt is not None and int(current.get("attempts") or 0) != expect_attempt:
+                pipe.multi()
+                return  # a newer attempt owns the record now
             others = self._dest_names(pipe, release_id)
             update = dict(fields, updated_at=repr(now))
             if not current:  # unknown (expired, flushed): start a full record
-                update = {**_new_record(destination, (), now), **update}
+                update = {**new_record(destination, (), now), **update}
             if seconds_since_start is not None and current.get("started_at"):
-                started = _float(current["started_at"]) or seconds_since_start
+                started = to_float(current["started_at"]) or seconds_since_start
                 update["seconds"] = repr(max(0.0, seconds_since_start - started))
             pipe.multi()
+            if attempt and current.get("state") == "running":
+                # The previous attempt never ended: its worker died (the broker redelivered
+                # before any reaper noticed). Say so in the history.
+                who = current.get("worker") or "a worker"
+                self._end_attempt(pipe, release_id, destination, current, "lost",
+                                  f"{who} lost: its attempt never ended", "WorkerLost", now)
+            if outcome is not None and current.get("state") == "running":
+                self._end_attempt(pipe, release_id, destination, current, outcome,
+                                  fields.get("last_error"), fields.get("error_type"), now,
+                                  seconds=to_float(fields.get("seconds")),
+                                  nbytes=int(fields.get("bytes") or 0))
             pipe.hset(key, mapping=_fields(update))
             if attempt:
                 pipe.hincrby(key, "attempts", 1)
+            if lease is not None:
+                pipe.zadd(RUNNING_KEY, {running_member(release_id, destination): lease})
+            elif outcome is not None:
+                pipe.zrem(RUNNING_KEY, running_member(release_id, destination))
             if not current:
-                pipe.zadd(_dests_key(release_id), {destination: math.inf}, nx=True)
+                pipe.zadd(dests_key(release_id), {destination: math.inf}, nx=True)
                 # A release nobody created (a hand-sent task rejected before
                 # ensure_destination): without a head, `fanout status` could not find it.
-                pipe.hsetnx(_release_key(release_id), "created_at", repr(now))
+                pipe.hsetnx(release_key(release_id), "created_at", repr(now))
                 pipe.zadd(RELEASES_KEY, {release_id: now}, nx=True)
             self._expire(pipe, release_id, [destination, *others])
 
         self._redis.transaction(apply, key)  # type: ignore[no-untyped-call]
+        return number[0]
 
-    def _expire(self, pipe: redis.client.Pipeline[Any], release_id: str,
-                destinations: Sequence[str]) -> None:
+    def _end_attempt(
+        self, pipe: Pipeline, release_id: str, destination: str, current: Mapping[str, str],
+        outcome: str, error: str | None, error_type: str | None, now: float, *,
+        seconds: float | None = None, nbytes: int = 0,
+    ) -> None:
+        started = to_float(current.get("started_at"))
+        entry = Attempt(
+            attempt=int(current.get("attempts") or 0), worker=current.get("worker") or None,
+            started_at=started, ended_at=now, outcome=outcome, error=error or None,
+            error_type=error_type or None)
+        hkey = history_key(release_id, destination)
+        pipe.rpush(hkey, json.dumps(entry.to_dict(), sort_keys=True))
+        pipe.ltrim(hkey, -HISTORY_LIMIT, -1)
+        if self._observer is not None:
+            took = seconds if seconds is not None else (now - started if started else None)
+            self._observer.attempt_ended(pipe, destination, outcome, took, nbytes)
+
+    def _expire(self, pipe: Pipeline, release_id: str, destinations: Sequence[str]) -> None:
         # Every key of the release, not just the one written: a release expires whole.
         ttl = max(1, math.ceil(self.retention))
-        pipe.expire(_release_key(release_id), ttl)
-        pipe.expire(_dests_key(release_id), ttl)
+        pipe.expire(release_key(release_id), ttl)
+        pipe.expire(dests_key(release_id), ttl)
         for name in dict.fromkeys(destinations):
-            pipe.expire(_dest_key(release_id, name), ttl)
+            pipe.expire(dest_key(release_id, name), ttl)
+            pipe.expire(history_key(release_id, name), ttl)
 
     @staticmethod
-    def _dest_names(client: redis.Redis[Any] | redis.client.Pipeline[Any],
-                    release_id: str) -> list[str]:
-        names = cast(list[Any], client.zrange(_dests_key(release_id), 0, -1))
-        return [_text(n) for n in names]
+    def _dest_names(client: redis.Redis[Any] | Pipeline, release_id: str) -> list[str]:
+        names = cast(list[Any], client.zrange(dests_key(release_id), 0, -1))
+        return [text(n) for n in names]
 
 
-def _release_key(release_id: str) -> str:
-    return f"{_PREFIX}{release_id}"
-
-
-def _dests_key(release_id: str) -> str:
-    return f"{_PREFIX}{release_id}:dests"
-
-
-def _dest_key(release_id: str, destination: str) -> str:
-    return f"{_PREFIX}{release_id}:dest:{destination}"
-
-
-def _fields(row: dict[str, str]) -> _Fields:
+def _fields(row: Mapping[str, str]) -> _Fields:
     return cast(_Fields, row)
-
-
-def _new_record(destination: str, tags: Sequence[str], now: float) -> dict[str, str]:
-    return {
-        "destination": destination, "tags": json.dumps(list(tags)), "state": "queued",
-        "attempts": "0", "last_error": "", "error_type": "", "bytes": "0", "seconds": "0",
-        "created_at": repr(now), "updated_at": repr(now), "started_at": "",
-        "finished_at": "", "stats": "{}", "worker": "", "next_retry_at": "",
-    }
-
-
-def _record(destination: str, row: Mapping[str, str]) -> DestinationRecord:
-    return DestinationRecord(
-        destination=row.get("destination") or destination,
-        tags=tuple(json.loads(row.get("tags") or "[]")),
-        state=row.get("state") or "queued",
-        attempts=int(row.get("attempts") or 0),
-        last_error=row.get("last_error") or None,
-        error_type=row.get("error_type") or None,
-        bytes=int(row.get("bytes") or 0),
-        seconds=_float(row.get("seconds")) or 0.0,
-        created_at=_float(row.get("created_at")) or 0.0,
-        updated_at=_float(row.get("updated_at")) or 0.0,
-        started_at=_float(row.get("started_at")),
-        finished_at=_float(row.get("finished_at")),
-        stats={str(k): int(v) for k, v in json.loads(row.get("stats") or "{}").items()},
-        worker=row.get("worker") or None,
-        next_retry_at=_float(row.get("next_retry_at")),
-    )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode_map(row: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in row.items()}
-
-
-def _float(value: str | None) -> float | None:
-    return float(value) if value else None

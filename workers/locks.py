@@ -35,8 +35,10 @@ class DestinationLock:
 
     def __init__(
         self, client: redis.Redis[Any], destination: str, digest: str, ttl: float,
-        *, owner: str = "",
+        *, owner: str = "", token: str | None = None,
     ) -> None:
+        """``token``: act on a lock another instance took (the heartbeat renews the copy's
+        lock through a client of its own)."""
         if ttl <= 0:
             raise ValueError(f"lock ttl must be positive, not {ttl}")
         self._redis = client
@@ -46,7 +48,8 @@ class DestinationLock:
         self.ttl = ttl
         # The owner (e.g. the task id) is only for people reading the key; the random part
         # is what makes the token unique.
-        self.token = f"{owner}/{secrets.token_hex(8)}" if owner else secrets.token_hex(8)
+        self.token = token or (f"{owner}/{secrets.token_hex(8)}" if owner
+                               else secrets.token_hex(8))
         self.held = False
 
     def acquire(self) -> bool:
@@ -54,6 +57,24 @@ class DestinationLock:
         taken = self._redis.set(self.key, self.token, nx=True, px=max(1, int(self.ttl * 1000)))
         self.held = bool(taken)
         return self.held
+
+    def renew(self) -> bool:
+        """Push the expiry ``ttl`` out again if the lock is still ours; False when it expired
+        or changed hands (the copy must then stop: another may have started)."""
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    if _text(pipe.get(self.key)) != self.token:
+                        pipe.unwatch()
+                        self.held = False
+                        return False
+                    pipe.multi()
+                    pipe.pexpire(self.key, max(1, int(self.ttl * 1000)))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     def release(self) -> bool:
         """Delete the lock if it is still ours; False when it had expired or changed hands."""

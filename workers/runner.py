@@ -27,7 +27,8 @@ import redis
 
 from registry.errors import RegistryError, Timeout, is_transient, retry_after_of
 
-from .engine import Engine
+from .engine import Engine, LeaseLost
+from .heartbeat import Heartbeat
 from .job import CopyJob, JobError, parse_job
 from .ledger import Ledger
 from .locks import DestinationLock
@@ -57,7 +58,14 @@ class RetryLater:
     reason: str
 
 
-Outcome = Succeeded | Failed | RetryLater
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """Nothing to do: a stale or late message, or a copy that lost its lease to a newer one."""
+
+    reason: str
+
+
+Outcome = Succeeded | Failed | RetryLater | Superseded
 
 
 class CopyRunner:
@@ -71,8 +79,11 @@ class CopyRunner:
         engine: Engine,
         policy: TaskRetryPolicy,
         lock_ttl: float,
+        heartbeat_interval: float | None = None,
+        heartbeat_locks: redis.Redis[Any] | None = None,
         timeout: float | None = None,
         transient: tuple[type[BaseException], ...] = (),
+        finished: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -82,9 +93,17 @@ class CopyRunner:
         self.engine = engine
         self.policy = policy
         self.lock_ttl = lock_ttl
+        # The lock is a lease renewed this often while the copy runs (default: a quarter).
+        self.heartbeat_interval = heartbeat_interval or lock_ttl / 4
+        # Renewals go through a client that fails fast: a renewal stuck in a retry loop while
+        # the lease runs out would defeat the point of watching the lease.
+        self.heartbeat_locks = heartbeat_locks if heartbeat_locks is not None else locks
         self.timeout = timeout
         # Exceptions from outside the engine that mean "try again" (Celery's soft time limit).
         self.transient = transient
+        # Told (release, destination) after a destination ends for good: the release may be
+        # final now (the notifications, workers/notifications.py). Never raises.
+        self.finished = finished
         self._clock = clock
         self._monotonic = monotonic
         self._rand = rand
@@ -101,14 +120,18 @@ class CopyRunner:
             if exc.release_id and exc.destination:
                 self.ledger.mark_failed(exc.release_id, exc.destination, error=exc.reason,
                                         error_type="InvalidTask")
+                self._settle(exc.release_id, exc.destination)
             return Failed(exc.reason, "InvalidTask")
         self.ledger.ensure_destination(job.release_id, job.source, job.destination, job.tags)
+        stale = self._stale(job)
+        if stale is not None:
+            return stale
         lock = DestinationLock(self.locks, job.destination, job.digest, self.lock_ttl,
                                owner=owner)
         if not lock.acquire():
             return self._busy(job)
         try:
-            return self._copy(job, worker)
+            return self._copy(job, worker, lock, kwargs)
         finally:
             try:
                 if not lock.release():
@@ -129,10 +152,14 @@ class CopyRunner:
         DestinationLock(self.locks, job.destination, job.digest, self.lock_ttl).release_for(owner)
         return self._failed_attempt(job, Timeout(reason))
 
+    def _settle(self, release_id: str, destination: str) -> None:
+        if self.finished is not None:
+            self.finished(release_id, destination)
+
     def _busy(self, job: CopyJob) -> Outcome:
         record = self.ledger.record(job.release_id, job.destination)
         now = self._clock()
-        created = record.created_at if record else now
+        created = record.round_started if record else now
         # A lock is held at most lock_ttl: waiting longer than that past max_age means
         # something else is wrong, and the destination fails rather than waits for ever.
         if now - created > self.policy.max_age + self.lock_ttl:
@@ -140,6 +167,7 @@ class CopyRunner:
                       f"past the retry window")
             self.ledger.mark_failed(job.release_id, job.destination, error=reason,
                                     error_type="LockHeld")
+            self._settle(job.release_id, job.destination)
             return Failed(reason, "LockHeld")
         countdown = self.policy.busy(rand=self._rand)
         reason = f"another copy of {job.digest[:19]} to {job.destination} is under way"
@@ -151,20 +179,54 @@ class CopyRunner:
         log.info("%s: %s; again in %.1fs", job.release_id, reason, countdown)
         return RetryLater(countdown, reason)
 
-    def _copy(self, job: CopyJob, worker: str | None) -> Outcome:
-        self.ledger.mark_running(job.release_id, job.destination, worker=worker)
+    def _stale(self, job: CopyJob) -> Outcome | None:
+        """A message that must do nothing: of an older generation than the destination's (it
+        was handed over, or retried by an operator), or a redelivery after it ended."""
+        record = self.ledger.record(job.release_id, job.destination)
+        if record is None:
+            return None
+        if job.generation < record.generation:
+            reason = (f"{job.release_id}: {job.destination} was sent again since "
+                      f"(generation {record.generation}); this message is stale")
+            log.info("%s", reason)
+            return Superseded(reason)
+        if record.done and job.generation == record.generation:
+            log.info("%s: %s already %s; nothing to do", job.release_id, job.destination,
+                     record.state)
+            # In case the delivery that ended it died before settling the release.
+            self._settle(job.release_id, job.destination)
+            if record.state == "succeeded":
+                return Succeeded(record.stats, 0.0)
+            return Superseded(f"{job.destination} already failed for good")
+        return None
+
+    def _copy(self, job: CopyJob, worker: str | None, lock: DestinationLock,
+              kwargs: Mapping[str, Any]) -> Outcome:
+        attempt = self.ledger.mark_running(
+            job.release_id, job.destination, worker=worker, lease=self.lock_ttl,
+            task={**kwargs, "generation": job.generation})
         started = self._monotonic()
-        try:
-            stats = self.engine.copy(job, timeout=self.timeout)
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded, then classified
-            return self._failed_attempt(job, exc)
+        lease = DestinationLock(self.heartbeat_locks, job.destination, job.digest,
+                                self.lock_ttl, token=lock.token)
+        with Heartbeat(lease, self.ledger, job.release_id, job.destination,
+                       interval=self.heartbeat_interval) as heartbeat:
+            try:
+                stats = self.engine.copy(job, timeout=self.timeout, abort=heartbeat.abort)
+            except LeaseLost:
+                # Whoever took over owns the record now; the reaper records this attempt.
+                return Superseded(f"{job.destination}: {heartbeat.reason}")
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded, then classified
+                return self._failed_attempt(job, exc, attempt)
         seconds = self._monotonic() - started
-        self.ledger.mark_succeeded(job.release_id, job.destination, stats=stats, seconds=seconds)
+        self.ledger.mark_succeeded(job.release_id, job.destination, stats=stats, seconds=seconds,
+                                   attempt=attempt)
+        self._settle(job.release_id, job.destination)
         log.info("%s: %s copied to %s in %.2fs: %s", job.release_id, job.source,
                  job.destination, seconds, stats)
         return Succeeded(stats, seconds)
 
-    def _failed_attempt(self, job: CopyJob, exc: Exception) -> Outcome:
+    def _failed_attempt(self, job: CopyJob, exc: Exception, attempt: int | None = None,
+                        ) -> Outcome:
         error, error_type = describe(exc)
         transient = is_transient(exc) or isinstance(exc, self.transient)
         if not isinstance(exc, (RegistryError, *self.transient)):
@@ -172,23 +234,27 @@ class CopyRunner:
                       exc_info=exc)
         if not transient:
             self.ledger.mark_failed(job.release_id, job.destination, error=error,
-                                    error_type=error_type)
+                                    error_type=error_type, attempt=attempt)
+            self._settle(job.release_id, job.destination)
             log.warning("%s: %s failed for good: %s", job.release_id, job.destination, error)
             return Failed(error, error_type)
         record = self.ledger.record(job.release_id, job.destination)
         now = self._clock()
-        attempts = record.attempts if record else 1
-        created = record.created_at if record else now
+        # The bounds count from the current round (an operator's retry starts a new one).
+        attempts = record.round_attempts if record else 1
+        created = record.round_started if record else now
         countdown = self.policy.countdown(attempts, retry_after_of(exc), rand=self._rand)
         give_up = self.policy.gives_up(attempts, now + countdown - created)
         if give_up:
             reason = f"{error} ({give_up})"
             self.ledger.mark_failed(job.release_id, job.destination, error=reason,
-                                    error_type=error_type)
+                                    error_type=error_type, attempt=attempt)
+            self._settle(job.release_id, job.destination)
             log.warning("%s: %s failed: %s", job.release_id, job.destination, reason)
             return Failed(reason, error_type)
         self.ledger.mark_retrying(job.release_id, job.destination, error=error,
-                                  error_type=error_type, next_retry_at=now + countdown)
+                                  error_type=error_type, next_retry_at=now + countdown,
+                                  attempt=attempt)
         log.info("%s: %s attempt %d failed (%s); again in %.1fs", job.release_id,
                  job.destination, attempts, error, countdown)
         return RetryLater(countdown, error)

@@ -16,39 +16,75 @@ from typing import Any
 import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import worker_ready
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .app import app, settings
+from .connections import redis_client
 from .engine import CopyEngine
 from .job import TASK_NAME, JobError, parse_job
 from .ledger import Ledger
+from .metrics import MetricsObserver
+from .notify import finals_hook
 from .policy import TaskRetryPolicy
+from .reaper import Reaper, ReaperThread
 from .routing import queue_for
-from .runner import CopyRunner, Failed, RetryLater, Succeeded
+from .runner import CopyRunner, Failed, RetryLater, Succeeded, Superseded
 
 log = logging.getLogger("fanout.worker")
 # Ride out a Redis restart (~30 s of backoff) rather than fail the ledger write or the lock
 # release after a copy has landed: a lock left behind would hold every redelivery of this
-# destination back until it expires (FANOUT_LOCK_TTL, an hour by default).
+# destination back until its lease lapses (FANOUT_LOCK_TTL).
 _LEDGER_RETRY = Retry(ExponentialBackoff(cap=4.0, base=0.25), retries=9)
+
+
+@functools.cache
+def ledger_client() -> redis.Redis[Any]:
+    """This process's ledger connection, riding out a Redis restart."""
+    return redis_client(settings.ledger_url, settings.sentinel, decode_responses=True,
+                        socket_connect_timeout=10, socket_timeout=30,
+                        health_check_interval=30, retry=_LEDGER_RETRY)
 
 
 @functools.cache
 def runner() -> CopyRunner:
     """This worker process's runner, built on first use (after the prefork fork)."""
-    client = redis.Redis.from_url(settings.ledger_url, decode_responses=True,
-                                  socket_connect_timeout=10, socket_timeout=30,
-                                  health_check_interval=30, retry=_LEDGER_RETRY)
+    client = ledger_client()
+    # Lease renewals fail fast instead: a renewal stuck retrying while the lease runs out
+    # would let a second copy start beside this one.
+    fast = redis_client(settings.ledger_url, settings.sentinel, decode_responses=True,
+                        socket_connect_timeout=2, socket_timeout=2)
     return CopyRunner(
-        ledger=Ledger(client, retention=settings.retention),
+        ledger=Ledger(client, retention=settings.retention, observer=MetricsObserver()),
         locks=client,
+        heartbeat_locks=fast,
         engine=CopyEngine(os.environ),
         policy=TaskRetryPolicy.from_settings(settings),
         lock_ttl=settings.lock_ttl,
+        heartbeat_interval=settings.heartbeat_interval,
         timeout=settings.soft_time_limit,
         transient=(SoftTimeLimitExceeded,),
+        finished=finals_hook(client),
     )
+
+
+def send_again(task: dict[str, Any]) -> None:
+    """Send a destination's copy task again (a dead worker's, handed over by the reaper)."""
+    app.send_task(TASK_NAME, kwargs=task,
+                  queue=queue_for(str(task.get("destination", "")),
+                                  by_registry=settings.route_by_registry))
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery is untyped
+def start_reaper(**_: Any) -> None:
+    """Every worker's main process looks for copies whose worker died, and hands them over."""
+    reaper = Reaper(Ledger(ledger_client(), retention=settings.retention,
+                           observer=MetricsObserver()), ledger_client(),
+                    send_again, lock_ttl=settings.lock_ttl)
+    ReaperThread(reaper, settings.reaper_interval).start()
+    log.info("reaper sweeping every %gs for copies whose heartbeat stopped",
+             settings.reaper_interval)
 
 
 class CopyTask(Task):  # type: ignore[misc]  # celery is untyped
@@ -86,5 +122,7 @@ def copy(self: CopyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise self.retry(countdown=outcome.countdown, max_retries=None)
     if isinstance(outcome, Succeeded):
         return {"state": "succeeded", "seconds": round(outcome.seconds, 3), **outcome.stats}
+    if isinstance(outcome, Superseded):
+        return {"state": "superseded", "reason": outcome.reason}
     assert isinstance(outcome, Failed)
     return {"state": "failed", "error_type": outcome.error_type, "error": outcome.reason}

@@ -169,3 +169,46 @@ def test_a_rejected_task_of_an_unknown_release_is_findable(ledger: Ledger) -> No
     assert release is not None and not release.ok and release.done
     assert release.destinations["r1.example/app"].last_error == "source not pinned"
     assert "rel-by-hand" in ledger.recent()
+
+
+def test_exactly_one_finisher_wins_each_final_transition_on_real_redis() -> None:
+    # Two workers finish a release's last two destinations in the same instant, many times
+    # over: each final transition is claimed once, by one of them.
+    import threading
+
+    import redis as redis_lib
+
+    client = redis_lib.Redis(host="127.0.0.1", port=6379, db=14)
+    try:
+        client.ping()
+    except redis_lib.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    ledger = Ledger(client, retention=600)
+    source = "src.example/app@sha256:" + "c" * 64
+    for _ in range(40):
+        release_id = ledger.create_release(source, [("r.example/a", []), ("r.example/b", []),
+                                                    ("r.example/c", [])], optional=["r.example/c"])
+        wins: list[str] = []
+        barrier = threading.Barrier(2)
+
+        def finish(dest: str, release_id: str = release_id, wins: list[str] = wins,
+                   barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            ledger.mark_succeeded(release_id, dest, stats={}, seconds=1)
+            if ledger.settle_final(release_id) is not None:
+                wins.append(dest)
+
+        threads = [threading.Thread(target=finish, args=(d,)) for d in ("r.example/a",
+                                                                        "r.example/b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(wins) == 1  # the optional destination, still queued, did not hold it back
+        assert ledger.settle_final(release_id) is None
+        # A retry makes it non-final; final again, it is claimed once more.
+        ledger.reset_for_retry(release_id, ["r.example/a"])
+        assert ledger.settle_final(release_id) is None
+        ledger.mark_succeeded(release_id, "r.example/a", stats={}, seconds=1)
+        assert ledger.settle_final(release_id) is not None
+        assert ledger.settle_final(release_id) is None

@@ -8,11 +8,12 @@ import pytest
 
 from registry.errors import ConnectionFailed, Denied, RateLimited
 from tests.workers.conftest import FakeClock
+from workers.engine import LeaseLost
 from workers.job import CopyJob
 from workers.ledger import Ledger
 from workers.locks import DestinationLock
 from workers.policy import TaskRetryPolicy
-from workers.runner import CopyRunner, Failed, RetryLater, Succeeded
+from workers.runner import CopyRunner, Failed, RetryLater, Succeeded, Superseded
 
 DIGEST = "sha256:" + "d" * 64
 SOURCE = f"src.example/app@{DIGEST}"
@@ -33,7 +34,8 @@ class FakeEngine:
         self.lock_seen: list[str | None] = []
         self.redis: Any = None
 
-    def copy(self, job: CopyJob, *, timeout: float | None) -> dict[str, int]:
+    def copy(self, job: CopyJob, *, timeout: float | None,
+             abort: Any = None) -> dict[str, int]:
         self.calls.append((job, timeout))
         if self.redis is not None:
             self.lock_seen.append(self.redis.get(f"fanout:lock:{job.destination}@{job.digest}"))
@@ -208,8 +210,10 @@ def test_lock_held_past_the_retry_window_fails(make: Any) -> None:
 def test_a_redelivery_after_success_does_not_regress(make: Any) -> None:
     h = make(STATS, Denied("gone"))
     assert isinstance(h.run(), Succeeded)
-    h.run()
+    again = h.run()
+    assert isinstance(again, Succeeded) and again.stats == STATS
     assert (h.record().state, h.record().attempts) == ("succeeded", 1)
+    assert len(h.engine.calls) == 1  # the redelivery copied nothing, not even a HEAD
 
 
 def test_a_task_without_a_ledger_entry_makes_one(make: Any) -> None:
@@ -248,3 +252,29 @@ def test_release_for_leaves_a_lock_another_task_took(redis_client: Any) -> None:
     assert not DestinationLock(redis_client, DEST, DIGEST, 120).release_for("")
     assert DestinationLock(redis_client, DEST, DIGEST, 120).release_for("task-10")
     assert mine.holder() is None
+
+
+def test_a_message_of_an_older_generation_does_nothing(make: Any) -> None:
+    h = make(STATS)
+    h.ledger.reset_for_retry(h.release_id, [DEST])  # sent again since: generation 1
+    outcome = h.run()  # the old message, generation 0, redelivered late
+    assert isinstance(outcome, Superseded)
+    assert h.engine.calls == [] and h.record().attempts == 0
+    assert isinstance(h.run(generation=1), Succeeded)
+
+
+def test_a_copy_whose_lease_was_lost_leaves_the_record_to_its_successor(make: Any) -> None:
+    h = make(LeaseLost("lease lost"))
+    outcome = h.run()
+    assert isinstance(outcome, Superseded)
+    record = h.record()
+    assert record.state == "running"  # untouched: the reaper or the successor records it
+    assert h.lock_free()
+
+
+def test_the_message_is_kept_for_handing_over(make: Any) -> None:
+    h = make(STATS)
+    h.run(referrers={"enabled": False, "types": []})
+    task = h.ledger.task_of(h.release_id, DEST)
+    assert task == {**h.kwargs(), "referrers": {"enabled": False, "types": []},
+                    "generation": 0}

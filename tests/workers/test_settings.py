@@ -14,7 +14,8 @@ def test_defaults() -> None:
     assert settings.soft_time_limit == 3540
     assert settings.retention == 7 * 86400
     assert settings.route_by_registry is False
-    assert settings.lock_ttl > settings.time_limit
+    # A lease renewed while the copy runs: a dead worker's lock lapses in seconds.
+    assert (settings.lock_ttl, settings.heartbeat_interval, settings.reaper_interval) == (20, 5, 5)
     assert settings.visibility_timeout > settings.retry_backoff_max + settings.time_limit
 
 
@@ -35,7 +36,7 @@ def test_short_limits_for_tests_derive_the_rest() -> None:
         "FANOUT_TASK_MAX_RETRIES": "0",
     })
     assert settings.soft_time_limit == 18
-    assert settings.lock_ttl == 80
+    assert settings.lock_ttl == 20
     assert settings.visibility_timeout == 10 + 20 + 300
     assert settings.route_by_registry is True
     assert settings.max_retries == 0
@@ -46,7 +47,8 @@ def test_short_limits_for_tests_derive_the_rest() -> None:
     ({"FANOUT_TASK_TIME_LIMIT": "0"}, "FANOUT_TASK_TIME_LIMIT"),
     ({"FANOUT_RETENTION": "nan"}, "FANOUT_RETENTION"),
     ({"FANOUT_ROUTE_BY_REGISTRY": "maybe"}, "FANOUT_ROUTE_BY_REGISTRY"),
-    ({"FANOUT_TASK_TIME_LIMIT": "100", "FANOUT_LOCK_TTL": "100"}, "FANOUT_LOCK_TTL"),
+    ({"FANOUT_LOCK_TTL": "10", "FANOUT_HEARTBEAT_INTERVAL": "5"}, "FANOUT_LOCK_TTL"),
+    ({"FANOUT_REAPER_INTERVAL": "0"}, "FANOUT_REAPER_INTERVAL"),
     ({"FANOUT_TASK_TIME_LIMIT": "100", "FANOUT_TASK_SOFT_TIME_LIMIT": "101"},
      "FANOUT_TASK_SOFT_TIME_LIMIT"),
     ({"FANOUT_VISIBILITY_TIMEOUT": "3600"}, "FANOUT_VISIBILITY_TIMEOUT"),

@@ -1,0 +1,90 @@
+"""``fanout metrics``: a Prometheus exporter reading the counters, queues and ledger in Redis.
+
+Every scrape reads Redis afresh (``workers/metrics.py``), so exporters on any number of hosts
+report the same numbers, and one that restarts loses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from .common import UsageError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9808
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "metrics", help="serve Prometheus metrics (copies, bytes, durations, queues, releases)",
+        description="Serve /metrics for Prometheus: copies by registry and outcome, bytes, "
+                    "copy durations, lost workers, queue depths and releases by state, read "
+                    "from Redis (FANOUT_LEDGER_URL, FANOUT_BROKER_URL) at each scrape. Runs "
+                    "until interrupted; exit 2 when the port cannot be listened on.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0: all)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                        help=f"port to listen on (default {DEFAULT_PORT})")
+    parser.set_defaults(run=run)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return port
+
+
+def run(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from workers.connections import is_redis_url, redact, redis_client
+    from workers.metrics import LedgerCollector
+    from workers.settings import WorkerSettings
+
+    settings = WorkerSettings.from_env(os.environ)
+    # A scrape has its own deadline (10 s by default): one try, and "down" if Redis does not
+    # answer, rather than backing off past it.
+    options = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0,
+               "retry": Retry(NoBackoff(), 1)}
+    ledger = redis_client(settings.ledger_url, settings.sentinel, **options)
+    broker = (redis_client(settings.broker_url, settings.sentinel, **options)
+              if is_redis_url(settings.broker_url) else None)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(ledger, broker, retention=settings.retention))
+    try:
+        server, _ = start_http_server(args.port, addr=args.host, registry=registry)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {args.port} is already in use on {args.host}") from None
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: "
+                         f"{exc.strerror or exc}") from None
+    print(f"fanout metrics: serving http://{args.host}:{args.port}/metrics "
+          f"(ledger {redact(settings.ledger_url)}, broker {redact(settings.broker_url)}"
+          f"{'' if broker is not None else ': not Redis, no queue depths'})",
+          file=sys.stderr, flush=True)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0

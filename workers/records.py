@@ -1,0 +1,218 @@
+"""What the ledger holds, as plain data: a release, its destinations, each one's attempts.
+
+Keys in Redis (each expires ``retention`` seconds after its release's last update)::
+
+    fanout:release:<id>                      hash: source, digest, created_at, epoch, notified_epoch
+    fanout:release:<id>:dests                sorted set: destinations, in the order given
+    fanout:release:<id>:dest:<dest>          hash: one DestinationRecord
+    fanout:release:<id>:dest:<dest>:history  list: one JSON Attempt per finished attempt
+    fanout:releases                          sorted set: release ids by creation time
+    fanout:running                           sorted set: "<id> <dest>" by heartbeat deadline
+
+A destination's ``generation`` goes up each time its copy is sent again from outside Celery's own
+retries (a lost worker's destination handed over, an operator's retry); a task carrying an older
+generation is a stale redelivery and does nothing. A release's ``epoch`` goes up each time it
+stops being final (a retry), so "notify once per final transition" is "once per epoch".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+STATES = ("queued", "running", "retrying", "succeeded", "failed")
+FINAL_STATES = frozenset({"succeeded", "failed"})
+RELEASES_KEY = "fanout:releases"
+RUNNING_KEY = "fanout:running"
+PREFIX = "fanout:release:"
+# How much history one destination keeps: a destination retried for a day stays readable.
+HISTORY_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One finished attempt: who ran it, when, and how it ended."""
+
+    attempt: int
+    worker: str | None
+    started_at: float | None
+    ended_at: float
+    outcome: str  # succeeded | retrying | failed | lost
+    error: str | None = None
+    error_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> Attempt | None:
+        try:
+            doc = json.loads(text)
+            return cls(**{k: doc.get(k) for k in cls.__dataclass_fields__})
+        except (ValueError, TypeError):
+            return None  # a damaged entry hides itself, not the rest of the history
+
+
+@dataclass(frozen=True)
+class DestinationRecord:
+    """One destination of a release, as the ledger last recorded it."""
+
+    destination: str
+    tags: tuple[str, ...]
+    state: str
+    attempts: int
+    last_error: str | None
+    error_type: str | None
+    bytes: int
+    seconds: float
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    stats: dict[str, int]
+    worker: str | None
+    next_retry_at: float | None
+    optional: bool = False
+    generation: int = 0
+    # The current round of retries: an operator's retry starts a new one, so the task tier's
+    # bounds (attempts, age) count from there, while ``attempts`` and the history go on.
+    round_base: int = 0
+    round_at: float | None = None
+    heartbeat_at: float | None = None
+    history: tuple[Attempt, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def round_attempts(self) -> int:
+        return self.attempts - self.round_base
+
+    @property
+    def round_started(self) -> float:
+        return self.round_at if self.round_at is not None else self.created_at
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["tags"] = list(self.tags)
+        doc["history"] = [a.to_dict() for a in self.history]
+        return doc
+
+
+@dataclass(frozen=True)
+class Release:
+    """A source digest and its destinations' records."""
+
+    id: str
+    source: str
+    digest: str
+    created_at: float
+    destinations: dict[str, DestinationRecord]
+    epoch: int = 0
+
+    @property
+    def required(self) -> list[DestinationRecord]:
+        """The destinations the release's outcome depends on (all of them if all are optional)."""
+        required = [d for d in self.destinations.values() if not d.optional]
+        return required or list(self.destinations.values())
+
+    @property
+    def done(self) -> bool:
+        """Every required destination has succeeded or failed for good."""
+        return all(d.done for d in self.required)
+
+    @property
+    def ok(self) -> bool:
+        """Every required destination has succeeded."""
+        return all(d.state == "succeeded" for d in self.required)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "digest": self.digest,
+            "created_at": self.created_at,
+            "done": self.done,
+            "ok": self.ok,
+            "destinations": {name: d.to_dict() for name, d in self.destinations.items()},
+        }
+
+
+def release_key(release_id: str) -> str:
+    return f"{PREFIX}{release_id}"
+
+
+def dests_key(release_id: str) -> str:
+    return f"{PREFIX}{release_id}:dests"
+
+
+def dest_key(release_id: str, destination: str) -> str:
+    return f"{PREFIX}{release_id}:dest:{destination}"
+
+
+def history_key(release_id: str, destination: str) -> str:
+    return f"{PREFIX}{release_id}:dest:{destination}:history"
+
+
+def running_member(release_id: str, destination: str) -> str:
+    # Neither a release id nor a repository name holds a space.
+    return f"{release_id} {destination}"
+
+
+def split_running_member(member: str) -> tuple[str, str] | None:
+    release_id, _, destination = member.partition(" ")
+    return (release_id, destination) if release_id and destination else None
+
+
+def new_record(destination: str, tags: Sequence[str], now: float, *,
+               optional: bool = False) -> dict[str, str]:
+    return {
+        "destination": destination, "tags": json.dumps(list(tags)), "state": "queued",
+        "attempts": "0", "last_error": "", "error_type": "", "bytes": "0", "seconds": "0",
+        "created_at": repr(now), "updated_at": repr(now), "started_at": "",
+        "finished_at": "", "stats": "{}", "worker": "", "next_retry_at": "",
+        "optional": "1" if optional else "0", "generation": "0", "round_base": "0",
+        "round_at": "", "heartbeat_at": "", "task": "",
+    }
+
+
+def parse_record(destination: str, row: Mapping[str, str],
+                 history: Sequence[str] = ()) -> DestinationRecord:
+    return DestinationRecord(
+        destination=row.get("destination") or destination,
+        tags=tuple(json.loads(row.get("tags") or "[]")),
+        state=row.get("state") or "queued",
+        attempts=int(row.get("attempts") or 0),
+        last_error=row.get("last_error") or None,
+        error_type=row.get("error_type") or None,
+        bytes=int(row.get("bytes") or 0),
+        seconds=to_float(row.get("seconds")) or 0.0,
+        created_at=to_float(row.get("created_at")) or 0.0,
+        updated_at=to_float(row.get("updated_at")) or 0.0,
+        started_at=to_float(row.get("started_at")),
+        finished_at=to_float(row.get("finished_at")),
+        stats={str(k): int(v) for k, v in json.loads(row.get("stats") or "{}").items()},
+        worker=row.get("worker") or None,
+        next_retry_at=to_float(row.get("next_retry_at")),
+        optional=row.get("optional") == "1",
+        generation=int(row.get("generation") or 0),
+        round_base=int(row.get("round_base") or 0),
+        round_at=to_float(row.get("round_at")),
+        heartbeat_at=to_float(row.get("heartbeat_at")),
+        history=tuple(a for a in (Attempt.from_json(t) for t in history) if a is not None),
+    )
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_map(row: Mapping[Any, Any]) -> dict[str, str]:
+    return {text(k): text(v) for k, v in row.items()}
+
+
+def to_float(value: str | None) -> float | None:
+    return float(value) if value else None
