@@ -1,6 +1,6 @@
 """fanout's producer side: the ``fanout`` CLI and a Python API for CI tooling.
 
-``producer.enqueue(...)``, ``producer.status(...)`` and ``producer.wait(...)`` are
+``producer.enqueue(...)``, ``status``, ``wait``, ``retry`` and ``replay`` are
 :mod:`producer.api`'s, loaded on first use so ``fanout copy`` never pays for Celery's import.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import enqueue, status, wait
+    from .api import enqueue, replay, retry, status, wait
 
-__all__ = ["enqueue", "status", "wait"]
+__all__ = ["enqueue", "replay", "retry", "status", "wait"]
 
 
 def __getattr__(name: str) -> Any:

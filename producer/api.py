@@ -1,5 +1,5 @@
-"""The Python API behind ``fanout enqueue``, ``fanout status`` and ``fanout check``: for CI
-tooling in Python.
+"""The Python API behind ``fanout enqueue``, ``status``, ``retry``, ``replay`` and ``check``:
+for CI tooling in Python.
 
 ::
 
@@ -10,7 +10,9 @@ tooling in Python.
 
 Everything is checked before anything is enqueued: the references, the source (a tag is pinned to
 its digest here, once; a digest must exist), the destinations, the broker and the ledger.
-``check(destinations)`` is the preflight of destinations, as ``fanout check`` runs it.
+``retry(release_id)`` sends a release's failed destinations again; ``replay("7d", [mirror])``
+copies every digest released in the last seven days to ``mirror``. ``check(destinations)`` is
+the preflight of destinations, as ``fanout check`` runs it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 
 import httpx
 import redis
-from kombu.utils.url import maybe_sanitize_url
 
 from registry.copy import Copier
 from registry.envconfig import transport_options_from_env
@@ -34,12 +35,14 @@ from registry.preflight import DestinationCheck
 from registry.reference import Reference, Repository
 from registry.retry import RetryPolicy, retry_async
 from registry.session import Registries
+from workers import connections, release_document
 from workers.ledger import Ledger, Release
+from workers.notify_settings import NotifySettings
 from workers.routing import queue_for
 from workers.settings import WorkerSettings
 
-from . import check_cmd
-from .common import UsageError, credentials, parse_destinations, parse_source
+from . import check_cmd, replay_plan, retry_plan
+from .common import UsageError, credentials, parse_source, parse_targets
 
 TASK_NAME = "fanout.copy"
 EXIT_OK = 0
@@ -49,6 +52,9 @@ EXIT_TIMEOUT = 3
 # Resolving the source happens while a CI job waits: a blip is retried, an outage is reported.
 _RESOLVE_RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0, max_hold=5.0)
 _CONNECT_TIMEOUT = 5.0
+# A failover (Sentinel, or a managed Redis) or a restart takes the ledger away for seconds: while
+# waiting, a poll that cannot reach it is skipped, for up to this long in a row.
+_LEDGER_OUTAGE = 60.0
 
 
 class EnqueueError(UsageError):
@@ -64,6 +70,7 @@ def enqueue(
     destinations: Sequence[str],
     *,
     tags: Sequence[str] = (),
+    optional: Sequence[str] = (),
     referrers: bool = True,
     referrer_types: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
@@ -74,33 +81,78 @@ def enqueue(
 ) -> list[str]:
     """Enqueue one copy task per destination for each source; return the release ids in order.
 
-    ``ledger`` and ``transport`` are seams for tests and for callers holding their own clients.
+    ``optional`` destinations are copied too, but their failure does not fail the release (one
+    already among ``destinations`` is only marked optional). ``ledger`` and ``transport`` are
+    seams for tests and for callers holding their own clients.
     """
-    env = os.environ if env is None else env
     sources = [source] if isinstance(source, str) else list(source)
-    if not sources:
-        raise EnqueueError("no source image given")
-    if not destinations:
-        raise EnqueueError("no destinations: give DEST arguments, --to NAME, "
-                           "FANOUT_DESTINATIONS or a default set in fanout.toml")
-    plans = []
-    for text in sources:
-        ref = parse_source(text)
-        try:
-            plans.append((ref, parse_destinations(destinations, ref, tags)))
-        except UsageError as exc:
-            raise EnqueueError(str(exc)) from None
-    pinned = asyncio.run(_resolve_all([ref for ref, _ in plans], env, insecure_registries,
-                                      transport))
-    settings = queue_settings(env, broker_url)
+    return _enqueue_each(
+        [(text, tags) for text in sources], destinations, optional=optional,
+        referrers={"enabled": referrers, "types": list(referrer_types)},
+        env=os.environ if env is None else env, broker_url=broker_url,
+        insecure_registries=insecure_registries, ledger=ledger, transport=transport)
+
+
+def retry(
+    release_id: str,
+    destinations: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+    broker_url: str | None = None,
+    ledger: Ledger | None = None,
+) -> list[str]:
+    """Send again, as new attempts of the same release, its destinations that failed for good
+    (or the named ones, each finished); return those sent (none: nothing had failed).
+
+    Raises :class:`ReleaseNotFound`, or ``retry_plan.RetryRefused`` for a destination not in
+    the release or still under way; the attempts so far stay in each destination's history.
+    """
+    settings = queue_settings(os.environ if env is None else env, broker_url)
     if ledger is None:
         ledger = connect_ledger(settings)
-    check_broker(settings.broker_url)
-    options = {"enabled": referrers, "types": list(referrer_types)}
-    ids = []
-    for ref, (_, targets) in zip(pinned, plans, strict=True):
-        ids.append(_enqueue_release(ledger, settings, ref, targets, options))
-    return ids
+    release = status(release_id, ledger=ledger)
+    names = retry_plan.pick(release, destinations)
+    if not names:
+        return []
+    check_broker(settings.broker_url, settings)
+    generation = ledger.reset_for_retry(release_id, names)
+    _send(ledger, settings, release_id,
+          [retry_plan.task_for(ledger, release, name, generation) for name in names])
+    return names
+
+
+def replay(
+    since: float | str,
+    destinations: Sequence[str],
+    *,
+    optional: Sequence[str] = (),
+    source_repo: str | None = None,
+    env: Mapping[str, str] | None = None,
+    broker_url: str | None = None,
+    insecure_registries: Sequence[str] = (),
+    ledger: Ledger | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[str]:
+    """Copy to ``destinations`` every source digest of the releases of the last ``since``
+    seconds (or a duration, ``"7d"``) that reached a destination: one release per digest, with
+    every tag its releases carried. Returns the new release ids (none: nothing to replay).
+
+    ``source_repo`` keeps only the sources of that repository.
+    """
+    seconds = replay_plan.parse_duration(since) if isinstance(since, str) else float(since)
+    env = os.environ if env is None else env
+    if not destinations and not optional:
+        raise EnqueueError("no destinations to replay to: give DEST arguments or --to NAME")
+    if ledger is None:
+        ledger = connect_ledger(queue_settings(env, broker_url))
+    plans = replay_plan.plan(ledger, clock() - seconds, source_repo=source_repo)
+    if not plans:
+        return []
+    return _enqueue_each(
+        [(plan.source, plan.tags) for plan in plans], destinations, optional=optional,
+        referrers={"enabled": True, "types": []}, env=env, broker_url=broker_url,
+        insecure_registries=insecure_registries, ledger=ledger, transport=transport)
 
 
 def status(release_id: str, *, env: Mapping[str, str] | None = None,
@@ -130,8 +182,19 @@ def wait(
     if ledger is None:
         ledger = connect_ledger(queue_settings(os.environ if env is None else env))
     deadline = None if timeout is None else time.monotonic() + timeout
+    down_since: float | None = None
     while True:
-        release = status(release_id, ledger=ledger)
+        try:
+            release = status(release_id, ledger=ledger)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            if now - down_since > _LEDGER_OUTAGE or (deadline is not None and now >= deadline):
+                raise EnqueueError(f"the ledger is unreachable (for {now - down_since:.0f} s) "
+                                   f"while waiting for release {release_id}: {exc}") from None
+            sleep(poll if deadline is None else min(poll, deadline - now))
+            continue
+        down_since = None
         if on_poll is not None:
             on_poll(release)
         if release.done:
@@ -166,46 +229,54 @@ def check(
 
 
 def exit_code(releases: Sequence[Release]) -> int:
-    """0 every destination succeeded, 1 any failed for good, 3 some still running."""
-    states = [d.state for r in releases for d in r.destinations.values()]
-    if "failed" in states:
-        return EXIT_FAILED
-    if any(state != "succeeded" for state in states):
-        return EXIT_TIMEOUT
-    return EXIT_OK
+    """0 every required destination succeeded, 1 any failed for good, 3 some still running."""
+    return release_document.exit_code(releases)
 
 
 # -- connections ------------------------------------------------------------------------------
 
 
 def redact(url: str) -> str:
-    """``url`` with its password masked, for messages."""
-    return str(maybe_sanitize_url(url))
+    """``url`` with its password masked, for messages (each sentinel of a list too)."""
+    return connections.redact(url)
 
 
 def connect_ledger(settings: WorkerSettings) -> Ledger:
     """A ledger on ``settings.ledger_url``; fails fast (and without the password) if down."""
-    client = redis.Redis.from_url(settings.ledger_url, socket_connect_timeout=_CONNECT_TIMEOUT,
-                                  socket_timeout=30.0)
+    client = connections.redis_client(settings.ledger_url, settings.sentinel,
+                                      socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=30.0)
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
         client.close()
         raise EnqueueError(f"ledger {redact(settings.ledger_url)} is unreachable: "
-                           f"{_scrub(str(exc), settings.ledger_url)}") from None
+                           f"{_scrub(exc, settings.ledger_url, settings)}") from None
     return Ledger(client, retention=settings.retention)
 
 
-def check_broker(url: str) -> None:
-    """Connect once to the broker; raise :class:`EnqueueError` naming it (password masked)."""
+def check_broker(url: str, settings: WorkerSettings | None = None) -> None:
+    """Connect once to the broker; raise :class:`EnqueueError` naming it (password masked).
+
+    ``settings`` give what the URL leaves out (a Sentinel master's name); by default the
+    workers' app's, read from this process's environment."""
     app = _celery_app()
     try:
-        with app.connection_for_write(url, connect_timeout=_CONNECT_TIMEOUT) as connection:
+        with app.connection_for_write(url, connect_timeout=_CONNECT_TIMEOUT,
+                                      **_transport(url, settings)) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
                                          timeout=_CONNECT_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - kombu raises per-transport types; all mean "down"
         raise EnqueueError(f"broker {redact(url)} is unreachable: "
-                           f"{_scrub(str(exc), url)}") from None
+                           f"{_scrub(exc, url, settings)}") from None
+
+
+def _transport(url: str, settings: WorkerSettings | None) -> dict[str, Any]:
+    """``transport_options`` for a broker connection: the Sentinel master of ``settings``
+    (which may come from another environment than the app's)."""
+    if settings is None:
+        return {}
+    options = connections.broker_transport_options(url, settings.sentinel)
+    return {"transport_options": options} if options else {}
 
 
 def _celery_app() -> Any:
@@ -216,9 +287,10 @@ def _celery_app() -> Any:
     return app
 
 
-def _scrub(message: str, url: str) -> str:
+def _scrub(exc: BaseException, url: str, settings: WorkerSettings | None = None) -> str:
     # Driver messages sometimes echo the URL they were given, password included.
-    return message.replace(url, redact(url)) if url else message
+    sentinel_password = settings.sentinel_password if settings is not None else None
+    return connections.scrub(connections.error_text(exc), url, secrets=(sentinel_password,))
 
 
 def queue_settings(env: Mapping[str, str], broker_url: str | None = None) -> WorkerSettings:
@@ -263,34 +335,80 @@ async def _resolve(copier: Copier, source: Reference) -> Reference:
 # -- sending ----------------------------------------------------------------------------------
 
 
+def _enqueue_each(
+    sources: Sequence[tuple[str, Sequence[str]]], destinations: Sequence[str], *,
+    optional: Sequence[str], referrers: dict[str, Any], env: Mapping[str, str],
+    broker_url: str | None, insecure_registries: Sequence[str], ledger: Ledger | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> list[str]:
+    """One release per (source, tags), everything checked before anything is enqueued."""
+    if not sources:
+        raise EnqueueError("no source image given")
+    if not destinations and not optional:
+        raise EnqueueError("no destinations: give DEST arguments, --to NAME, "
+                           "FANOUT_DESTINATIONS or a default set in fanout.toml")
+    # The workers' FANOUT_NOTIFY_* (ConfigError, exit 2): a CI job hears of a bad one now.
+    NotifySettings.from_env(env)
+    plans = []
+    for text, tags in sources:
+        ref = parse_source(text)
+        try:
+            plans.append((ref, parse_targets(destinations, optional, ref, tags)))
+        except UsageError as exc:
+            raise EnqueueError(str(exc)) from None
+    pinned = asyncio.run(_resolve_all([ref for ref, _ in plans], env, insecure_registries,
+                                      transport))
+    settings = queue_settings(env, broker_url)
+    if ledger is None:
+        ledger = connect_ledger(settings)
+    check_broker(settings.broker_url, settings)
+    ids = []
+    for ref, (_, (targets, optional_repos)) in zip(pinned, plans, strict=True):
+        ids.append(_enqueue_release(ledger, settings, ref, targets, referrers, optional_repos))
+    return ids
+
+
 def _enqueue_release(
     ledger: Ledger, settings: WorkerSettings, source: Reference,
     targets: Sequence[tuple[Repository, tuple[str, ...]]], referrers: dict[str, Any],
+    optional: frozenset[str] = frozenset(),
 ) -> str:
+    tasks = {str(repo): {"source": str(source), "destination": str(repo), "tags": list(tags),
+                         "referrers": referrers} for repo, tags in targets}
+    # The ledger keeps each task's arguments, so that `fanout retry` sends exactly these again.
+    release_id = ledger.create_release(str(source), [(str(repo), tags) for repo, tags in targets],
+                                       optional=optional, tasks=tasks)
+    _send(ledger, settings, release_id,
+          [{"release_id": release_id, **task} for task in tasks.values()])
+    return release_id
+
+
+def _send(ledger: Ledger, settings: WorkerSettings, release_id: str,
+          tasks: Sequence[dict[str, Any]]) -> None:
+    """Publish the tasks of one release; those that could not be are failed in the ledger."""
     app = _celery_app()
-    release_id = ledger.create_release(str(source), [(str(repo), tags) for repo, tags in targets])
-    pending = [str(repo) for repo, _ in targets]
+    pending = [str(task["destination"]) for task in tasks]
     try:
-        with app.connection_for_write(settings.broker_url) as connection:
-            for repo, tags in targets:
-                destination = str(repo)
+        with app.connection_for_write(settings.broker_url,
+                                      **_transport(settings.broker_url, settings)) as connection:
+            for task in tasks:
+                destination = str(task["destination"])
+                generation = task.get("generation", 0)
                 app.send_task(
                     TASK_NAME,
-                    kwargs={"release_id": release_id, "source": str(source),
-                            "destination": destination, "tags": list(tags),
-                            "referrers": referrers},
-                    # Readable in Flower; unique because release ids are.
-                    task_id=f"{release_id}:{destination}",
+                    kwargs=task,
+                    # Readable in Flower; unique because release ids are (and generations).
+                    task_id=f"{release_id}:{destination}"
+                            + (f":{generation}" if generation else ""),
                     queue=queue_for(destination, by_registry=settings.route_by_registry),
                     connection=connection,
                 )
                 pending.remove(destination)
     except Exception as exc:  # noqa: BLE001 - any failure to publish leaves the same state
         reason = f"not enqueued: broker {redact(settings.broker_url)}: " \
-                 f"{_scrub(str(exc), settings.broker_url)}"
+                 f"{_scrub(exc, settings.broker_url, settings)}"
         for destination in pending:
             ledger.mark_failed(release_id, destination, error=reason, error_type="EnqueueError")
-        done = len(targets) - len(pending)
-        raise EnqueueError(f"release {release_id}: {done} of {len(targets)} destinations "
+        done = len(tasks) - len(pending)
+        raise EnqueueError(f"release {release_id}: {done} of {len(tasks)} destinations "
                            f"enqueued; {reason}") from None
-    return release_id

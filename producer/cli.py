@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from registry.envconfig import ConfigError
 from registry.errors import InvalidReference, RegistryError
 
-from . import check_cmd, copy_cmd, enqueue_cmd, status_cmd
+from . import (
+    check_cmd,
+    copy_cmd,
+    enqueue_cmd,
+    metrics_cmd,
+    replay_cmd,
+    retry_cmd,
+    status_cmd,
+)
 from .common import UsageError
 
 EXIT_OK = 0
@@ -29,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     copy_cmd.add_parser(commands)
     enqueue_cmd.add_parser(commands)
     status_cmd.add_parser(commands)
+    retry_cmd.add_parser(commands)
+    replay_cmd.add_parser(commands)
     check_cmd.add_parser(commands)
+    metrics_cmd.add_parser(commands)
     return parser
 
 

@@ -22,6 +22,13 @@ def add_tag_flag(parser: argparse.ArgumentParser) -> None:
                              "destination's own tag, else the source's")
 
 
+def add_optional_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--optional", action="append", default=[], metavar="DEST",
+                        help="copy to DEST too, but let it fail without failing the "
+                             "release (repeatable); a DEST already among the destinations is "
+                             "only marked optional")
+
+
 def add_transport_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """How to reach registries: the flags every command that talks to one takes."""
     group = parser.add_argument_group("registry access")
@@ -99,3 +106,25 @@ def parse_destinations(
         seen.add(key)
         targets.append((ref.repository, tuple(tags)))
     return targets
+
+
+def parse_targets(
+    texts: Sequence[str], optional: Sequence[str], source: Reference, extra_tags: Sequence[str],
+) -> tuple[list[tuple[Repository, tuple[str, ...]]], frozenset[str]]:
+    """The destinations with their tags, and the repositories of those that are optional.
+
+    An optional destination whose repository is among ``texts`` (a set of fanout.toml named
+    with ``--to``, say) marks that one optional, its tags added; the others are added to it."""
+    targets = parse_destinations(texts, source, extra_tags)
+    index = {str(repo): i for i, (repo, _) in enumerate(targets)}
+    marked: set[str] = set()
+    for repo, tags in parse_destinations(optional, source, extra_tags):
+        key = str(repo)
+        marked.add(key)
+        if key in index:
+            known, known_tags = targets[index[key]]
+            targets[index[key]] = (known, tuple(dict.fromkeys([*known_tags, *tags])))
+        else:
+            index[key] = len(targets)
+            targets.append((repo, tags))
+    return targets, frozenset(marked)

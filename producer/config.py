@@ -6,7 +6,8 @@
 
     [destinations]
     release = ["ghcr.io/acme/app", "quay.io/acme/app:stable"]
-    mirrors = ["harbor.internal:8443/mirror/app"]
+    mirrors = ["harbor.internal:8443/mirror/app",
+               { to = "registry.airgap.example/app", optional = true }]
 
     [registries."harbor.internal:8443"]
     insecure = true                # plain HTTP to this registry (loopback always may)
@@ -23,12 +24,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from registry.envconfig import ConfigError, split_list
 
 DEFAULT_FILE = "fanout.toml"
 _REGISTRY_KEYS = frozenset({"insecure"})
+_ENTRY_KEYS = frozenset({"to", "optional"})
 _TOP_KEYS = frozenset({"default", "destinations", "registries"})
 
 
@@ -45,6 +47,8 @@ class FanoutConfig:
     default_set: str | None = None
     registries: Mapping[str, RegistryOptions] = field(default_factory=dict)
     path: Path | None = None
+    # Per set, its destinations marked ``optional = true``: copied, but free to fail.
+    optional_sets: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def insecure_registries(self) -> list[str]:
@@ -62,6 +66,19 @@ class FanoutConfig:
             known = ", ".join(sorted(self.destination_sets)) or "none"
             raise ConfigError(f"no destination set {name!r}{where} (sets: {known})")
         return found
+
+    def optional_in(self, name: str | None) -> frozenset[str]:
+        """The destinations of set ``name`` (None: the default set) marked optional."""
+        name = self.default_set if name is None else name
+        return self.optional_sets.get(name, frozenset()) if name is not None else frozenset()
+
+
+class Picked(NamedTuple):
+    """The destinations to copy to, where they came from, and which of them are optional."""
+
+    destinations: list[str]
+    origin: str
+    optional: frozenset[str] = frozenset()
 
 
 def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> FanoutConfig:
@@ -91,11 +108,12 @@ def parse_config(document: Mapping[str, Any], path: Path | None = None) -> Fanou
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(sorted(_TOP_KEYS))})")
     sets: dict[str, tuple[str, ...]] = {}
+    optional: dict[str, frozenset[str]] = {}
     raw_sets = document.get("destinations", {})
     if not isinstance(raw_sets, Mapping):
         raise ConfigError(f"{where}: [destinations] must be a table of name = [repositories]")
     for name, value in raw_sets.items():
-        sets[name] = _repository_list(value, f"{where}: destinations.{name}")
+        sets[name], optional[name] = _repository_list(value, f"{where}: destinations.{name}")
     default = document.get("default")
     if default is not None and (not isinstance(default, str) or default not in sets):
         raise ConfigError(f"{where}: default = {default!r} names no set in [destinations]")
@@ -105,16 +123,48 @@ def parse_config(document: Mapping[str, Any], path: Path | None = None) -> Fanou
         raise ConfigError(f"{where}: [registries] must be a table of host = {{options}}")
     for host, options in raw_registries.items():
         registries[host] = _registry_options(options, f"{where}: registries.{host!r}")
-    return FanoutConfig(sets, default, registries, path)
+    return FanoutConfig(sets, default, registries, path, optional)
 
 
-def _repository_list(value: object, where: str) -> tuple[str, ...]:
+def _repository_list(value: object, where: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A set's destinations, and those of them marked optional."""
     if isinstance(value, str):
-        items = split_list(value)
-    elif isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value if v.strip()]
-    else:
+        return _nonempty(split_list(value), where), frozenset()
+    if not isinstance(value, Sequence):
         raise ConfigError(f"{where} must be a list of repositories")
+    items: list[str] = []
+    optional: set[str] = set()
+    for index, entry in enumerate(value):
+        if isinstance(entry, str):
+            if entry.strip():
+                items.append(entry.strip())
+            continue
+        destination, is_optional = _entry(entry, f"{where}[{index}]")
+        items.append(destination)
+        if is_optional:
+            optional.add(destination)
+    return _nonempty(items, where), frozenset(optional)
+
+
+def _entry(value: object, where: str) -> tuple[str, bool]:
+    """``{ to = "host/repo[:tag]", optional = true }``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a repository or a table "
+                          '{ to = "host/repo", optional = true }')
+    unknown = set(value) - _ENTRY_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(_ENTRY_KEYS))})")
+    to = value.get("to")
+    if not isinstance(to, str) or not to.strip():
+        raise ConfigError(f"{where}: to must be a repository, e.g. to = \"host/repo\"")
+    optional = value.get("optional", False)
+    if not isinstance(optional, bool):
+        raise ConfigError(f"{where}: optional must be true or false")
+    return to.strip(), optional
+
+
+def _nonempty(items: Sequence[str], where: str) -> tuple[str, ...]:
     if not items:
         raise ConfigError(f"{where} is empty")
     return tuple(items)
@@ -134,19 +184,22 @@ def _registry_options(value: object, where: str) -> RegistryOptions:
 
 def pick_destinations(
     args: Sequence[str], env: Mapping[str, str], config: FanoutConfig, set_name: str | None,
-) -> tuple[list[str], str]:
+) -> Picked:
     """Destinations and where they came from: ``--to`` set, arguments, ``FANOUT_DESTINATIONS``,
-    the config's default set — first that has any. Empty when none has."""
+    the config's default set — first that has any. Empty when none has. A set's entries
+    marked ``optional`` are in ``.optional``."""
     if set_name is not None:
         if args:
             raise ConfigError("give destinations as arguments or with --to, not both")
-        return list(config.destination_set(set_name) or ()), f"set {set_name!r}"
+        return Picked(list(config.destination_set(set_name) or ()), f"set {set_name!r}",
+                      config.optional_in(set_name))
     if args:
-        return list(args), "arguments"
+        return Picked(list(args), "arguments")
     from_env = split_list(env.get("FANOUT_DESTINATIONS", ""))
     if from_env:
-        return from_env, "FANOUT_DESTINATIONS"
+        return Picked(from_env, "FANOUT_DESTINATIONS")
     default = config.destination_set(None)
     if default:
-        return list(default), f"set {config.default_set!r} of {config.path}"
-    return [], "nowhere"
+        return Picked(list(default), f"set {config.default_set!r} of {config.path}",
+                      config.optional_in(None))
+    return Picked([], "nowhere")

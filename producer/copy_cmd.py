@@ -17,16 +17,17 @@ from registry.session import Registries
 
 from .common import (
     UsageError,
+    add_optional_flag,
     add_referrer_flags,
     add_registry_flags,
     add_tag_flag,
     copy_options,
     credentials,
-    parse_destinations,
     parse_source,
+    parse_targets,
     transport_options,
 )
-from .output import print_results, results_json
+from .output import all_ok, print_results, results_json
 from .progress import LiveProgress
 
 
@@ -34,12 +35,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "copy", help="copy an image to one or more repositories now, in this process",
         description="Copy SOURCE, pinned by digest, to every DEST at once. Exit 0 when every "
-                    "destination succeeded, 1 when any failed, 2 for usage errors.",
+                    "destination succeeded, 1 when any failed (an --optional one may fail), "
+                    "2 for usage errors.",
     )
     parser.add_argument("source", metavar="SOURCE", help="image reference, by tag or digest")
-    parser.add_argument("destinations", metavar="DEST", nargs="+",
+    parser.add_argument("destinations", metavar="DEST", nargs="*",
                         help="repository, optionally with a tag")
     add_tag_flag(parser)
+    add_optional_flag(parser)
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     add_registry_flags(parser)
     add_referrer_flags(parser)
@@ -64,7 +67,7 @@ async def copy_all(
 def run(args: argparse.Namespace) -> int:
     env = os.environ
     source = parse_source(args.source)
-    targets = parse_destinations(args.destinations, source, args.tag)
+    targets, optional = parse_targets(args.destinations, args.optional, source, args.tag)
     if not targets:
         raise UsageError("no destinations given")
     transport = transport_options(args, env)
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                                        env=env))
     seconds = time.monotonic() - started
     if args.json:
-        print(results_json(results, seconds))
+        print(results_json(results, seconds, optional))
     else:
-        print_results(results, seconds, sys.stdout)
-    return 0 if all(r.ok for r in results) else 1
+        print_results(results, seconds, sys.stdout, optional)
+    return 0 if all_ok(results, optional) else 1

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from .common import UsageError, add_referrer_flags, add_tag_flag
+from .common import UsageError, add_optional_flag, add_referrer_flags, add_tag_flag
 from .config import load_config, pick_destinations
 from .status_cmd import (
     EXIT_CODES_HELP,
@@ -35,6 +35,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("destinations", metavar="DEST", nargs="*",
                         help="repository, optionally with a tag")
     add_tag_flag(parser)
+    add_optional_flag(parser)
     parser.add_argument("--to", metavar="NAME", help="the destination set NAME of fanout.toml")
     parser.add_argument("--config", metavar="FILE",
                         help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
@@ -79,12 +80,13 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     else:
         sources = [args.source]
     config = load_config(args.config, env)
-    destinations, origin = pick_destinations(args.destinations, env, config, args.to)
-    if not destinations:
+    destinations, origin, optional = pick_destinations(args.destinations, env, config, args.to)
+    if not destinations and not args.optional:
         raise UsageError("no destinations: give DEST arguments, --to NAME, "
                          "FANOUT_DESTINATIONS (comma-separated) or a default set in fanout.toml")
     ids = api.enqueue(
-        sources, destinations, tags=args.tag, referrers=not args.no_referrers,
+        sources, destinations, tags=args.tag, optional=[*optional, *args.optional],
+        referrers=not args.no_referrers,
         referrer_types=args.referrers_type, env=env, broker_url=args.broker,
         insecure_registries=[*config.insecure_registries, *args.insecure_registry],
     )
@@ -96,10 +98,15 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         else:
             print("\n".join(ids))
             print(f"enqueued {len(ids)} release(s) to {len(destinations)} destination(s) "
-                  f"from {origin}; follow with: fanout status RELEASE --wait", file=sys.stderr)
+                  f"from {origin}{_plus_optional(args.optional)}; follow with: "
+                  "fanout status RELEASE --wait", file=sys.stderr)
         return api.EXIT_OK
     if not args.json:
         print("\n".join(ids), flush=True)
     releases = wait_all(ids, ledger, timeout=args.timeout, poll=args.poll,
                         on_poll=TransitionPrinter(sys.stderr))
     return show(releases, as_json=args.json, out=sys.stdout)
+
+
+def _plus_optional(optional: list[str]) -> str:
+    return f" and {len(optional)} optional" if optional else ""

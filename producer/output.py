@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any, TextIO
 
 from registry.results import CopyResult
@@ -22,10 +22,17 @@ def short_digest(digest: str) -> str:
     return digest[:19] if digest else "-"
 
 
-def result_line(result: CopyResult) -> str:
+def all_ok(results: Sequence[CopyResult], optional: Set[str] = frozenset()) -> bool:
+    """Every required destination succeeded (every one, when all are optional)."""
+    required = [r for r in results if r.destination not in optional] or list(results)
+    return all(r.ok for r in required)
+
+
+def result_line(result: CopyResult, optional: bool = False) -> str:
     status = "ok    " if result.ok else "FAILED"
     stats = result.stats
-    line = (f"{status} {result.destination}  {short_digest(result.digest)}  "
+    name = f"{result.destination} (optional)" if optional else result.destination
+    line = (f"{status} {name}  {short_digest(result.digest)}  "
             f"{human_bytes(stats.bytes_transferred)}  {result.seconds:.1f}s")
     if result.ok:
         detail = (f"blobs: {stats.blobs_uploaded} uploaded, {stats.blobs_mounted} mounted, "
@@ -38,19 +45,24 @@ def result_line(result: CopyResult) -> str:
     return f"{line}  error: {result.error}"
 
 
-def print_results(results: Sequence[CopyResult], seconds: float, out: TextIO) -> None:
+def print_results(results: Sequence[CopyResult], seconds: float, out: TextIO,
+                  optional: Set[str] = frozenset()) -> None:
     for result in results:
-        print(result_line(result), file=out)
+        print(result_line(result, result.destination in optional), file=out)
     succeeded = sum(1 for r in results if r.ok)
     total = sum(r.stats.bytes_transferred for r in results)
-    print(f"{succeeded} of {len(results)} destinations succeeded, "
+    failed_optional = sum(1 for r in results if not r.ok and r.destination in optional)
+    note = f" ({failed_optional} optional failed)" if failed_optional else ""
+    print(f"{succeeded} of {len(results)} destinations succeeded{note}, "
           f"{human_bytes(total)} sent in {seconds:.1f}s", file=out)
 
 
-def results_json(results: Sequence[CopyResult], seconds: float) -> str:
+def results_json(results: Sequence[CopyResult], seconds: float,
+                 optional: Set[str] = frozenset()) -> str:
     document: dict[str, Any] = {
-        "ok": all(r.ok for r in results),
+        "ok": all_ok(results, optional),
         "seconds": round(seconds, 3),
-        "destinations": [r.to_dict() for r in results],
+        "destinations": [{**r.to_dict(), "optional": r.destination in optional}
+                         for r in results],
     }
     return json.dumps(document, indent=2)

@@ -19,7 +19,7 @@ from .table import print_recent, print_releases
 
 EXIT_CODES_HELP = ("Exit 0 when every destination succeeded, 1 when any failed for good, "
                    "3 when some are still queued, running or retrying (--wait timed out), "
-                   "2 for usage errors.")
+                   "2 for usage errors; optional destinations count for nothing.")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +39,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def add_wait_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true",
-                        help="wait until every destination succeeded or failed for good")
+                        help="wait until every destination (but optional ones) succeeded or "
+                             "failed for good")
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="with --wait: give up after S seconds (exit 3); default: no limit")
     parser.add_argument("--poll", type=float, default=0.5, metavar="S",
@@ -68,7 +69,8 @@ class TransitionPrinter:
             if self._seen.get(key) == now:
                 continue
             self._seen[key] = now
-            line = f"{release.id} {name}: {record.state} (attempt {record.attempts})"
+            kind = " (optional)" if record.optional else ""
+            line = f"{release.id} {name}{kind}: {record.state} (attempt {record.attempts})"
             if record.state in ("retrying", "failed") and record.last_error:
                 line += f": {record.last_error}"
             print(line, file=self.out, flush=True)
@@ -90,10 +92,9 @@ def wait_all(
 
 
 def release_json(release: Release) -> dict[str, Any]:
-    from . import api
-    document = release.to_dict()
-    document["exit_code"] = api.exit_code([release])
-    return document
+    # Built in workers/: a notification posts the very same document.
+    from workers.release_document import release_document
+    return release_document(release)
 
 
 def show(releases: Sequence[Release], *, as_json: bool, out: TextIO) -> int:

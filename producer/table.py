@@ -1,4 +1,5 @@
-"""A release as people read it: a header, one row per destination, a summary line."""
+"""A release as people read it: a header, one row per destination with its attempts under it,
+a summary line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from workers.ledger import DestinationRecord, Release
+    from workers.ledger import Attempt, DestinationRecord, Release
 
 
 from .output import human_bytes, short_digest
@@ -33,20 +34,53 @@ def state_text(record: DestinationRecord, now: float) -> str:
 
 
 def error_text(record: DestinationRecord) -> str:
-    if not record.last_error:
+    return _one_line(record.last_error, record.error_type)
+
+
+def _one_line(error: str | None, error_type: str | None) -> str:
+    if not error:
         return ""
-    text = " ".join(record.last_error.split())
-    if record.error_type:
-        text = f"{record.error_type}: {text}"
+    text = " ".join(error.split())
+    if error_type:
+        text = f"{error_type}: {text}"
     return text if len(text) <= _ERROR_WIDTH else text[: _ERROR_WIDTH - 1] + "…"
 
 
 def rows(release: Release, now: float) -> list[tuple[str, ...]]:
     return [
-        (name, state_text(rec, now), str(rec.attempts),
+        (f"{name} (optional)" if rec.optional else name, state_text(rec, now), str(rec.attempts),
          human_bytes(rec.bytes) if rec.bytes else "-", duration(rec, now), error_text(rec))
         for name, rec in sorted(release.destinations.items())
     ]
+
+
+def history_lines(record: DestinationRecord) -> list[str]:
+    """Every finished attempt of a destination, oldest first: number, worker, start and end,
+    outcome, error. An operator's retry is marked where its round began."""
+    lines = []
+    retried = record.round_base > 0
+    for attempt in record.history:
+        if retried and attempt.attempt > record.round_base:
+            when = _clock(record.round_at) if record.round_at else "?"
+            lines.append(f"    -- retried at {when}")
+            retried = False
+        lines.append(f"    {attempt_text(attempt)}")
+    return lines
+
+
+def attempt_text(attempt: Attempt) -> str:
+    started = _clock(attempt.started_at) if attempt.started_at else "?"
+    took = (f" ({attempt.ended_at - attempt.started_at:.1f}s)"
+            if attempt.started_at is not None else "")
+    text = (f"#{attempt.attempt}  {attempt.worker or '-'}  {started} -> "
+            f"{time.strftime('%H:%M:%S', time.localtime(attempt.ended_at))}{took}  "
+            f"{attempt.outcome}")
+    error = _one_line(attempt.error, attempt.error_type)
+    return f"{text}  {error}" if error else text
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 def summary(release: Release) -> str:
@@ -56,7 +90,10 @@ def summary(release: Release) -> str:
     order = ("succeeded", "failed", "retrying", "running", "queued")
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
     count = len(release.destinations)
-    return f"{count} destination{'' if count == 1 else 's'}: {', '.join(parts) or 'none'}"
+    optional = sum(1 for record in release.destinations.values() if record.optional)
+    kinds = f" ({optional} optional)" if optional else ""
+    return (f"{count} destination{'' if count == 1 else 's'}{kinds}: "
+            f"{', '.join(parts) or 'none'}")
 
 
 def render(release: Release, *, now: float | None = None) -> str:
@@ -67,9 +104,12 @@ def render(release: Release, *, now: float | None = None) -> str:
              f"digest  {short_digest(release.digest)}…  created {created}", ""]
     table = [COLUMNS, *rows(release, now)]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS) - 1)]
-    for row in table:
+    records = [None, *(record for _, record in sorted(release.destinations.items()))]
+    for row, record in zip(table, records, strict=True):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
+        if record is not None:
+            lines += history_lines(record)
     lines += ["", summary(release)]
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery
 
 from .connections import broker_transport_options
-from .notifications import NotifySettings
+from .notify_settings import NotifySettings
 from .routing import DEFAULT_QUEUE
 from .settings import WorkerSettings
 
@@ -73,7 +73,7 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 settings = WorkerSettings.from_env(os.environ)
-# Release-finished notifications (workers/notifications.py): a bad one stops the worker here.
+# Release-finished notifications (workers/notify_settings.py): a bad one stops the worker here.
 notify_settings = NotifySettings.from_env(os.environ,
                                          visibility_timeout=settings.visibility_timeout)
 app = Celery("fanout", include=["workers.tasks", "workers.notify"])

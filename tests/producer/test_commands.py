@@ -155,3 +155,129 @@ def test_status_without_a_release_lists_the_newest(ledger: Ledger,
     assert [r["id"] for r in document["releases"]] == [second]
     assert main(["status", "--wait"]) == 2
     assert "--wait needs a RELEASE" in capsys.readouterr().err
+
+
+# -- optional destinations, history, retry, replay ---------------------------------------------
+
+
+def test_enqueue_passes_optional_destinations_from_flags_and_the_set(
+    enqueued: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "fanout.toml"
+    config.write_text('[destinations]\nprod = ["a.io/app", { to = "b.io/app", optional = true }]\n')
+
+    assert main(["enqueue", SOURCE, "--to", "prod", "--config", str(config),
+                 "--optional", "c.io/app"]) == 0
+
+    assert enqueued[0]["destinations"] == ["a.io/app", "b.io/app"]
+    assert sorted(enqueued[0]["optional"]) == ["b.io/app", "c.io/app"]
+    assert "and 1 optional" in capsys.readouterr().err
+
+
+def test_status_shows_optional_destinations_and_every_attempt(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str],
+) -> None:
+    release_id = ledger.create_release(SOURCE, [("a.io/app", ("v1",)), ("b.io/app", ())],
+                                       optional=["b.io/app"])
+    ledger.mark_running(release_id, "a.io/app", worker="w1@h")
+    ledger.mark_failed(release_id, "a.io/app", error="wrong password", error_type="Unauthorized")
+    ledger.reset_for_retry(release_id, ["a.io/app"])
+    ledger.mark_running(release_id, "a.io/app", worker="w2@h")
+    ledger.mark_succeeded(release_id, "a.io/app", stats={"bytes_transferred": 5}, seconds=0.2)
+    ledger.mark_running(release_id, "b.io/app", worker="w1@h")
+    ledger.mark_failed(release_id, "b.io/app", error="denied", error_type="Denied")
+
+    assert main(["status", release_id]) == 0  # the optional one's failure fails nothing
+    lines = capsys.readouterr().out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("a.io/app "))
+    assert "#1  w1@h" in lines[row + 1] and "failed  Unauthorized: wrong password" in lines[row + 1]
+    assert lines[row + 2].strip().startswith("-- retried at")
+    assert "#2  w2@h" in lines[row + 3] and lines[row + 3].endswith("succeeded")
+    assert any(line.startswith("b.io/app (optional)  failed") for line in lines)
+    assert lines[-1] == "2 destinations (1 optional): 1 succeeded, 1 failed"
+
+    assert main(["status", release_id, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["ok"] is True and document["exit_code"] == 0
+    assert document["destinations"]["b.io/app"]["optional"] is True
+    history = document["destinations"]["a.io/app"]["history"]
+    assert [(h["attempt"], h["worker"], h["outcome"]) for h in history] == [
+        (1, "w1@h", "failed"), (2, "w2@h", "succeeded")]
+    assert history[0]["error"] == "wrong password" and history[0]["ended_at"] > 0
+
+
+def test_retry_command(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    release_id = ledger.create_release(SOURCE, [("a.io/app", ()), ("b.io/app", ())])
+    ledger.mark_running(release_id, "a.io/app", worker="w")
+    ledger.mark_succeeded(release_id, "a.io/app", stats={}, seconds=0.1)
+
+    assert main(["retry", "rel-unknown", "--broker", "memory://"]) == 2
+    assert "no release 'rel-unknown'" in capsys.readouterr().err
+    assert main(["retry", release_id, "--dest", "c.io/app", "--broker", "memory://"]) == 2
+    assert "'c.io/app' is not in release" in capsys.readouterr().err
+    assert main(["retry", release_id, "--dest", "b.io/app", "--broker", "memory://"]) == 2
+    err = capsys.readouterr().err
+    assert f"destination b.io/app of release {release_id} is queued" in err
+    assert main(["retry", release_id, "--broker", "memory://"]) == 3  # b still queued
+    assert "nothing to retry" in capsys.readouterr().err
+
+    ledger.mark_running(release_id, "b.io/app", worker="w")
+    ledger.mark_failed(release_id, "b.io/app", error="denied", error_type="Denied")
+    assert main(["retry", release_id, "--broker", "memory://", "--wait", "--timeout", "0.1",
+                 "--poll", "0.02", "--json"]) == 3  # sent again; no worker here to take it
+    out = capsys.readouterr()
+    assert "sent again 1 destination(s): b.io/app" in out.err
+    document = json.loads(out.out)
+    assert document["destinations"]["b.io/app"]["state"] == "queued"
+    assert document["destinations"]["b.io/app"]["generation"] == 1
+    assert main(["retry", release_id, "--broker", "memory://"]) == 3  # queued: nothing to send
+    capsys.readouterr()
+
+
+def test_replay_command_checks_its_input(ledger: Ledger,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "--since", "7x", "m.io/app"]) == 2
+    assert "bad duration '7x'" in capsys.readouterr().err
+    assert main(["replay", "--since", "0s", "m.io/app"]) == 2
+    assert "more than zero" in capsys.readouterr().err
+    assert main(["replay", "--since", "7d"]) == 2
+    assert "no destinations to replay to" in capsys.readouterr().err
+    assert main(["replay", "--since", "7d", "m.io/app", "--wait"]) == 0
+    assert "nothing to replay" in capsys.readouterr().err
+
+
+def test_replay_command_waits_for_every_release(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake(since: float, destinations: list[str], **kwargs: Any) -> list[str]:
+        calls.append({"since": since, "destinations": destinations, **kwargs})
+        ids = []
+        for state in ("succeeded", "failed"):
+            release_id = ledger.create_release(SOURCE, [(d, ()) for d in destinations])
+            for d in destinations:
+                ledger.mark_running(release_id, d, worker="w")
+                if state == "failed":
+                    ledger.mark_failed(release_id, d, error="denied", error_type="Denied")
+                else:
+                    ledger.mark_succeeded(release_id, d, stats={}, seconds=0.1)
+            ids.append(release_id)
+        return ids
+
+    monkeypatch.setattr(api, "replay", fake)
+    config = tmp_path / "fanout.toml"
+    config.write_text('[destinations]\nmirrors = ["m.io/app", { to = "n.io/app", '
+                      'optional = true }]\n')
+
+    code = main(["replay", "--since", "1h30m", "--to", "mirrors", "--config", str(config),
+                 "--source-repo", "src.example/app", "--wait", "--json"])
+
+    assert code == 1
+    assert calls[0]["since"] == 5400.0 and calls[0]["source_repo"] == "src.example/app"
+    assert calls[0]["destinations"] == ["m.io/app", "n.io/app"]
+    assert calls[0]["optional"] == ["n.io/app"]
+    document = json.loads(capsys.readouterr().out)
+    assert [r["exit_code"] for r in document["releases"]] == [0, 1]

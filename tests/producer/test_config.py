@@ -68,6 +68,10 @@ def test_named_file_must_exist(tmp_path: Path) -> None:
         ('[registries."a.io"]\nverify = false', "unknown option"),
         ('[registries."a.io"]\ninsecure = "yes"', "true or false"),
         ("[destinations\n", "fanout.toml"),
+        ('[destinations]\nx = [{ to = "a.io/x", optinal = true }]', r"x\[0\]: unknown key"),
+        ('[destinations]\nx = [{ optional = true }]', "to must be a repository"),
+        ('[destinations]\nx = [{ to = "a.io/x", optional = "yes" }]', "true or false"),
+        ("[destinations]\nx = [3]", r"x\[0\] must be a repository or a table"),
     ],
 )
 def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
@@ -89,11 +93,32 @@ def test_destination_precedence() -> None:
     config = parse_config({"default": "a", "destinations": {"a": ["x.io/a"], "b": ["x.io/b"]}})
     env = {"FANOUT_DESTINATIONS": "y.io/one, y.io/two"}
 
-    assert pick_destinations(["z.io/arg"], env, config, None) == (["z.io/arg"], "arguments")
-    assert pick_destinations([], env, config, "b") == (["x.io/b"], "set 'b'")
-    assert pick_destinations([], env, config, None) == (
+    assert pick_destinations(["z.io/arg"], env, config, None)[:2] == (["z.io/arg"], "arguments")
+    assert pick_destinations([], env, config, "b")[:2] == (["x.io/b"], "set 'b'")
+    assert pick_destinations([], env, config, None)[:2] == (
         ["y.io/one", "y.io/two"], "FANOUT_DESTINATIONS")
     assert pick_destinations([], {}, config, None)[0] == ["x.io/a"]
-    assert pick_destinations([], {}, FanoutConfig(), None) == ([], "nowhere")
+    assert pick_destinations([], {}, FanoutConfig(), None)[:2] == ([], "nowhere")
     with pytest.raises(ConfigError, match="not both"):
         pick_destinations(["z.io/arg"], {}, config, "b")
+
+
+def test_a_set_entry_may_be_optional(tmp_path: Path) -> None:
+    path = tmp_path / "fanout.toml"
+    path.write_text('default = "release"\n[destinations]\n'
+                    'release = ["ghcr.io/acme/app",\n'
+                    '           { to = "quay.io/acme/app:stable", optional = true },\n'
+                    '           { to = "harbor.io/acme/app", optional = false }]\n'
+                    'plain = "a.io/x, b.io/y"\n')
+
+    config = load_config(path, {})
+
+    assert config.destination_sets["release"] == (
+        "ghcr.io/acme/app", "quay.io/acme/app:stable", "harbor.io/acme/app")
+    assert config.optional_in("release") == {"quay.io/acme/app:stable"}
+    assert config.optional_in("plain") == frozenset()
+    picked = pick_destinations([], {}, config, None)
+    assert picked.destinations == list(config.destination_sets["release"])
+    assert picked.optional == {"quay.io/acme/app:stable"}
+    assert pick_destinations([], {}, config, "plain").optional == frozenset()
+    assert pick_destinations(["z.io/arg"], {}, config, None).optional == frozenset()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from producer.table import render
-from workers.ledger import DestinationRecord, Release
+from workers.ledger import Attempt, DestinationRecord, Release
 
 DIGEST = "sha256:" + "ab" * 32
 NOW = 1_700_000_100.0
@@ -60,3 +60,26 @@ def test_long_errors_are_cut_to_one_line() -> None:
 
     assert row.endswith("…") and len(row) < 200
     assert text.splitlines()[-1] == "1 destination: 1 failed"
+
+
+def test_every_attempt_is_shown_under_its_destination() -> None:
+    history = (
+        Attempt(1, "w1@h", NOW - 50, NOW - 49, "retrying", "503 from upstream", "ServerError"),
+        Attempt(2, None, NOW - 40, NOW - 39.5, "failed", "denied", "Denied"),
+        Attempt(3, "w2@h", NOW - 20, NOW - 18, "succeeded"),
+    )
+    text = render(release(
+        record("a.io/app", "succeeded", attempts=3, history=history, round_base=2,
+               round_at=NOW - 30, started_at=NOW - 20, finished_at=NOW - 18, seconds=2.0),
+        record("b.io/app", "queued", optional=True),
+    ), now=NOW)
+    lines = text.splitlines()
+
+    assert lines[4].startswith("a.io/app ")
+    assert lines[5].strip().startswith("#1  w1@h  ")
+    assert lines[5].endswith("(1.0s)  retrying  ServerError: 503 from upstream")
+    assert lines[6].strip().startswith("#2  -  ") and lines[6].endswith("failed  Denied: denied")
+    assert lines[7].strip().startswith("-- retried at ")
+    assert lines[8].endswith("(2.0s)  succeeded")
+    assert lines[9].startswith("b.io/app (optional)  queued")
+    assert lines[-1] == "2 destinations (1 optional): 1 succeeded, 1 queued"

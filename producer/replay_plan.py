@@ -1,0 +1,84 @@
+"""What ``fanout replay`` sends: a backfill of recent releases to new destinations.
+
+Every release created within the window that reached at least one destination counts; its
+source digest is copied once, however many releases carried it, with every tag they carried.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from registry.errors import InvalidReference
+from registry.reference import parse_reference
+
+from .common import UsageError
+
+if TYPE_CHECKING:
+    from workers.ledger import Ledger, Release
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One source digest to copy again: from where, with which tags, on behalf of which releases."""
+
+    source: str  # repo@sha256:…, as the newest of its releases had it
+    digest: str
+    tags: tuple[str, ...]
+    releases: tuple[str, ...] = field(default=())
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``90m``, ``2h``, ``7d``, ``1w``, ``1h30m`` → seconds; UsageError naming it."""
+    compact = text.strip().lower()
+    if not _DURATION.fullmatch(compact):
+        raise UsageError(f"bad duration {text!r}: give a number and a unit, s, m, h, d or w "
+                         "(e.g. 90m, 7d, 1h30m)")
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in _PART.findall(compact))
+    if seconds <= 0:
+        raise UsageError(f"bad duration {text!r}: must be more than zero")
+    return seconds
+
+
+def plan(ledger: Ledger, since: float, *, source_repo: str | None = None) -> list[Replay]:
+    """One :class:`Replay` per source digest of the releases created at or after ``since``
+    (wall clock) that succeeded somewhere; ``source_repo`` keeps only that repository's.
+    In the order the digests were first released."""
+    wanted = _repository(source_repo) if source_repo else None
+    found: dict[str, list[Release]] = {}
+    for release_id in ledger.since(since):
+        release = ledger.get(release_id)
+        if release is None or not _landed(release):
+            continue
+        try:
+            repository = str(parse_reference(release.source).repository)
+        except InvalidReference:
+            continue
+        if wanted is not None and repository != wanted:
+            continue
+        found.setdefault(release.digest, []).append(release)
+    return [_replay(digest, releases) for digest, releases in found.items()]
+
+
+def _replay(digest: str, releases: Sequence[Release]) -> Replay:
+    tags = [tag for release in releases for record in release.destinations.values()
+            for tag in record.tags]
+    return Replay(source=releases[-1].source, digest=digest, tags=tuple(dict.fromkeys(tags)),
+                  releases=tuple(r.id for r in releases))
+
+
+def _landed(release: Release) -> bool:
+    return any(record.state == "succeeded" for record in release.destinations.values())
+
+
+def _repository(text: str) -> str:
+    try:
+        return str(parse_reference(text.strip()).repository)
+    except InvalidReference as exc:
+        raise UsageError(f"--source-repo {text!r}: {exc}") from None
