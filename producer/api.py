@@ -35,30 +35,38 @@ from registry.preflight import DestinationCheck
 from registry.reference import Reference, Repository
 from registry.retry import RetryPolicy, retry_async
 from registry.session import Registries
-from workers import connections, release_document
+from workers import release_document
 from workers.ledger import Ledger, Release
 from workers.notify_settings import NotifySettings
-from workers.routing import queue_for
 from workers.settings import WorkerSettings
 
 from . import check_cmd, replay_plan, retry_plan
+from .broker import (
+    TASK_NAME,
+    EnqueueError,
+    check_broker,
+    connect_ledger,
+    queue_settings,
+    redact,
+    send,
+)
 from .common import UsageError, credentials, parse_source, parse_targets
 
-TASK_NAME = "fanout.copy"
+__all__ = [
+    "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "ReleaseNotFound",
+    "check", "check_broker", "connect_ledger", "enqueue", "exit_code", "queue_settings",
+    "redact", "replay", "retry", "status", "wait",
+]
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 3
 
 # Resolving the source happens while a CI job waits: a blip is retried, an outage is reported.
 _RESOLVE_RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0, max_hold=5.0)
-_CONNECT_TIMEOUT = 5.0
 # A failover (Sentinel, or a managed Redis) or a restart takes the ledger away for seconds: while
 # waiting, a poll that cannot reach it is skipped, for up to this long in a row.
 _LEDGER_OUTAGE = 60.0
-
-
-class EnqueueError(UsageError):
-    """Nothing (or, when it says so, only part) was enqueued; the message says why."""
 
 
 class ReleaseNotFound(UsageError):
@@ -116,7 +124,7 @@ def retry(
         return []
     check_broker(settings.broker_url, settings)
     generation = ledger.reset_for_retry(release_id, names)
-    _send(ledger, settings, release_id,
+    send(ledger, settings, release_id,
           [retry_plan.task_for(ledger, release, name, generation) for name in names])
     return names
 
@@ -233,73 +241,6 @@ def exit_code(releases: Sequence[Release]) -> int:
     return release_document.exit_code(releases)
 
 
-# -- connections ------------------------------------------------------------------------------
-
-
-def redact(url: str) -> str:
-    """``url`` with its password masked, for messages (each sentinel of a list too)."""
-    return connections.redact(url)
-
-
-def connect_ledger(settings: WorkerSettings) -> Ledger:
-    """A ledger on ``settings.ledger_url``; fails fast (and without the password) if down."""
-    client = connections.redis_client(settings.ledger_url, settings.sentinel,
-                                      socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=30.0)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        client.close()
-        raise EnqueueError(f"ledger {redact(settings.ledger_url)} is unreachable: "
-                           f"{_scrub(exc, settings.ledger_url, settings)}") from None
-    return Ledger(client, retention=settings.retention)
-
-
-def check_broker(url: str, settings: WorkerSettings | None = None) -> None:
-    """Connect once to the broker; raise :class:`EnqueueError` naming it (password masked).
-
-    ``settings`` give what the URL leaves out (a Sentinel master's name); by default the
-    workers' app's, read from this process's environment."""
-    app = _celery_app()
-    try:
-        with app.connection_for_write(url, connect_timeout=_CONNECT_TIMEOUT,
-                                      **_transport(url, settings)) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
-                                         timeout=_CONNECT_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - kombu raises per-transport types; all mean "down"
-        raise EnqueueError(f"broker {redact(url)} is unreachable: "
-                           f"{_scrub(exc, url, settings)}") from None
-
-
-def _transport(url: str, settings: WorkerSettings | None) -> dict[str, Any]:
-    """``transport_options`` for a broker connection: the Sentinel master of ``settings``
-    (which may come from another environment than the app's)."""
-    if settings is None:
-        return {}
-    options = connections.broker_transport_options(url, settings.sentinel)
-    return {"transport_options": options} if options else {}
-
-
-def _celery_app() -> Any:
-    # Imported on first use: the app reads the workers' environment when imported, which
-    # ``fanout copy`` and ``fanout status`` have no need to get right.
-    from workers.app import app
-
-    return app
-
-
-def _scrub(exc: BaseException, url: str, settings: WorkerSettings | None = None) -> str:
-    # Driver messages sometimes echo the URL they were given, password included.
-    sentinel_password = settings.sentinel_password if settings is not None else None
-    return connections.scrub(connections.error_text(exc), url, secrets=(sentinel_password,))
-
-
-def queue_settings(env: Mapping[str, str], broker_url: str | None = None) -> WorkerSettings:
-    """Broker, ledger, retention and routing as the workers read them, ``broker_url`` winning."""
-    if broker_url:
-        env = {**env, "FANOUT_BROKER_URL": broker_url}
-    return WorkerSettings.from_env(env)
-
-
 # -- resolving --------------------------------------------------------------------------------
 
 
@@ -378,37 +319,6 @@ def _enqueue_release(
     # The ledger keeps each task's arguments, so that `fanout retry` sends exactly these again.
     release_id = ledger.create_release(str(source), [(str(repo), tags) for repo, tags in targets],
                                        optional=optional, tasks=tasks)
-    _send(ledger, settings, release_id,
+    send(ledger, settings, release_id,
           [{"release_id": release_id, **task} for task in tasks.values()])
     return release_id
-
-
-def _send(ledger: Ledger, settings: WorkerSettings, release_id: str,
-          tasks: Sequence[dict[str, Any]]) -> None:
-    """Publish the tasks of one release; those that could not be are failed in the ledger."""
-    app = _celery_app()
-    pending = [str(task["destination"]) for task in tasks]
-    try:
-        with app.connection_for_write(settings.broker_url,
-                                      **_transport(settings.broker_url, settings)) as connection:
-            for task in tasks:
-                destination = str(task["destination"])
-                generation = task.get("generation", 0)
-                app.send_task(
-                    TASK_NAME,
-                    kwargs=task,
-                    # Readable in Flower; unique because release ids are (and generations).
-                    task_id=f"{release_id}:{destination}"
-                            + (f":{generation}" if generation else ""),
-                    queue=queue_for(destination, by_registry=settings.route_by_registry),
-                    connection=connection,
-                )
-                pending.remove(destination)
-    except Exception as exc:  # noqa: BLE001 - any failure to publish leaves the same state
-        reason = f"not enqueued: broker {redact(settings.broker_url)}: " \
-                 f"{_scrub(exc, settings.broker_url, settings)}"
-        for destination in pending:
-            ledger.mark_failed(release_id, destination, error=reason, error_type="EnqueueError")
-        done = len(tasks) - len(pending)
-        raise EnqueueError(f"release {release_id}: {done} of {len(tasks)} destinations "
-                           f"enqueued; {reason}") from None
