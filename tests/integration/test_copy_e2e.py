@@ -12,7 +12,7 @@ import pytest
 from tests.support import images
 from tests.support.cli import fanout_env, run_fanout, write_docker_config
 from tests.support.registries import RegistryServer, RegistrySet
-from tests.support.skopeo import assert_same_image
+from tests.support.skopeo import assert_skopeo_same
 
 PUSHERS: dict[str, Callable[..., images.PushedImage]] = {
     "oci-image": images.push_oci_image,
@@ -48,8 +48,8 @@ def test_copy_every_kind_to_every_auth_kind(
         assert row["status"] == "succeeded"
         assert row["tags"] == ["v1"]
         assert row["bytes_transferred"] == image.total_blob_bytes
-        assert_same_image(image.reference, f"{server.host}/{unique_repo}:v1",
-                          dst_creds=server.creds)
+        assert_skopeo_same(image.reference, f"{server.host}/{unique_repo}:v1",
+                           dst_creds=server.creds)
 
     again = run_fanout(["copy", image.reference, f"{registries.dest1.host}/{unique_repo}:v1",
                         "--json"], fanout_env(config_dir))
@@ -68,7 +68,7 @@ def test_artifact_with_subject_and_empty_config(
     out = run_fanout(["copy", sbom.tagged_reference or "", dest, "--no-referrers"],
                      fanout_env(config_dir))
     assert out.returncode == 0, out.stderr + out.stdout
-    assert_same_image(sbom.reference, f"{dest}:sbom")
+    assert_skopeo_same(sbom.reference, f"{dest}:sbom")
 
 
 def test_one_destination_down_others_succeed(
@@ -85,7 +85,7 @@ def test_one_destination_down_others_succeed(
     rows = json.loads(out.stdout)["destinations"]
     assert rows[0]["status"] == "failed" and rows[0]["error"]["transient"] is True
     assert rows[1]["status"] == "succeeded"
-    assert_same_image(image.reference, f"{registries.dest1.host}/{unique_repo}:v2")
+    assert_skopeo_same(image.reference, f"{registries.dest1.host}/{unique_repo}:v2")
 
 
 def test_wrong_password_fails_permanently_without_leaking_it(
@@ -117,8 +117,8 @@ def test_human_output_and_default_tag(
     lines = out.stdout.strip().splitlines()
     assert lines[-1].startswith("2 of 2 destinations succeeded")
     assert "tags: release-1, extra" in lines[0] or "tags: extra" in lines[0]
-    assert_same_image(image.reference, f"{registries.dest2.host}/{unique_repo}:pinned")
-    assert_same_image(image.reference, f"{registries.dest2.host}/{unique_repo}:extra")
+    assert_skopeo_same(image.reference, f"{registries.dest2.host}/{unique_repo}:pinned")
+    assert_skopeo_same(image.reference, f"{registries.dest2.host}/{unique_repo}:extra")
 
 
 @pytest.mark.parametrize(("args", "message"), [

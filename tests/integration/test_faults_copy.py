@@ -9,12 +9,9 @@ After every scenario, every tag at every destination names a complete, byte-iden
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from registry.copy import Copier
@@ -32,6 +29,7 @@ from registry.results import CopyResult
 from registry.retry import RetryPolicy
 from registry.session import Registries
 from tests.support import images
+from tests.support.checks import assert_same_image
 from tests.support.fault_proxy import (
     CutRequest,
     CutResponse,
@@ -47,7 +45,7 @@ from tests.support.fault_proxy import (
     WrongDigest,
 )
 from tests.support.registries import RegistryServer, RegistrySet
-from tests.support.skopeo import assert_same_image
+from tests.support.registry_client import RepoClient
 
 # Quick request-tier retries: four attempts within half a second, unless a Retry-After asks more.
 FAST = RetryPolicy(attempts=4, initial=0.05, maximum=0.2, jitter=0.1, max_elapsed=20)
@@ -56,70 +54,14 @@ BLOB = r"/blobs/sha256:"
 UPLOADS = r"/blobs/uploads/"
 MANIFESTS = r"/manifests/"
 TOO_MANY = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}'
-Auth = tuple[str, str] | None
 
 
-# -- the invariant ------------------------------------------------------------------------------
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _blob_digest(client: httpx.Client, repo: str, digest: str) -> tuple[str, int]:
-    hasher, size = hashlib.sha256(), 0
-    with client.stream("GET", f"/v2/{repo}/blobs/{digest}") as response:
-        assert response.status_code == 200, f"blob {digest} missing from {client.base_url}{repo}"
-        for piece in response.iter_bytes():
-            hasher.update(piece)
-            size += len(piece)
-    return "sha256:" + hasher.hexdigest(), size
-
-
-def _manifest(client: httpx.Client, repo: str, reference: str) -> bytes:
-    response = client.get(f"/v2/{repo}/manifests/{reference}",
-                          headers={"Accept": images.MANIFEST_ACCEPT})
-    assert response.status_code == 200, f"{repo}:{reference} missing at {client.base_url}"
-    return response.content
-
-
-def assert_destination_complete(
-    dest_url: str, repo: str, source_url: str, source_repo: str, *,
-    dest_auth: Auth = None, source_auth: Auth = None,
-) -> list[str]:
-    """Every tag at ``dest_url/repo`` names a manifest whose children and blobs are all present
-    and byte-identical to the source's. Walks with plain httpx; returns the tags."""
-    with httpx.Client(base_url=dest_url, auth=dest_auth) as dest, \
-            httpx.Client(base_url=source_url, auth=source_auth) as source:
-        listing = dest.get(f"/v2/{repo}/tags/list")
-        if listing.status_code == 404:
-            return []
-        assert listing.status_code == 200, listing.text
-        tags: list[str] = sorted(listing.json().get("tags") or [])
-
-        def walk(raw: bytes, digest: str) -> None:
-            assert _sha(raw) == digest
-            assert _manifest(source, source_repo, digest) == raw, f"{digest} differs from source"
-            doc = json.loads(raw)
-            for child in doc.get("manifests", []):
-                walk(_manifest(dest, repo, child["digest"]), child["digest"])
-            for blob in [doc["config"], *doc["layers"]] if "config" in doc else []:
-                at_dest = _blob_digest(dest, repo, blob["digest"])
-                assert at_dest == (blob["digest"], blob["size"]), f"blob {blob['digest']} corrupt"
-                assert _blob_digest(source, source_repo, blob["digest"]) == at_dest
-
-        for tag in tags:
-            raw = _manifest(dest, repo, tag)
-            walk(raw, _sha(raw))
-    return tags
-
-
-def assert_untouched(dest_url: str, repo: str, digest: str, auth: Auth = None) -> None:
+# -- the invariants -----------------------------------------------------------------------------
+def assert_untouched(server: RegistryServer, repo: str, digest: str) -> None:
     """No tag and no manifest for ``digest``: a failed copy left nothing a user could pull."""
-    with httpx.Client(base_url=dest_url, auth=auth) as dest:
-        listing = dest.get(f"/v2/{repo}/tags/list")
-        assert listing.status_code == 404 or not listing.json().get("tags"), listing.text
-        head = dest.head(f"/v2/{repo}/manifests/{digest}",
-                         headers={"Accept": images.MANIFEST_ACCEPT})
-        assert head.status_code == 404
+    with RepoClient.at(server, repo) as dest:
+        assert dest.tag_list() == []
+        assert dest.manifest_head(digest).status_code == 404
 
 
 # -- running copies -------------------------------------------------------------------------------
@@ -160,9 +102,13 @@ class Rig:
     def targets(self, repo: str) -> list[str]:
         return [f"{self.dest.host}/{repo}", f"{self.other.host}/{repo}"]
 
-    def assert_complete(self, server: RegistryServer, repo: str) -> list[str]:
-        return assert_destination_complete(server.url, repo, self.registries.source.url, repo,
-                                           dest_auth=_auth(server))
+    def assert_complete(self, server: RegistryServer, repo: str, *,
+                        source: RegistryServer | None = None, skopeo: bool = False) -> list[str]:
+        """Every tag at ``server/repo`` names a manifest whose children and blobs are all present
+        and byte-identical to the source's; returns the tags (there may be none)."""
+        with RepoClient.at(source or self.registries.source, repo) as src, \
+                RepoClient.at(server, repo) as dst:
+            return list(assert_same_image(src, dst, every_tag=True, skopeo=skopeo))
 
     def assert_other_untouched_by_faults(self, repo: str) -> None:
         """The other destination saw no failure, and holds the complete image under v1."""
@@ -175,10 +121,6 @@ def rig(registries: RegistrySet) -> Iterator[Rig]:
     with FaultProxy(registries.source.url) as source, FaultProxy(registries.dest1.url) as dest, \
             FaultProxy(registries.dest2.url) as other:
         yield Rig(registries, source, dest, other)
-
-
-def _auth(server: RegistryServer) -> Auth:
-    return (server.username, server.password) if server.username and server.password else None
 
 
 def _push(registries: RegistrySet, repo: str, layers: int = 2) -> images.PushedImage:
@@ -254,8 +196,7 @@ def test_upload_cut_part_way_leaves_nothing_corrupt(rig: Rig, unique_repo: str) 
     assert rig.dest.count("PUT", UPLOADS, fault="CutRequest") == 1
     assert rig.source.count("GET", layer, fault="CutResponse") == 1
     for server in (rig.registries.dest1, rig.registries.dest2):
-        assert_same_image(image.reference, f"{server.host}/{unique_repo}:v1")
-        assert rig.assert_complete(server, unique_repo) == ["v1"]
+        assert rig.assert_complete(server, unique_repo, skopeo=True) == ["v1"]
 
 
 def test_outage_is_retried_until_cleared(rig: Rig, unique_repo: str) -> None:
@@ -323,7 +264,7 @@ def test_outage_longer_than_the_request_tier_fails_transient(rig: Rig, unique_re
     assert failed.error.status == 503 and "put manifest" in str(failed.error)
     assert rig.dest.count("PUT", MANIFESTS, status=503) == FAST.attempts
     assert ok.ok
-    assert_untouched(rig.registries.dest1.url, unique_repo, image.digest)
+    assert_untouched(rig.registries.dest1, unique_repo, image.digest)
     rig.assert_other_untouched_by_faults(unique_repo)
 
 
@@ -337,7 +278,7 @@ def test_source_outage_fails_every_destination_and_tags_nothing(
     for result in results:
         assert isinstance(result.error, ServerError) and "get blob" in str(result.error)
     for server in (rig.registries.dest1, rig.registries.dest2):
-        assert_untouched(server.url, unique_repo, image.digest)
+        assert_untouched(server, unique_repo, image.digest)
 
 
 def test_destination_not_listening_fails_alone(rig: Rig, unique_repo: str) -> None:
@@ -347,7 +288,7 @@ def test_destination_not_listening_fails_alone(rig: Rig, unique_repo: str) -> No
                            rig.targets(unique_repo))
     assert isinstance(failed.error, ConnectionFailed) and failed.error.transient
     assert ok.ok
-    assert_untouched(rig.registries.dest1.url, unique_repo, image.digest)
+    assert_untouched(rig.registries.dest1, unique_repo, image.digest)
     rig.assert_other_untouched_by_faults(unique_repo)
 
 
@@ -367,7 +308,7 @@ def test_flipped_source_bytes_fail_permanently_and_commit_nothing(
     assert layer in str(error)
     bad = rig.registries.dest1 if failed[0] is results[0] else rig.registries.dest2
     good = rig.registries.dest2 if bad is rig.registries.dest1 else rig.registries.dest1
-    assert_untouched(bad.url, unique_repo, image.digest)
+    assert_untouched(bad, unique_repo, image.digest)
     assert not images.blob_exists(bad, unique_repo, layer), "the corrupt upload was committed"
     assert rig.assert_complete(good, unique_repo) == ["v1"]
 
@@ -393,7 +334,7 @@ def test_wrong_digest_on_the_source_when_resolving_a_tag(rig: Rig, unique_repo: 
         assert isinstance(result.error, DigestMismatch), result.error
         assert "sha256:" + "0" * 64 in str(result.error)
     for server in (rig.registries.dest1, rig.registries.dest2):
-        assert_untouched(server.url, unique_repo, image.digest)
+        assert_untouched(server, unique_repo, image.digest)
 
 
 def test_wrong_digest_header_is_not_trusted_over_verified_bytes(
@@ -420,7 +361,7 @@ def test_missing_location_on_upload_is_a_protocol_error(rig: Rig, unique_repo: s
     assert "Location" in str(failed.error)
     assert rig.dest.count("POST", UPLOADS) == rig.dest.count("POST", UPLOADS, fault="DropLocation")
     assert ok.ok
-    assert_untouched(rig.registries.dest1.url, unique_repo, image.digest)
+    assert_untouched(rig.registries.dest1, unique_repo, image.digest)
     rig.assert_other_untouched_by_faults(unique_repo)
 
 
@@ -448,8 +389,7 @@ def test_source_blob_redirect_to_another_host_carries_no_credentials(
         assert len(arrived) == len(redirected)
         assert not any(s.authorization for s in storage.seen)
     for server in (rig.registries.dest1, rig.registries.dest2):
-        assert assert_destination_complete(
-            server.url, unique_repo, basic.url, unique_repo, source_auth=_auth(basic)) == ["v1"]
+        assert rig.assert_complete(server, unique_repo, source=basic) == ["v1"]
 
 
 def test_destination_redirect_to_another_host_carries_no_credentials(
@@ -472,7 +412,7 @@ def test_destination_redirect_to_another_host_carries_no_credentials(
     assert isinstance(failed.error, Unauthorized) and failed.error.status == 401
     assert basic.password not in str(failed.error)
     assert ok.ok
-    assert_untouched(basic.url, unique_repo, image.digest, auth=_auth(basic))
+    assert_untouched(basic, unique_repo, image.digest)
     rig.assert_other_untouched_by_faults(unique_repo)
 
 
@@ -488,5 +428,5 @@ def test_destination_redirects_a_streamed_blob_upload(rig: Rig, unique_repo: str
     assert isinstance(failed.error, ProtocolError), failed.error
     assert "redirected a streamed upload" in str(failed.error)
     assert ok.ok
-    assert_untouched(rig.registries.dest1.url, unique_repo, image.digest)
+    assert_untouched(rig.registries.dest1, unique_repo, image.digest)
     rig.assert_other_untouched_by_faults(unique_repo)

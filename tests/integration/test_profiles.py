@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import images
+from tests.support.oci import fallback_tag
 from tests.support.quirks import profiles
-from tests.support.quirks.auth import BearerAuth
 from tests.support.quirks.harness import (
     STANDARD,
     UPLOADS,
@@ -31,7 +31,7 @@ from tests.support.quirks.harness import (
 from tests.support.quirks.manifests import DockerHubRateLimit
 from tests.support.quirks.referrers import ReferrersAPI
 from tests.support.registries import RegistryServer
-from tests.support.signing import SBOM_TYPE, fallback_tag, referrers_index
+from tests.support.signing import SBOM_TYPE, referrers_index
 from tests.support.skopeo import skopeo_digest
 
 pytestmark = pytest.mark.integration
@@ -60,9 +60,9 @@ def test_release_lands_in_two_repositories(
         assert skopeo_digest(f"{behind.host}/acme/app:v1") == release.image.digest
         # Two repositories of one registry: the second gets the blobs by mount, or asks to.
         assert proxy.count("POST", UPLOADS, query=r"(^|&)mount=") >= 1, "no mount was asked"
-        if name == "gitlab":
-            expired = [r for r in proxy.behaviour(BearerAuth).rejected if r.reason == "expired"]
-            assert expired, "no token died during the copy"
+        # GitLab's short tokens may or may not die within this short copy (it depends on the
+        # machine's speed); test_quirks.py::test_token_that_dies_mid_blob_is_renewed makes one
+        # die mid-blob on purpose.
 
 
 @pytest.mark.parametrize("retry_after", [1.0, None], ids=["retry-after", "no-retry-after"])

@@ -15,7 +15,7 @@ from tests.support import images
 from tests.support.cli import run_fanout, write_docker_config
 from tests.support.queue import RedisServer, queue_env, start_worker
 from tests.support.registries import RegistrySet
-from tests.support.skopeo import assert_same_image
+from tests.support.skopeo import assert_skopeo_same
 
 
 def _rabbitmq_up() -> bool:
@@ -62,8 +62,8 @@ def test_a_release_through_rabbitmq(
             assert "guest:guest" not in out.stdout + out.stderr
         finally:
             worker.stop()
-        assert_same_image(image.reference, f"{registries.dest1.host}/{unique_repo}:v1")
-        assert_same_image(image.reference, f"{registries.basic.host}/{unique_repo}:v1",
-                          dst_creds=registries.basic.creds)
+        assert_skopeo_same(image.reference, f"{registries.dest1.host}/{unique_repo}:v1")
+        assert_skopeo_same(image.reference, f"{registries.basic.host}/{unique_repo}:v1",
+                           dst_creds=registries.basic.creds)
     finally:
         redis_server.stop()

@@ -1,5 +1,5 @@
 """Referrers end to end on real registries (distribution 2.8: no referrers API, so the tag schema
-and cosign tags), checked by walking the destination with plain httpx and skopeo."""
+and cosign tags), checked by walking the destination with the tests' own client and skopeo."""
 
 from __future__ import annotations
 
@@ -19,19 +19,19 @@ from registry.results import CopyResult
 from registry.retry import RetryPolicy
 from registry.session import Registries
 from tests.support import images
+from tests.support.checks import assert_same_image
+from tests.support.oci import fallback_tag
 from tests.support.registries import RegistryServer, RegistrySet
+from tests.support.registry_client import RepoClient
 from tests.support.signing import (
     NOTATION_TYPE,
     SBOM_TYPE,
     SIMPLESIGNING,
     SignedRelease,
-    fallback_tag,
     push_referrers_index,
     push_signed_release,
     referrers_index,
-    walk,
 )
-from tests.support.skopeo import assert_same_image
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.1, max_elapsed=10)
 
@@ -49,20 +49,17 @@ def copy_many(
 
 
 def assert_release_at(server: RegistryServer, repo: str, release: SignedRelease,
-                      source: RegistryServer) -> None:
+                      source: RegistryServer, *, skopeo: bool = False) -> None:
     """Everything of the release is at ``server/repo``, byte for byte, and findable."""
-    roots = [release.image.digest, *(r.digest for r in release.referrers)]
-    expected = walk(source, release.image.repository, roots)
-    assert walk(server, repo, roots) == expected
     sig_tag = release.signature.tag or ""
-    assert images.get_manifest(server, f"{repo}:{sig_tag}")[0] == release.signature.manifest
-    assert [e["digest"] for e in referrers_index(server, repo, release.image.digest)] == [
-        release.sbom.digest]
-    entry = referrers_index(server, repo, release.image.digest)[0]
-    assert entry["artifactType"] == SBOM_TYPE and entry["size"] == release.sbom.size
-    assert [e["digest"] for e in referrers_index(server, repo, release.sbom.digest)] == [
-        release.sbom_signature.digest]
-    assert images.get_manifest(server, f"{repo}:v1")[0] == release.image.manifest
+    with RepoClient.at(source, release.image.repository) as src, \
+            RepoClient.at(server, repo) as dst:
+        assert_same_image(
+            src, dst, [r.digest for r in release.referrers],
+            tags={"v1": release.image.digest, sig_tag: release.signature.digest},
+            referrers={release.image.digest: [release.sbom],
+                       release.sbom.digest: [release.sbom_signature]},
+            skopeo=skopeo)
 
 
 def test_a_signed_release_travels_to_two_destinations(
@@ -77,8 +74,8 @@ def test_a_signed_release_travels_to_two_destinations(
     for server, result in zip(dests, results, strict=True):
         assert result.ok, result.error
         assert result.stats.referrers_copied == 3
-        assert_release_at(server, unique_repo, release, registries.source)
-    assert_same_image(release.image.reference, f"{registries.dest1.host}/{unique_repo}:v1")
+        assert_release_at(server, unique_repo, release, registries.source,
+                          skopeo=server is registries.dest1)
 
 
 def test_a_signed_release_travels_through_the_cli(

@@ -30,7 +30,7 @@ from tests.support.queue import (
     wait_until,
 )
 from tests.support.registries import RegistrySet
-from tests.support.skopeo import assert_same_image
+from tests.support.skopeo import assert_skopeo_same
 from workers.ledger import Release
 
 WORKERS = 3
@@ -117,4 +117,4 @@ def test_a_429_one_worker_hears_holds_the_registry_for_every_worker(
     after = [s for s in seen if s.time >= closes]
     assert after and all(s.status != 429 for s in after), timeline
     for i in range(WORKERS):
-        assert_same_image(image.reference, f"{registries.dest1.host}/{unique_repo}-{i}:v1")
+        assert_skopeo_same(image.reference, f"{registries.dest1.host}/{unique_repo}-{i}:v1")

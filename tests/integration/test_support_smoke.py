@@ -10,10 +10,12 @@ import httpx
 import jwt
 import pytest
 
+from tests.support.checks import assert_same_image
 from tests.support.images import (
     OCI_EMPTY,
     PushedImage,
     blob_exists,
+    delete_blob,
     get_manifest,
     list_tags,
     push_artifact,
@@ -22,8 +24,9 @@ from tests.support.images import (
     push_oci_index,
 )
 from tests.support.registries import RegistryServer, RegistrySet
+from tests.support.registry_client import RepoClient
 from tests.support.skopeo import (
-    assert_same_image,
+    assert_skopeo_same,
     skopeo_digest,
     skopeo_inspect_raw,
     skopeo_pull_all,
@@ -52,7 +55,7 @@ def test_pushed_image_is_what_skopeo_sees(
 
     assert skopeo_digest(image.reference, registry.creds) == image.digest
     assert skopeo_inspect_raw(image.tagged_reference or "", registry.creds) == image.manifest
-    assert_same_image(image.reference, image.reference, registry.creds, registry.creds)
+    assert_skopeo_same(image.reference, image.reference, registry.creds, registry.creds)
     for child in image.manifests:
         assert skopeo_digest(f"{registry.host}/{unique_repo}@{child}", registry.creds) == child
     assert all(blob_exists(registry, unique_repo, blob) for blob in image.blobs)
@@ -86,7 +89,7 @@ def test_artifact_points_at_its_subject(
     assert doc["artifactType"] == "application/vnd.example.sbom.v1+json"
     assert doc["config"]["mediaType"] == OCI_EMPTY
     assert skopeo_digest(artifact.reference, registry.creds) == artifact.digest
-    assert_same_image(artifact.reference, artifact.reference, registry.creds, registry.creds)
+    assert_skopeo_same(artifact.reference, artifact.reference, registry.creds, registry.creds)
 
 
 def test_same_image_check_fails_on_different_images(
@@ -96,7 +99,28 @@ def test_same_image_check_fails_on_different_images(
     other = push_oci_image(registries.dest1, unique_repo)
 
     with pytest.raises(AssertionError, match="manifest differs"):
-        assert_same_image(one.reference, other.reference)
+        assert_skopeo_same(one.reference, other.reference)
+
+
+def test_same_image_check_fails_on_a_missing_blob_or_a_foreign_tag(
+    registries: RegistrySet, unique_repo: str,
+) -> None:
+    registry = registries.basic
+    image = push_oci_image(registry, unique_repo, "v1")
+    copy = f"{unique_repo}/copy"
+    with RepoClient.at(registry, unique_repo) as src, RepoClient.at(registry, copy) as dst:
+        for blob in image.blobs:  # a copy by cross-repository mount
+            mount = f"/v2/{copy}/blobs/uploads/?mount={blob}&from={unique_repo}"
+            assert dst.request("POST", mount).status_code == 201
+        dst.manifest_put("v1", image.manifest, image.media_type)
+        assert assert_same_image(src, dst, every_tag=True) == {"v1": image.digest}
+
+        push_oci_image(registry, copy, "v2", layers=1)
+        with pytest.raises(AssertionError, match="404, wanted 200"):  # not at the source
+            assert_same_image(src, dst, every_tag=True)
+        delete_blob(registry, copy, image.blobs[-1])
+        with pytest.raises(AssertionError, match="at the destination"):
+            assert_same_image(src, dst, [image.digest])
 
 
 def test_pull_fails_when_a_blob_is_missing(
@@ -286,7 +310,7 @@ def test_restart_keeps_content_and_port(
 
     assert registry.running and registry.host == host
     assert get_manifest(registry, f"{unique_repo}:v1")[0] == image.manifest
-    assert_same_image(image.reference, image.reference, registry.creds, registry.creds)
+    assert_skopeo_same(image.reference, image.reference, registry.creds, registry.creds)
     assert "listening on" in registry.log()
 
 

@@ -22,7 +22,7 @@ from celery import Celery
 from tests.support.images import PushedImage, push_oci_index
 from tests.support.ports import free_port
 from tests.support.registries import RegistrySet
-from tests.support.skopeo import assert_same_image
+from tests.support.skopeo import assert_skopeo_same
 from workers.app import celery_config
 from workers.ledger import DestinationRecord, Ledger
 from workers.settings import WorkerSettings
@@ -168,7 +168,7 @@ def test_a_task_copies_then_a_second_is_a_no_op(
     assert (record.attempts, record.last_error) == (1, None)
     assert record.stats["blobs_uploaded"] + record.stats["blobs_mounted"] == len(image.blobs)
     assert record.bytes > 0 and record.worker
-    assert_same_image(image.reference, f"{destination}:v1")
+    assert_skopeo_same(image.reference, f"{destination}:v1")
 
     second = worker.ledger.create_release(image.reference, [(destination, ["v1"])])
     worker.send(second, image.reference, destination, ["v1"])

@@ -20,12 +20,16 @@ def write_docker_config(
 ) -> Path:
     """A ``config.json`` with ``auths`` for every server that has credentials."""
     wrong = set(wrong_password)
-    auths = {}
-    for server in servers:
-        if server.username and server.password:
-            password = "not-the-password" if server.host in wrong else server.password
-            token = base64.b64encode(f"{server.username}:{password}".encode()).decode()
-            auths[server.host] = {"auth": token}
+    return write_docker_auths(directory, {
+        server.host: (server.username, "not-the-password" if server.host in wrong
+                      else server.password)
+        for server in servers if server.username and server.password})
+
+
+def write_docker_auths(directory: Path, credentials: Mapping[str, tuple[str, str]]) -> Path:
+    """A ``config.json`` with ``auths`` for {host: (user, password)}."""
+    auths = {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+             for host, (user, password) in credentials.items()}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps({"auths": auths}))
     return directory

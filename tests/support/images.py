@@ -1,60 +1,55 @@
-"""Build test images and push them with plain httpx: independent of fanout's own client.
+"""Build test images and push them with the tests' own client (`registry_client`), never fanout's.
 
-Layers are real gzip'd (or plain) tars holding one file of random bytes, so every image is new.
-Big layers are streamed through temporary files; memory stays small even for a 1 GiB layer.
-Uploads are monolithic (POST, then PUT ?digest=); manifests are PUT with their media type.
+Layers come from `layers` (new random bytes every time); manifests are PUT with their media type,
+by digest and then by tag. `get_manifest`, `list_tags` and friends read a registry by reference.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import gzip
-import hashlib
-import io
 import json
 import os
-import re
-import ssl
-import tarfile
-import tempfile
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import httpx
-
+from tests.support.layers import DEFAULT_LAYER_SIZE, Layer, bytes_blob, make_layer
+from tests.support.oci import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    EMPTY_JSON,
+    EMPTY_JSON_DIGEST,
+    MANIFEST_ACCEPT,
+    OCI_CONFIG,
+    OCI_EMPTY,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    OCI_MANIFEST,
+    sha256,
+)
 from tests.support.registries import RegistryServer
+from tests.support.registry_client import RepoClient
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-EMPTY_JSON = b"{}"
-EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
-DEFAULT_LAYER_SIZE = 64 * 1024
+__all__ = [  # the media types and layers too, as tests have always found them here
+    "DEFAULT_LAYER_SIZE", "DEFAULT_PLATFORMS", "DOCKER_CONFIG", "DOCKER_LAYER_GZIP", "DOCKER_LIST",
+    "DOCKER_MANIFEST", "EMPTY_JSON", "EMPTY_JSON_DIGEST", "MANIFEST_ACCEPT", "OCI_CONFIG",
+    "OCI_EMPTY", "OCI_INDEX", "OCI_LAYER_GZIP", "OCI_LAYER_TAR", "OCI_MANIFEST", "Layer",
+    "Platform", "PushedImage", "blob_exists", "delete_blob", "delete_manifest", "get_manifest",
+    "list_tags", "make_layer", "manifest_exists", "push_artifact", "push_docker_image",
+    "push_docker_manifest_list", "push_index", "push_oci_image", "push_oci_index", "split_ref",
+]
+
 DEFAULT_PLATFORMS: tuple[tuple[str, ...], ...] = (
     ("linux", "amd64"),
     ("linux", "arm64"),
     ("linux", "arm", "v7"),
 )
-# Layers up to this size are kept in memory; bigger ones live in a temporary file.
-_IN_MEMORY_MAX = 16 * 1024 * 1024
-_CHUNK = 1024 * 1024
 
 Platform = tuple[str, ...] | str  # ("linux", "arm", "v7") or "linux/arm/v7"
 
 
-# -- results ------------------------------------------------------------------------------------
 @dataclass
 class PushedImage:
     """What a builder pushed: enough for a test to check a copy blob by blob."""
@@ -90,282 +85,6 @@ class PushedImage:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
 
 
-@dataclass
-class Layer:
-    """A built layer blob; reusable across images and repositories while the object lives."""
-
-    digest: str
-    diff_id: str  # sha256 of the uncompressed tar
-    size: int
-    media_type: str
-    _data: bytes | None = field(default=None, repr=False)
-    _path: Path | None = field(default=None, repr=False)
-
-    def open(self) -> IO[bytes]:
-        if self._data is not None:
-            return io.BytesIO(self._data)
-        assert self._path is not None
-        return self._path.open("rb")
-
-    def descriptor(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-
-
-@dataclass(frozen=True)
-class _Blob:
-    digest: str
-    size: int
-    media_type: str
-    open: Callable[[], IO[bytes]]
-
-    def descriptor(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-
-
-def _bytes_blob(data: bytes, media_type: str) -> _Blob:
-    return _Blob(_sha256(data), len(data), media_type, lambda: io.BytesIO(data))
-
-
-# -- layers -------------------------------------------------------------------------------------
-def make_layer(
-    size: int = DEFAULT_LAYER_SIZE, *, compress: bool = True, docker: bool = False
-) -> Layer:
-    """A tar with one file of `size` random bytes; gzip level 1 unless `compress=False`."""
-    if docker and not compress:
-        raise ValueError("Docker schema 2 layers here are always gzip'd")
-    media_type = (DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP) if compress else OCI_LAYER_TAR
-    big = size > _IN_MEMORY_MAX
-    if big:
-        fd, name = tempfile.mkstemp(
-            prefix="fanout-layer-", suffix=".tar.gz" if compress else ".tar"
-        )
-        out: IO[bytes] = os.fdopen(fd, "wb")
-    else:
-        out = io.BytesIO()
-    blob_hash = _HashingWriter(out)
-    tar_hash: _HashingWriter
-    gz: gzip.GzipFile | None = None
-    if compress:
-        gz = gzip.GzipFile(fileobj=blob_hash, mode="wb", compresslevel=1, mtime=0)
-        tar_hash = _HashingWriter(gz)  # type: ignore[arg-type]
-    else:
-        tar_hash = blob_hash
-    with tarfile.open(fileobj=tar_hash, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        info = tarfile.TarInfo(f"fanout/random-{os.urandom(8).hex()}.bin")
-        info.size = size
-        info.mode = 0o644
-        info.mtime = 0
-        tar.addfile(info, _RandomReader(size))
-    if gz is not None:
-        gz.close()
-    layer = Layer(
-        digest=blob_hash.digest(),
-        diff_id=tar_hash.digest(),
-        size=blob_hash.count,
-        media_type=media_type,
-    )
-    if big:
-        out.close()
-        layer._path = Path(name)
-        # The file goes when the Layer does, so a test cannot leak a 1 GiB temp file.
-        weakref.finalize(layer, _unlink_quietly, name)
-    else:
-        assert isinstance(out, io.BytesIO)
-        layer._data = out.getvalue()
-    return layer
-
-
-class _RandomReader:
-    def __init__(self, size: int) -> None:
-        self._left = size
-
-    def read(self, n: int = -1) -> bytes:
-        n = min(self._left, _CHUNK) if n < 0 else min(n, self._left)
-        self._left -= n
-        return os.urandom(n)
-
-
-class _HashingWriter:
-    def __init__(self, target: IO[bytes]) -> None:
-        self._target = target
-        self._hash = hashlib.sha256()
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self._hash.update(data)
-        self.count += len(data)
-        self._target.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._target.flush()
-
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
-
-def _unlink_quietly(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name)
-
-
-# -- the pusher ---------------------------------------------------------------------------------
-class RegistryHTTP:
-    """A minimal sync client for one test registry: Basic or Bearer after a 401, nothing more.
-
-    Talks to the token server too when the registry uses token auth, so count token requests
-    after your setup pushes (or `reset_requests()`).
-    """
-
-    def __init__(self, registry: RegistryServer, *, timeout: float = 60.0) -> None:
-        self.registry = registry
-        verify = (ssl.create_default_context(cafile=str(registry.ca_path)) if registry.ca_path
-                  else True)
-        self._client = httpx.Client(base_url=registry.url, timeout=timeout, verify=verify)
-        self._authorization: str | None = None
-
-    def __enter__(self) -> RegistryHTTP:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._client.close()
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: Callable[[], bytes | Iterator[bytes]] | None = None,
-    ) -> httpx.Response:
-        """Send; on a 401 answer the challenge once and resend (`body` is a factory for that)."""
-        response = self._send(method, url, headers, body)
-        if response.status_code == 401 and self._answer_challenge(response):
-            response = self._send(method, url, headers, body)
-        return response
-
-    def _send(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        body: Callable[[], bytes | Iterator[bytes]] | None,
-    ) -> httpx.Response:
-        all_headers = dict(headers or {})
-        if self._authorization is not None:
-            all_headers["Authorization"] = self._authorization
-        content = body() if body is not None else None
-        return self._client.request(method, url, headers=all_headers, content=content)
-
-    def _answer_challenge(self, response: httpx.Response) -> bool:
-        challenge = response.headers.get("WWW-Authenticate", "")
-        scheme, _, params_text = challenge.partition(" ")
-        username, password = self.registry.username, self.registry.password
-        if username is None or password is None:
-            return False
-        if scheme.lower() == "basic":
-            basic = base64.b64encode(f"{username}:{password}".encode()).decode()
-            self._authorization = f"Basic {basic}"
-            return True
-        if scheme.lower() != "bearer":
-            return False
-        params = dict(re.findall(r'(\w+)="([^"]*)"', params_text))
-        query: dict[str, str] = {}
-        if "service" in params:
-            query["service"] = params["service"]
-        if "scope" in params:
-            query["scope"] = params["scope"]
-        token_response = httpx.get(
-            params["realm"], params=query, auth=(username, password), timeout=10.0
-        )
-        if token_response.status_code != 200:
-            return False
-        body = token_response.json()
-        self._authorization = "Bearer " + (body.get("token") or body["access_token"])
-        return True
-
-    # -- operations ----------------------------------------------------------------------------
-    def blob_exists(self, repo: str, digest: str) -> bool:
-        response = self.request("HEAD", f"/v2/{repo}/blobs/{digest}")
-        return response.status_code == 200
-
-    def push_blob(self, repo: str, blob: _Blob | Layer) -> None:
-        """HEAD, then a monolithic upload if missing."""
-        if self.blob_exists(repo, blob.digest):
-            return
-        start = self.request("POST", f"/v2/{repo}/blobs/uploads/")
-        _expect(start, 202)
-        location = start.headers["Location"]
-        separator = "&" if "?" in location else "?"
-
-        def stream() -> Iterator[bytes]:
-            with blob.open() as fh:
-                while chunk := fh.read(_CHUNK):
-                    yield chunk
-
-        put = self.request(
-            "PUT",
-            f"{location}{separator}digest={blob.digest}",
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(blob.size),
-            },
-            body=stream,
-        )
-        _expect(put, 201)
-
-    def push_manifest(self, repo: str, reference: str, manifest: bytes, media_type: str) -> str:
-        response = self.request(
-            "PUT",
-            f"/v2/{repo}/manifests/{reference}",
-            headers={"Content-Type": media_type},
-            body=lambda: manifest,
-        )
-        _expect(response, 201)
-        digest = _sha256(manifest)
-        answered = response.headers.get("Docker-Content-Digest")
-        if answered is not None and answered != digest:
-            raise AssertionError(f"registry says {answered}, we computed {digest}")
-        return digest
-
-    def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
-        response = self.request(
-            "GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT}
-        )
-        _expect(response, 200)
-        return response.content, response.headers.get("Content-Type", "")
-
-    def manifest_exists(self, repo: str, reference: str) -> bool:
-        response = self.request(
-            "HEAD", f"/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT}
-        )
-        return response.status_code == 200
-
-    def list_tags(self, repo: str) -> list[str]:
-        response = self.request("GET", f"/v2/{repo}/tags/list")
-        if response.status_code == 404:
-            return []
-        _expect(response, 200)
-        return list(response.json().get("tags") or [])
-
-    def delete_manifest(self, repo: str, digest: str) -> None:
-        _expect(self.request("DELETE", f"/v2/{repo}/manifests/{digest}"), 202)
-
-    def delete_blob(self, repo: str, digest: str) -> None:
-        _expect(self.request("DELETE", f"/v2/{repo}/blobs/{digest}"), 202)
-
-
-def _expect(response: httpx.Response, status: int) -> None:
-    if response.status_code != status:
-        raise AssertionError(
-            f"{response.request.method} {response.request.url.path} -> {response.status_code}, "
-            f"wanted {status}: {response.text[:500]}"
-        )
-
-
 # -- builders -----------------------------------------------------------------------------------
 def push_oci_image(
     registry: RegistryServer,
@@ -379,9 +98,9 @@ def push_oci_image(
     base_layers: Sequence[Layer] | None = None,
 ) -> PushedImage:
     """A single-platform OCI image: `base_layers` first, then `layers` new random layers."""
-    with RegistryHTTP(registry) as http:
+    with RepoClient.at(registry, repo) as client:
         return _push_image(
-            http, repo, tag, layers, layer_size, compress, platform, base_layers, docker=False
+            client, tag, layers, layer_size, compress, platform, base_layers, docker=False
         )
 
 
@@ -396,10 +115,9 @@ def push_docker_image(
     base_layers: Sequence[Layer] | None = None,
 ) -> PushedImage:
     """A single-platform Docker schema 2 image."""
-    with RegistryHTTP(registry) as http:
-        return _push_image(
-            http, repo, tag, layers, layer_size, True, platform, base_layers, docker=True
-        )
+    with RepoClient.at(registry, repo) as client:
+        return _push_image(client, tag, layers, layer_size, True, platform, base_layers,
+                           docker=True)
 
 
 def push_oci_index(
@@ -426,6 +144,37 @@ def push_docker_manifest_list(
     return _push_list(registry, repo, tag, platforms, layer_size, docker=True)
 
 
+def push_index(
+    registry: RegistryServer,
+    repo: str,
+    tag: str | None,
+    children: Sequence[PushedImage],
+    media_type: str = OCI_INDEX,
+) -> PushedImage:
+    """An index over `children` (pushed already, one platform each), by digest and `tag`."""
+    entries = []
+    for child in children:
+        parts = _platform_parts(child.platforms[0])
+        platform = {"architecture": parts[1], "os": parts[0]}
+        if len(parts) > 2:
+            platform["variant"] = parts[2]
+        entries.append({**child.descriptor(), "platform": platform})
+    raw = _canonical({"schemaVersion": 2, "mediaType": media_type, "manifests": entries})
+    with RepoClient.at(registry, repo) as client:
+        digest = _push_manifest(client, tag, raw, media_type)
+    # Children may share blobs (a base layer): list and count each distinct blob once.
+    sizes: dict[str, int] = {}
+    for child in children:
+        child_manifest = json.loads(child.manifest)
+        for desc in [child_manifest["config"], *child_manifest["layers"]]:
+            sizes[desc["digest"]] = desc["size"]
+    return PushedImage(registry.host, repo, tag, digest, media_type, raw, blobs=list(sizes),
+                       manifests=[child.digest for child in children],
+                       total_blob_bytes=sum(sizes.values()),
+                       platforms=[p for child in children for p in child.platforms],
+                       children=list(children))
+
+
 def push_artifact(
     registry: RegistryServer,
     repo: str,
@@ -438,8 +187,8 @@ def push_artifact(
     """An OCI artifact manifest (empty config, one blob) whose `subject` is `subject`."""
     subject_descriptor = subject.descriptor() if isinstance(subject, PushedImage) else dict(subject)
     payload = json.dumps({"sbom": os.urandom(16).hex(), "subject": subject_descriptor["digest"]})
-    blob = _bytes_blob(payload.encode(), blob_media_type)
-    empty = _bytes_blob(EMPTY_JSON, OCI_EMPTY)
+    blob = bytes_blob(payload.encode(), blob_media_type)
+    empty = bytes_blob(EMPTY_JSON, OCI_EMPTY)
     assert empty.digest == EMPTY_JSON_DIGEST
     manifest = {
         "schemaVersion": 2,
@@ -451,30 +200,18 @@ def push_artifact(
         "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
     }
     raw = _canonical(manifest)
-    with RegistryHTTP(registry) as http:
-        http.push_blob(repo, empty)
-        http.push_blob(repo, blob)
-        digest = http.push_manifest(repo, _sha256(raw), raw, OCI_MANIFEST)
-        if tag is not None:
-            http.push_manifest(repo, tag, raw, OCI_MANIFEST)
-    return PushedImage(
-        registry_host=registry.host,
-        repository=repo,
-        tag=tag,
-        digest=digest,
-        media_type=OCI_MANIFEST,
-        manifest=raw,
-        blobs=[empty.digest, blob.digest],
-        manifests=[],
-        total_blob_bytes=empty.size + blob.size,
-        platforms=[],
-        artifact_type=artifact_type,
-    )
+    with RepoClient.at(registry, repo) as client:
+        client.blob_push(empty)
+        client.blob_push(blob)
+        digest = _push_manifest(client, tag, raw, OCI_MANIFEST)
+    return PushedImage(registry.host, repo, tag, digest, OCI_MANIFEST, raw,
+                       blobs=[empty.digest, blob.digest], manifests=[],
+                       total_blob_bytes=empty.size + blob.size, platforms=[],
+                       artifact_type=artifact_type)
 
 
 def _push_image(
-    http: RegistryHTTP,
-    repo: str,
+    client: RepoClient,
     tag: str | None,
     layers: int,
     layer_size: int,
@@ -488,10 +225,10 @@ def _push_image(
     all_layers = list(base_layers or []) + [
         make_layer(layer_size, compress=compress, docker=docker) for _ in range(layers)
     ]
-    config = _bytes_blob(_image_config(parts, all_layers), DOCKER_CONFIG if docker else OCI_CONFIG)
+    config = bytes_blob(_image_config(parts, all_layers), DOCKER_CONFIG if docker else OCI_CONFIG)
     for layer in all_layers:
-        http.push_blob(repo, layer)
-    http.push_blob(repo, config)
+        client.blob_push(layer)
+    client.blob_push(config)
     media_type = DOCKER_MANIFEST if docker else OCI_MANIFEST
     manifest = {
         "schemaVersion": 2,
@@ -500,23 +237,11 @@ def _push_image(
         "layers": [layer.descriptor() for layer in all_layers],
     }
     raw = _canonical(manifest)
-    digest = http.push_manifest(repo, _sha256(raw), raw, media_type)
-    if tag is not None:
-        http.push_manifest(repo, tag, raw, media_type)
-    blobs = _unique([config.digest] + [layer.digest for layer in all_layers])
+    digest = _push_manifest(client, tag, raw, media_type)
     sizes = {config.digest: config.size} | {layer.digest: layer.size for layer in all_layers}
-    return PushedImage(
-        registry_host=http.registry.host,
-        repository=repo,
-        tag=tag,
-        digest=digest,
-        media_type=media_type,
-        manifest=raw,
-        blobs=blobs,
-        manifests=[],
-        total_blob_bytes=sum(sizes.values()),
-        platforms=["/".join(parts)],
-    )
+    return PushedImage(client.host, client.repo, tag, digest, media_type, raw,
+                       blobs=list(sizes), manifests=[], total_blob_bytes=sum(sizes.values()),
+                       platforms=["/".join(parts)])
 
 
 def _push_list(
@@ -529,43 +254,18 @@ def _push_list(
     docker: bool,
 ) -> PushedImage:
     base = make_layer(layer_size, docker=docker)
-    with RegistryHTTP(registry) as http:
-        children = [
-            _push_image(http, repo, None, 1, layer_size, True, p, [base], docker=docker)
-            for p in platforms
-        ]
-        media_type = DOCKER_LIST if docker else OCI_INDEX
-        entries = []
-        for child, platform in zip(children, platforms, strict=True):
-            parts = _platform_parts(platform)
-            entry_platform = {"architecture": parts[1], "os": parts[0]}
-            if len(parts) > 2:
-                entry_platform["variant"] = parts[2]
-            entries.append({**child.descriptor(), "platform": entry_platform})
-        raw = _canonical({"schemaVersion": 2, "mediaType": media_type, "manifests": entries})
-        digest = http.push_manifest(repo, _sha256(raw), raw, media_type)
-        if tag is not None:
-            http.push_manifest(repo, tag, raw, media_type)
-    blobs = _unique([b for child in children for b in child.blobs])
-    # The base layer is shared: count each distinct blob once.
-    sizes: dict[str, int] = {}
-    for child in children:
-        child_manifest = json.loads(child.manifest)
-        for desc in [child_manifest["config"], *child_manifest["layers"]]:
-            sizes[desc["digest"]] = desc["size"]
-    return PushedImage(
-        registry_host=registry.host,
-        repository=repo,
-        tag=tag,
-        digest=digest,
-        media_type=media_type,
-        manifest=raw,
-        blobs=blobs,
-        manifests=[child.digest for child in children],
-        total_blob_bytes=sum(sizes.values()),
-        platforms=[p for child in children for p in child.platforms],
-        children=children,
-    )
+    with RepoClient.at(registry, repo) as client:
+        children = [_push_image(client, None, 1, layer_size, True, p, [base], docker=docker)
+                    for p in platforms]
+    return push_index(registry, repo, tag, children, DOCKER_LIST if docker else OCI_INDEX)
+
+
+def _push_manifest(client: RepoClient, tag: str | None, raw: bytes, media_type: str) -> str:
+    """By digest, then by `tag` when there is one; returns the digest."""
+    digest = client.manifest_put(sha256(raw), raw, media_type)
+    if tag is not None:
+        client.manifest_put(tag, raw, media_type)
+    return digest
 
 
 def _image_config(parts: tuple[str, ...], layers: Sequence[Layer]) -> bytes:
@@ -592,39 +292,39 @@ def _platform_parts(platform: Platform) -> tuple[str, ...]:
     return parts
 
 
-# -- helpers for assertions ---------------------------------------------------------------------
+# -- reading and deleting by reference ----------------------------------------------------------
 def get_manifest(registry: RegistryServer, ref: str) -> tuple[bytes, str]:
     """The raw manifest and its Content-Type; `ref` is `repo@digest`, `repo:tag` or with host."""
     repo, reference = split_ref(registry, ref)
-    with RegistryHTTP(registry) as http:
-        return http.get_manifest(repo, reference)
+    with RepoClient.at(registry, repo) as client:
+        return client.manifest_get(reference)
 
 
 def manifest_exists(registry: RegistryServer, ref: str) -> bool:
     repo, reference = split_ref(registry, ref)
-    with RegistryHTTP(registry) as http:
-        return http.manifest_exists(repo, reference)
+    with RepoClient.at(registry, repo) as client:
+        return client.manifest_exists(reference)
 
 
 def blob_exists(registry: RegistryServer, repo: str, digest: str) -> bool:
-    with RegistryHTTP(registry) as http:
-        return http.blob_exists(repo, digest)
+    with RepoClient.at(registry, repo) as client:
+        return client.blob_exists(digest)
 
 
 def list_tags(registry: RegistryServer, repo: str) -> list[str]:
     """Tags of `repo`; [] when the repository does not exist."""
-    with RegistryHTTP(registry) as http:
-        return http.list_tags(repo)
+    with RepoClient.at(registry, repo) as client:
+        return client.tag_list()
 
 
 def delete_manifest(registry: RegistryServer, repo: str, digest: str) -> None:
-    with RegistryHTTP(registry) as http:
-        http.delete_manifest(repo, digest)
+    with RepoClient.at(registry, repo) as client:
+        client.manifest_delete(digest)
 
 
 def delete_blob(registry: RegistryServer, repo: str, digest: str) -> None:
-    with RegistryHTTP(registry) as http:
-        http.delete_blob(repo, digest)
+    with RepoClient.at(registry, repo) as client:
+        client.blob_delete(digest)
 
 
 def split_ref(registry: RegistryServer, ref: str) -> tuple[str, str]:
@@ -643,11 +343,3 @@ def split_ref(registry: RegistryServer, ref: str) -> tuple[str, str]:
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, indent=2, sort_keys=False).encode()
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _unique(items: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(items))

@@ -1,22 +1,23 @@
 """Check images with skopeo: an independent client, so a copy is judged by someone else's code.
 
+`checks.assert_same_image(..., skopeo=True)` asks it too; `assert_skopeo_same` is for a test that
+has only references at hand.
+
 Every call runs with an empty auth file, an empty registries.conf, an accept-anything policy and a
 throwaway HOME, so nothing from the machine (~/.docker, ~/.config/containers) leaks in.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
 
-_MANIFEST_LIST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
+from tests.support.oci import DOCKER_LIST, OCI_INDEX, sha256
+
+_MANIFEST_LIST_TYPES = (OCI_INDEX, DOCKER_LIST)
 _SKOPEO_TIMEOUT_S = 300
 
 
@@ -30,7 +31,7 @@ def skopeo_inspect_raw(ref: str, creds: str | None = None) -> bytes:
 
 def skopeo_digest(ref: str, creds: str | None = None) -> str:
     """`sha256:…` of the raw manifest bytes."""
-    return "sha256:" + hashlib.sha256(skopeo_inspect_raw(ref, creds)).hexdigest()
+    return sha256(skopeo_inspect_raw(ref, creds))
 
 
 def skopeo_pull_all(ref: str, dest_dir: Path, creds: str | None = None) -> Path:
@@ -52,7 +53,7 @@ def skopeo_pull_all(ref: str, dest_dir: Path, creds: str | None = None) -> Path:
     return dest_dir
 
 
-def assert_same_image(
+def assert_skopeo_same(
     src_ref: str,
     dst_ref: str,
     src_creds: str | None = None,
@@ -64,7 +65,7 @@ def assert_same_image(
     """
     src_raw = skopeo_inspect_raw(src_ref, src_creds)
     dst_raw = skopeo_inspect_raw(dst_ref, dst_creds)
-    assert dst_raw == src_raw, f"manifest differs: {_sha(src_raw)} at source, {_sha(dst_raw)}"
+    assert dst_raw == src_raw, f"manifest differs: {sha256(src_raw)} at source, {sha256(dst_raw)}"
     doc = json.loads(src_raw)
     if doc.get("mediaType") in _MANIFEST_LIST_TYPES or "manifests" in doc:
         src_repo, dst_repo = _repository(src_ref), _repository(dst_ref)
@@ -72,7 +73,7 @@ def assert_same_image(
             digest = child["digest"]
             src_child = skopeo_inspect_raw(f"{src_repo}@{digest}", src_creds)
             dst_child = skopeo_inspect_raw(f"{dst_repo}@{digest}", dst_creds)
-            assert _sha(src_child) == digest, f"source child {digest} hashes to {_sha(src_child)}"
+            assert sha256(src_child) == digest, f"source child {digest} has other bytes"
             assert dst_child == src_child, f"child {digest} differs at destination"
     with tempfile.TemporaryDirectory(prefix="fanout-pull-") as tmp:
         skopeo_pull_all(dst_ref, Path(tmp) / "image", dst_creds)
@@ -92,10 +93,6 @@ def _repository(ref: str) -> str:
 
 def _docker(ref: str) -> str:
     return ref if ref.startswith("docker://") else f"docker://{ref}"
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _run(args: list[str]) -> bytes:

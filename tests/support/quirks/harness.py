@@ -5,9 +5,8 @@ proxy quirk cannot hide a defect. The fixtures are in ``tests/integration/confte
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
+import functools
 import json
 import secrets
 import subprocess
@@ -17,17 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tests.support import images
-from tests.support.cli import fanout_env, run_fanout
-from tests.support.images import PushedImage, RegistryHTTP
+from tests.support.checks import assert_same_image
+from tests.support.cli import fanout_env, run_fanout, write_docker_auths
+from tests.support.images import PushedImage, push_index
+from tests.support.oci import fallback_tag
 from tests.support.registries import RegistryServer
-from tests.support.signing import (
-    SBOM_TYPE,
-    fallback_tag,
-    push_cosign_signature,
-    push_referrers_index,
-    referrers_index,
-    walk,
-)
+from tests.support.registry_client import RepoClient
+from tests.support.signing import SBOM_TYPE, push_cosign_signature, push_referrers_index
 
 from . import profiles
 from .profiles import Profile
@@ -82,32 +77,6 @@ class Release:
     @property
     def roots(self) -> list[str]:
         return [self.image.digest, self.signature.digest, self.sbom.digest]
-
-
-def push_index(server: RegistryServer, repo: str, tag: str | None,
-               children: Sequence[PushedImage], media_type: str = images.OCI_INDEX,
-               ) -> PushedImage:
-    """An index over ``children`` (each with its platform), pushed by digest and ``tag``."""
-    entries = []
-    for child in children:
-        parts = child.platforms[0].split("/")
-        platform = {"architecture": parts[1], "os": parts[0]}
-        if len(parts) > 2:
-            platform["variant"] = parts[2]
-        entries.append({**child.descriptor(), "platform": platform})
-    raw = json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": entries},
-                     indent=2).encode()
-    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    with RegistryHTTP(server) as http:
-        http.push_manifest(repo, digest, raw, media_type)
-        if tag is not None:
-            http.push_manifest(repo, tag, raw, media_type)
-    return PushedImage(
-        registry_host=server.host, repository=repo, tag=tag, digest=digest,
-        media_type=media_type, manifest=raw,
-        blobs=list(dict.fromkeys(b for c in children for b in c.blobs)),
-        manifests=[c.digest for c in children], total_blob_bytes=0,
-        platforms=[p for c in children for p in c.platforms], children=list(children))
 
 
 def push_multiarch(server: RegistryServer, repo: str, tag: str = "v1", *, shared: int = 0,
@@ -175,14 +144,6 @@ class CliRun:
             yield
 
 
-def write_docker_config(directory: Path, credentials: Mapping[str, tuple[str, str]]) -> Path:
-    auths = {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
-             for host, (user, password) in credentials.items()}
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps({"auths": auths}))
-    return directory
-
-
 def run_cli(tmp_path: Path, args: Sequence[str], *, proxies: Sequence[QuirkProxy] = (),
             env: Mapping[str, str] | None = None) -> CliRun:
     """``fanout ARGS`` with a Docker config holding each proxy's credentials; the report is
@@ -193,7 +154,7 @@ def run_cli(tmp_path: Path, args: Sequence[str], *, proxies: Sequence[QuirkProxy
             proxy.profile, "password", None)
         if user and password:
             credentials[proxy.host] = (user, password)
-    config = write_docker_config(tmp_path / f"docker-{secrets.token_hex(4)}", credentials)
+    config = write_docker_auths(tmp_path / f"docker-{secrets.token_hex(4)}", credentials)
     full_env = fanout_env(config, **FAST_ENV, **(env or {}))
     try:
         result = run_fanout(list(args), full_env, timeout=CLI_TIMEOUT_S)
@@ -243,35 +204,29 @@ def assert_release_at(behind: RegistryServer, repo: str, release: Release,
     """Every manifest and blob of the release is at ``behind/repo``, byte for byte; the tags are
     the source's; the SBOM is findable: in the proxy's referrers API when ``api``, else in the
     fallback index ``sha256-<hex>``, which then is the only extra tag."""
-    expected = walk(release.server, release.repo, release.roots)
-    assert walk(behind, repo, release.roots) == expected, "the copy differs from the source"
-    assert images.get_manifest(behind, f"{repo}:v1")[0] == release.image.manifest
-    sig_tag = release.signature.tag or ""
-    assert images.get_manifest(behind, f"{repo}:{sig_tag}")[0] == release.signature.manifest
-    tags = set(images.list_tags(behind, repo))
-    fallback = fallback_tag(release.image.digest)
+    listing = None
     if api:
         assert proxy is not None
-        listed = proxy.behaviour(ReferrersAPI).referrers(repo, release.image.digest)
-        assert [(e["digest"], e.get("artifactType")) for e in listed] == [
-            (release.sbom.digest, SBOM_TYPE)], f"referrers API lists {listed}"
-        wanted = {"v1", sig_tag}
-        if not strict_tags:
-            tags.discard(fallback)
-    else:
-        entries = referrers_index(behind, repo, release.image.digest)
-        assert [(e["digest"], e.get("artifactType")) for e in entries] == [
-            (release.sbom.digest, SBOM_TYPE)], f"fallback index lists {entries}"
-        wanted = {"v1", sig_tag, fallback}
+        listing = functools.partial(proxy.behaviour(ReferrersAPI).referrers, repo)
+    sig_tag = release.signature.tag or ""
+    with RepoClient.at(release.server, release.repo) as src, RepoClient.at(behind, repo) as dst:
+        assert_same_image(src, dst, release.roots,
+                          tags={"v1": release.image.digest, sig_tag: release.signature.digest},
+                          referrers={release.image.digest: [release.sbom]},
+                          referrers_api=listing)
+        tags = set(dst.tag_list())
+    fallback = fallback_tag(release.image.digest)
+    wanted = {"v1", sig_tag} if api else {"v1", sig_tag, fallback}
+    if api and not strict_tags:
+        tags.discard(fallback)
     assert tags == wanted, f"tags at {repo}: {sorted(tags)}, wanted {sorted(wanted)}"
 
 
 def assert_same_graph(behind: RegistryServer, repo: str, source: RegistryServer,
                       source_repo: str, roots: Iterable[str]) -> None:
     """Every manifest and blob reachable from ``roots`` is at ``behind/repo`` as at the source."""
-    roots = list(roots)
-    assert walk(behind, repo, roots) == walk(source, source_repo, roots), (
-        f"{repo} differs from {source_repo} at the source")
+    with RepoClient.at(source, source_repo) as src, RepoClient.at(behind, repo) as dst:
+        assert_same_image(src, dst, roots)
 
 
 @contextlib.contextmanager
