@@ -328,7 +328,11 @@ class RegistryAuth(httpx.Auth):
         status, request = response.status_code, response.request
         if status in (401, 403):
             kind = Unauthorized if status == 401 else Denied
-            return kind(f"token request to {realm.host} for {scope_text} was refused",
+            # The token server's own words (Harbor: "project ghost not found"), unless they
+            # echo something we sent.
+            said = error_from_response(response).message.partition(": ")[2]
+            said = "" if not said or self._mentions_secret(said) else f": {said}"
+            return kind(f"token request to {realm.host} for {scope_text} was refused{said}",
                         status=status, method=request.method, url=request.url)
         error = error_from_response(response, f"token request to {realm.host} for {scope_text}")
         if self._mentions_secret(str(error)):  # a token server echoing what we sent

@@ -153,14 +153,16 @@ class Ledger(LedgerReader):
 
     def mark_retrying(
         self, release_id: str, destination: str, *, error: str, error_type: str,
-        next_retry_at: float, attempt: int | None = None,
+        next_retry_at: float, attempt: int | None = None, due_by: float | None = None,
     ) -> None:
         """``attempt``: write only if that attempt is still the destination's latest (a copy
-        that outlived its lease must not overwrite the attempt that took over)."""
+        that outlived its lease must not overwrite the attempt that took over). ``due_by``:
+        when the retry must have started, or the reaper hands the destination over (the
+        worker holding the retry's message may die while it waits)."""
         self._transition(release_id, destination, {
             "state": "retrying", "last_error": error, "error_type": error_type,
             "next_retry_at": repr(next_retry_at),
-        }, outcome="retrying", expect_attempt=attempt)
+        }, outcome="retrying", expect_attempt=attempt, lease=due_by)
 
     def mark_succeeded(
         self, release_id: str, destination: str, *, stats: Mapping[str, int], seconds: float,
@@ -187,9 +189,10 @@ class Ledger(LedgerReader):
     def mark_lost(
         self, release_id: str, destination: str, *, attempt: int, reason: str,
     ) -> DestinationRecord | None:
-        """Attempt ``attempt`` died with its worker: record it lost, move the destination to
-        ``retrying`` under a new generation, and return the record to send again; None when
-        that attempt is no longer the running one (it ended, or was handed over already)."""
+        """Attempt ``attempt`` died with its worker (or, for a ``retrying`` destination, its
+        retry never started): record it lost, move the destination to ``retrying`` under a new
+        generation, and return the record to send again; None when the destination has moved
+        on meanwhile (the attempt ended, a newer one started, or it was handed over already)."""
         key = dest_key(release_id, destination)
         now = self._clock()
         handed: list[bool] = []
@@ -198,12 +201,15 @@ class Ledger(LedgerReader):
             handed.clear()
             current = decode_map(cast(Mapping[Any, Any], pipe.hgetall(key)))
             others = self._dest_names(pipe, release_id)
+            state = current.get("state")
             pipe.multi()
-            if current.get("state") != "running" or int(current.get("attempts") or 0) != attempt:
-                pipe.zrem(RUNNING_KEY, running_member(release_id, destination))
+            pipe.zrem(RUNNING_KEY, running_member(release_id, destination))
+            if (state not in ("running", "retrying")
+                    or int(current.get("attempts") or 0) != attempt):
                 return
-            self._end_attempt(pipe, release_id, destination, current, "lost", reason,
-                              "WorkerLost", now)
+            if state == "running":
+                self._end_attempt(pipe, release_id, destination, current, "lost", reason,
+                                  "WorkerLost", now)
             pipe.hset(key, mapping=_fields({
                 "state": "retrying", "last_error": reason, "error_type": "WorkerLost",
                 "next_retry_at": repr(now), "updated_at": repr(now),

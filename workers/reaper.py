@@ -60,17 +60,24 @@ class Reaper:
         record = self.ledger.record(release_id, destination)
         task = self.ledger.task_of(release_id, destination)
         release = self.ledger.get(release_id) if record is not None else None
-        if record is None or task is None or release is None or record.state != "running":
+        if (record is None or task is None or release is None
+                or record.state not in ("running", "retrying")):
             # Ended meanwhile, or nothing to send again: forget the deadline.
             self.ledger.forget_running(release_id, destination)
             return False
         lock = DestinationLock(self.locks, destination, release.digest, self.lock_ttl)
         if lock.holder() is not None:
             return False  # alive, or its lease not yet lapsed: the next sweep looks again
-        silent_since = record.heartbeat_at or record.started_at or self._clock()
-        reason = (f"worker {record.worker or '?'} lost at "
-                  f"{time.strftime('%H:%M:%S', time.gmtime(silent_since))} UTC, "
-                  "heartbeat stopped")
+        if record.state == "running":
+            silent_since = record.heartbeat_at or record.started_at or self._clock()
+            reason = (f"worker {record.worker or '?'} lost at {_clock_time(silent_since)} UTC, "
+                      "heartbeat stopped")
+        else:
+            # A retry's message waits (unacknowledged) in the worker that scheduled it; if that
+            # worker dies, the broker would give it back only after the visibility timeout.
+            due = record.next_retry_at or self._clock()
+            reason = (f"{record.last_error or 'retry'}; the retry due at {_clock_time(due)} UTC "
+                      "never started (its worker may be gone)")
         handed = self.ledger.mark_lost(release_id, destination, attempt=record.attempts,
                                        reason=reason)
         if handed is None:
@@ -78,6 +85,10 @@ class Reaper:
         log.warning("%s: %s: %s; sending it again", release_id, destination, reason)
         self.send({**task, "generation": handed.generation})
         return True
+
+
+def _clock_time(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(timestamp))
 
 
 class ReaperThread:

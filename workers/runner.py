@@ -175,7 +175,8 @@ class CopyRunner:
         # leave it alone; otherwise say why this one waits.
         if record is not None and record.state not in ("running", "succeeded"):
             self.ledger.mark_retrying(job.release_id, job.destination, error=reason,
-                                      error_type="LockHeld", next_retry_at=now + countdown)
+                                      error_type="LockHeld", next_retry_at=now + countdown,
+                                      due_by=now + countdown + self.lock_ttl)
         log.info("%s: %s; again in %.1fs", job.release_id, reason, countdown)
         return RetryLater(countdown, reason)
 
@@ -252,9 +253,11 @@ class CopyRunner:
             self._settle(job.release_id, job.destination)
             log.warning("%s: %s failed: %s", job.release_id, job.destination, reason)
             return Failed(reason, error_type)
+        # Due by the countdown plus a lease: past that, its message is presumed lost with its
+        # worker, and the reaper sends the destination again.
         self.ledger.mark_retrying(job.release_id, job.destination, error=error,
                                   error_type=error_type, next_retry_at=now + countdown,
-                                  attempt=attempt)
+                                  attempt=attempt, due_by=now + countdown + self.lock_ttl)
         log.info("%s: %s attempt %d failed (%s); again in %.1fs", job.release_id,
                  job.destination, attempts, error, countdown)
         return RetryLater(countdown, error)

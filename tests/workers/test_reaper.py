@@ -107,3 +107,21 @@ def test_a_copy_that_outlived_its_lease_cannot_overwrite_the_one_that_took_over(
     ledger.mark_succeeded(release_id, DEST, stats={}, seconds=1, attempt=new)
     record = ledger.record(release_id, DEST)
     assert record is not None and record.state == "succeeded"
+
+
+def test_a_retry_that_never_starts_is_handed_over(redis_client: Any, clock: FakeClock) -> None:
+    # The worker holding a retry's message (a countdown) dies while it waits.
+    ledger, release_id, sent, reaper = setup(redis_client, clock)
+    task = {**TASK, "release_id": release_id}
+    attempt = ledger.mark_running(release_id, DEST, worker="w1@host", task=task, lease=20)
+    ledger.mark_retrying(release_id, DEST, error="503", error_type="ServerError",
+                         next_retry_at=clock.now + 30, attempt=attempt, due_by=clock.now + 50)
+    clock.advance(40)
+    assert reaper.sweep() == []  # due, but within its grace
+    clock.advance(15)
+    assert reaper.sweep() == [(release_id, DEST)]
+    record = ledger.record(release_id, DEST)
+    assert record is not None and record.generation == 1 and record.state == "retrying"
+    assert record.last_error is not None and "never started" in record.last_error
+    assert sent == [{**task, "generation": 1}]
+    assert reaper.sweep() == []  # handed over once; the new task's own deadlines take over
