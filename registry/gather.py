@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from .errors import RegistryError
@@ -27,11 +27,3 @@ def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
     for exc in group.exceptions:
         found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
-
-
-async def cancel_all(tasks: Sequence[asyncio.Future[None]]) -> None:
-    """Cancel what is still running and wait until it has stopped."""
-    pending = [task for task in tasks if not task.done()]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
