@@ -348,9 +348,14 @@ class Ledger(LedgerReader):
         seconds: float | None = None, nbytes: int = 0,
     ) -> None:
         started = to_float(current.get("started_at"))
+        ended = now
+        if outcome == "lost":
+            # A lost attempt ended when its worker was last heard from, not when that was
+            # noticed (the reaper, or the attempt that took over, says when in ``error``).
+            ended = min(now, to_float(current.get("heartbeat_at")) or started or now)
         entry = Attempt(
             attempt=int(current.get("attempts") or 0), worker=current.get("worker") or None,
-            started_at=started, ended_at=now, outcome=outcome, error=error or None,
+            started_at=started, ended_at=ended, outcome=outcome, error=error or None,
             error_type=error_type or None)
         hkey = history_key(release_id, destination)
         pipe.rpush(hkey, json.dumps(entry.to_dict(), sort_keys=True))

@@ -1,9 +1,12 @@
-"""Fixtures of the quirk-proxy tests (``test_profiles``, ``test_quirks``, ``test_quirk_proxy``,
-``test_check_profiles``): a plain registry and a release on it per module, and proxies stopped
-after each test."""
+"""Fixtures of the integration tests: a private RabbitMQ virtual host; and, for the quirk-proxy
+tests (``test_profiles``, ``test_quirks``, ``test_quirk_proxy``, ``test_check_profiles``), a plain
+registry and a release on it per module, and proxies stopped after each test."""
 
 from __future__ import annotations
 
+import secrets
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -46,3 +49,25 @@ def proxies(fresh_registry: Callable[..., RegistryServer]) -> Iterator[StartProx
     yield start
     for proxy in started:
         proxy.stop()
+
+
+def _rabbitmq_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    """A private virtual host, so no other run's messages reach this test's worker."""
+    if not _rabbitmq_up():
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (the machine starts one; this one has not)")
+    name = f"fanout-test-{secrets.token_hex(4)}"
+    ctl = ["rabbitmqctl", "-q"]
+    subprocess.run([*ctl, "add_vhost", name], check=True, capture_output=True, timeout=60)
+    subprocess.run([*ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True, timeout=60)
+    yield name
+    subprocess.run([*ctl, "delete_vhost", name], check=False, capture_output=True, timeout=60)

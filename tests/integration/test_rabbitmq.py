@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
-import socket
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,28 +12,6 @@ from tests.support.cli import run_fanout, write_docker_config
 from tests.support.queue import RedisServer, queue_env, start_worker
 from tests.support.registries import RegistrySet
 from tests.support.skopeo import assert_skopeo_same
-
-
-def _rabbitmq_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    """A private virtual host, so no other run's messages reach this test's worker."""
-    if not _rabbitmq_up():
-        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (the machine starts one; this one has not)")
-    name = f"fanout-test-{secrets.token_hex(4)}"
-    ctl = ["rabbitmqctl", "-q"]
-    subprocess.run([*ctl, "add_vhost", name], check=True, capture_output=True, timeout=60)
-    subprocess.run([*ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True, timeout=60)
-    yield name
-    subprocess.run([*ctl, "delete_vhost", name], check=False, capture_output=True, timeout=60)
 
 
 @pytest.mark.timeout(120)
