@@ -85,6 +85,9 @@ def _lost_mid_copy(
                 worker.stop()
     record = final.destinations[target]
     assert record.state == "succeeded", record
+    # Shown with -s: the recovery time the docs quote.
+    print(f"\nrecovered {record.finished_at - died_at:.1f}s after the death"
+          if record.finished_at else "")
     assert record.finished_at is not None and record.finished_at - died_at < RECOVERY_BOUND
     assert record.worker is not None and not record.worker.startswith(f"{victim.name}@")
     lost = [a for a in record.history if a.outcome == "lost"]
