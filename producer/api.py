@@ -50,7 +50,8 @@ from .broker import (
     redact,
     send,
 )
-from .common import UsageError, credentials, parse_source, parse_targets
+from .common import UsageError
+from .inputs import credentials, parse_source, parse_targets
 
 __all__ = [
     "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "ReleaseNotFound",

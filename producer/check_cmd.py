@@ -1,24 +1,26 @@
-"""``fanout check DEST…``: before a destination joins a release, can fanout push there?"""
+"""``fanout check DEST…``: before a destination joins a release, can fanout push there?
+
+``fanout --help`` builds this command's parser, so the engine (httpx) loads when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import httpx
-
-from registry.options import TransportOptions
-from registry.preflight import DestinationCheck, check_destinations
-from registry.reference import Reference, parse_reference
-from registry.session import Registries
-
-from .common import UsageError, add_transport_flags, credentials, transport_options
+from .common import UsageError, add_transport_flags
 from .output import human_bytes
+
+if TYPE_CHECKING:
+    import httpx
+
+    from registry.options import TransportOptions
+    from registry.preflight import DestinationCheck
+    from registry.reference import Reference
 
 COLUMNS = ("DESTINATION", "READY", "SCHEME", "AUTH", "CREDENTIALS", "PULL", "PUSH",
            "REPOSITORY", "MOUNTS", "REFERRERS", "CHUNKS")
@@ -44,6 +46,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def parse_targets(texts: Sequence[str]) -> list[Reference]:
     """Destinations as ``fanout copy`` takes them: a repository, optionally with a tag."""
+    from registry.reference import parse_reference
+
     if not texts:
         raise UsageError("no destinations given")
     targets: list[Reference] = []
@@ -69,11 +73,20 @@ async def check_all(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[DestinationCheck]:
     """Check every destination at once, with the credentials ``env`` leads to."""
+    from registry.preflight import check_destinations
+    from registry.session import Registries
+
+    from .inputs import credentials
+
     async with Registries(credentials(env), options, transport=transport) as registries:
         return await check_destinations(registries, targets)
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .inputs import transport_options
+
     env = os.environ
     targets = parse_targets(args.destinations)
     options = transport_options(args, env)

@@ -1,19 +1,18 @@
-"""``fanout copy``: the engine in-process, every destination at once, each isolated."""
+"""``fanout copy``: the engine in-process, every destination at once, each isolated.
+
+``fanout --help`` builds this command's parser, so the module itself loads argparse only: the
+engine (httpx, tenacity) loads when the command runs, and the progress display (rich) only when
+it draws on a terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-
-from registry.copy import Copier
-from registry.options import CopyOptions, TransportOptions
-from registry.reference import Reference, Repository
-from registry.results import CopyResult, ProgressSink
-from registry.session import Registries
+from typing import TYPE_CHECKING
 
 from .common import (
     UsageError,
@@ -21,14 +20,12 @@ from .common import (
     add_referrer_flags,
     add_registry_flags,
     add_tag_flag,
-    copy_options,
-    credentials,
-    parse_source,
-    parse_targets,
-    transport_options,
 )
-from .output import all_ok, print_results, results_json
-from .progress import LiveProgress
+
+if TYPE_CHECKING:
+    from registry.options import CopyOptions, TransportOptions
+    from registry.reference import Reference, Repository
+    from registry.results import CopyResult, ProgressSink
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,12 +56,22 @@ async def copy_all(
     progress: ProgressSink | None = None,
 ) -> list[CopyResult]:
     """The Python entry point behind ``fanout copy``."""
+    from registry.copy import Copier
+    from registry.session import Registries
+
+    from .inputs import credentials
+
     async with Registries(credentials(env), transport) as registries:
         copier = Copier(registries, options, progress=progress)
         return await copier.copy_many(source, targets)
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .inputs import copy_options, parse_source, parse_targets, transport_options
+    from .output import all_ok, print_results, results_json
+
     env = os.environ
     source = parse_source(args.source)
     targets, optional = parse_targets(args.destinations, args.optional, source, args.tag)
@@ -75,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     live = sys.stderr.isatty() and not args.json
     if live:
+        from .progress import LiveProgress
+
         with LiveProgress([str(repo) for repo, _ in targets]) as progress:
             results = asyncio.run(copy_all(source, targets, transport=transport,
                                            options=options, env=env, progress=progress))

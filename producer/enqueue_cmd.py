@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from .common import UsageError, add_optional_flag, add_referrer_flags, add_tag_flag
-from .config import load_config, pick_destinations
 from .status_cmd import (
     EXIT_CODES_HELP,
     TransitionPrinter,
@@ -70,7 +69,10 @@ def read_sources(lines: Iterable[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
-    from . import api  # Celery and Redis load only for commands that need them
+    # The queue (Celery, Redis) and the engine load only when the command runs, not for --help.
+    from . import api
+    from .config import load_config, pick_destinations
+
     check_wait_flags(args)
     env = os.environ
     if args.source == "-":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence, Set
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from registry.results import CopyResult
+if TYPE_CHECKING:  # annotations only: `fanout --help` loads this module (status_cmd, table)
+    from registry.results import CopyResult
 
 
 def human_bytes(count: int) -> str:

@@ -8,8 +8,6 @@ import os
 import sys
 
 from .common import UsageError, add_optional_flag
-from .config import load_config, pick_destinations
-from .replay_plan import parse_duration
 from .status_cmd import (
     EXIT_CODES_HELP,
     TransitionPrinter,
@@ -53,7 +51,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import api  # Celery and Redis load only for commands that need them
+    # The queue (Celery, Redis) and the engine load only when the command runs, not for --help.
+    from . import api
+    from .config import load_config, pick_destinations
+    from .replay_plan import parse_duration
+
     check_wait_flags(args)
     seconds = parse_duration(args.since)  # a bad duration fails before anything is read
     env = os.environ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,49 @@ def test_the_cli_loads_celery_and_redis_only_for_commands_that_use_them() -> Non
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+def _loaded_by(code: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules loaded once ``code`` has run in a fresh interpreter."""
+    code = f"import sys\n{code}\nprint(','.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, check=True)
+    return set(out.stdout.strip().splitlines()[-1].split(","))
+
+
+def _packages(modules: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in modules}
+
+
+# What `fanout --help` must not load: the engine's HTTP stack, the queue, the exporter, the display.
+HEAVY = {"httpx", "httpcore", "tenacity", "celery", "kombu", "redis", "prometheus_client", "rich"}
+COMMANDS = ["copy", "enqueue", "status", "retry", "replay", "check", "metrics"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in COMMANDS)],
+                         ids=" ".join)
+def test_help_loads_no_implementation(argv: list[str]) -> None:
+    # Start-up in docs/benchmarks.md: every subcommand's parser is built, none of its `run`'s
+    # imports. Checked by the modules loaded, not by timing.
+    loaded = _loaded_by("from producer.cli import main\n"
+                        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
+    assert "producer.cli" in loaded
+    assert not _packages(loaded) & HEAVY
+
+
+def test_copy_loads_no_queue_exporter_or_display_before_it_starts(tmp_path: Path) -> None:
+    code = ("import registry.copy\n"
+            "async def stop(*args, **kwargs):\n    raise SystemExit(0)\n"
+            "registry.copy.Copier.copy_many = stop\n"
+            "from producer.cli import main\n"
+            "try:\n    main(['copy', 'src.example/app:v1', 'dst.example/app'])\n"
+            "except SystemExit:\n    pass")
+    loaded = _loaded_by(code, env={**os.environ, "DOCKER_CONFIG": str(tmp_path)})
+    assert "registry.session" in loaded  # it got as far as the copy
+    assert not _packages(loaded) & {"celery", "kombu", "redis", "workers", "prometheus_client"}
+    # Off a terminal, no progress display. (httpx loads rich for its own CLI when rich is
+    # installed, so rich itself cannot be checked here.)
+    assert "producer.progress" not in loaded
 
 
 def _local_imports(package: str, path: Path) -> set[str]:

@@ -46,7 +46,8 @@ def fakes(monkeypatch: pytest.MonkeyPatch, docker_config: Path) -> dict[str, Des
     def registries(*args: Any, transport: Any = None, **kwargs: Any) -> Registries:
         return Registries(*args, transport=httpx.MockTransport(handler), **kwargs)
 
-    monkeypatch.setattr(check_cmd, "Registries", registries)
+    # check_cmd loads the engine when it runs (`fanout --help` does not), so patch it at home.
+    monkeypatch.setattr("registry.session.Registries", registries)
     return found
 
 

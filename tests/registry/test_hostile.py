@@ -721,7 +721,8 @@ def offline_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     def offline(*args: Any, **kwargs: Any) -> Registries:
         return Registries(*args, **kwargs, transport=httpx.MockTransport(_refuse_network))
 
-    monkeypatch.setattr("producer.copy_cmd.Registries", offline)
+    # copy_cmd loads the engine when it runs (`fanout --help` does not), so patch it at home.
+    monkeypatch.setattr("registry.session.Registries", offline)
 
 
 _PINNED = "127.0.0.1:2/ok@sha256:" + "a" * 64
