@@ -46,23 +46,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def parse_targets(texts: Sequence[str]) -> list[Reference]:
     """Destinations as ``fanout copy`` takes them: a repository, optionally with a tag."""
-    from registry.reference import parse_reference
+    from .inputs import destination_references
 
     if not texts:
         raise UsageError("no destinations given")
-    targets: list[Reference] = []
-    seen: set[str] = set()
-    for text in texts:
-        ref = parse_reference(text.strip())
-        if ref.digest:
-            raise UsageError(f"destination {text!r} has a digest; give a repository, optionally "
-                             "with a tag")
-        key = str(ref.repository)
-        if key in seen:
-            raise UsageError(f"destination {key} is given twice")
-        seen.add(key)
-        targets.append(ref)
-    return targets
+    return destination_references(texts)
 
 
 async def check_all(

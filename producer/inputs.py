@@ -42,6 +42,24 @@ def parse_source(text: str) -> Reference:
     return parse_reference(text.strip(), default_tag="latest")
 
 
+def destination_references(texts: Sequence[str], *, why: str = "") -> list[Reference]:
+    """Destinations as every command takes them: a repository, optionally with a tag, each
+    once; ``why`` ends the message refusing a digest."""
+    refs: list[Reference] = []
+    seen: set[str] = set()
+    for text in texts:
+        ref = parse_reference(text.strip())
+        if ref.digest:
+            raise UsageError(f"destination {text!r} has a digest; give a repository, optionally "
+                             f"with a tag{why}")
+        key = str(ref.repository)
+        if key in seen:
+            raise UsageError(f"destination {key} is given twice")
+        seen.add(key)
+        refs.append(ref)
+    return refs
+
+
 def parse_destinations(
     texts: Sequence[str], source: Reference, extra_tags: Sequence[str],
 ) -> list[tuple[Repository, tuple[str, ...]]]:
@@ -49,20 +67,11 @@ def parse_destinations(
     for tag in extra_tags:
         validate_tag(tag)
     targets: list[tuple[Repository, tuple[str, ...]]] = []
-    seen: set[str] = set()
-    for text in texts:
-        ref = parse_reference(text.strip())
-        if ref.digest:
-            raise UsageError(f"destination {text!r} has a digest; give a repository, optionally "
-                             "with a tag (the digest is always the source's)")
+    for ref in destination_references(texts, why=" (the digest is always the source's)"):
         tags = [ref.tag] if ref.tag else []
         tags += [t for t in extra_tags if t not in tags]
         if not tags and source.tag:
             tags = [source.tag]
-        key = str(ref.repository)
-        if key in seen:
-            raise UsageError(f"destination {key} is given twice")
-        seen.add(key)
         targets.append((ref.repository, tuple(tags)))
     return targets
 

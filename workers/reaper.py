@@ -22,6 +22,9 @@ from typing import Any
 
 import redis
 
+from registry.errors import InvalidReference
+from registry.reference import parse_reference
+
 from .ledger import Ledger
 from .locks import DestinationLock
 from .records import split_running_member
@@ -59,13 +62,13 @@ class Reaper:
     def _hand_over(self, release_id: str, destination: str) -> bool:
         record = self.ledger.record(release_id, destination)
         task = self.ledger.task_of(release_id, destination)
-        release = self.ledger.get(release_id) if record is not None else None
-        if (record is None or task is None or release is None
+        digest = _pinned_digest(task)
+        if (record is None or task is None or digest is None
                 or record.state not in ("running", "retrying")):
             # Ended meanwhile, or nothing to send again: forget the deadline.
             self.ledger.forget_running(release_id, destination)
             return False
-        lock = DestinationLock(self.locks, destination, release.digest, self.lock_ttl)
+        lock = DestinationLock(self.locks, destination, digest, self.lock_ttl)
         if lock.holder() is not None:
             return False  # alive, or its lease not yet lapsed: the next sweep looks again
         if record.state == "running":
@@ -85,6 +88,15 @@ class Reaper:
         log.warning("%s: %s: %s; sending it again", release_id, destination, reason)
         self.send({**task, "generation": handed.generation})
         return True
+
+
+def _pinned_digest(task: dict[str, Any] | None) -> str | None:
+    """The digest the task copies (its source is pinned: the task was checked when it ran),
+    which names the lock; None for a task that cannot be read."""
+    try:
+        return parse_reference(str((task or {}).get("source", ""))).digest
+    except InvalidReference:
+        return None
 
 
 def _clock_time(timestamp: float) -> str:
