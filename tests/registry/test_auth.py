@@ -303,6 +303,24 @@ def test_refresh_token_from_password_exchange_replaces_password() -> None:
     assert form(second)["scope"] == "repository:b:pull"
 
 
+def test_a_realm_that_refused_the_post_is_asked_with_get_from_then_on() -> None:
+    # Harbor's realm takes GET only, yet hands out refresh tokens: one 405 is enough.
+    fake = Fake()
+
+    def token(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(405)
+        value = f"tok{len(fake.token_requests)}"
+        fake.accepted.add(value)
+        return httpx.Response(200, json={"token": value, "refresh_token": "learned-refresh"})
+
+    fake.token_handler = token
+    with client(fake) as http:
+        for repo in ("a", "b", "c"):
+            http.get(f"https://registry.test/v2/{repo}/manifests/v1")
+    assert [r.method for r in fake.token_requests] == ["GET", "POST", "GET", "GET"]
+
+
 def test_learned_refresh_token_rejected_falls_back_to_password() -> None:
     fake = Fake()
 
@@ -580,6 +598,24 @@ def test_token_refused_names_host_and_scope_without_secrets(
     text = str(caught.value)
     assert "token request to auth.test for repository:team/app:pull was refused" in text
     assert PASSWORD not in text and IDENTITY not in text
+
+
+def test_a_refused_token_carries_the_token_servers_own_words() -> None:
+    # Harbor refuses the token for a project that does not exist, and says so.
+    fake = Fake()
+    fake.token_handler = lambda request: httpx.Response(401, json={
+        "errors": [{"code": "UNAUTHORIZED", "message": "project ghost not found"}]})
+    with client(fake) as http, pytest.raises(Unauthorized) as caught:
+        http.get(MANIFEST)
+    assert str(caught.value).startswith(
+        "token request to auth.test for repository:team/app:pull was refused: "
+        "project ghost not found")
+    # Words that echo a secret are not repeated.
+    fake.token_handler = lambda request: httpx.Response(401, json={
+        "errors": [{"code": "UNAUTHORIZED", "message": f"bad password {PASSWORD}"}]})
+    with client(fake) as http, pytest.raises(Unauthorized) as echoed:
+        http.get(MANIFEST)
+    assert PASSWORD not in str(echoed.value) and "bad password" not in str(echoed.value)
 
 
 def test_token_server_errors_are_classified() -> None:
