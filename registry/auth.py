@@ -110,6 +110,13 @@ class RegistryAuth(httpx.Auth):
         self._credential = credential
         self._pinged = True
 
+    def use_credential(self, credential: CredentialLike | None) -> None:
+        """Authenticate as ``credential`` from now on (a worker saw its credential change):
+        tokens and a refresh token got with the old one are dropped, the challenge is kept."""
+        self._credential = credential
+        self._tokens.clear()
+        self._learned_refresh_token = ""
+
     # -- the flow ------------------------------------------------------------------------------
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -244,6 +251,10 @@ class RegistryAuth(httpx.Auth):
             # short lifetime: GitLab's tokens can live minutes, a test's seconds.
             margin = min(_EXPIRY_MARGIN, expires_in / 4)
             token = _Token(value, now + expires_in - margin)
+            # A worker's client lives for the process and meets many repositories: spent
+            # tokens go, so the map holds only what can still be used.
+            self._tokens = {key: kept for key, kept in self._tokens.items()
+                            if kept.expires_at > now}
             self._tokens[scope_key(scopes)] = token
             if also_for is not None:
                 self._tokens[scope_key(also_for)] = token

@@ -46,7 +46,7 @@ from .singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from .capabilities import Capabilities
-    from .credentials import CredentialStore
+    from .credentials import Credential, CredentialStore
 
 # An error body is for a diagnostic code and a message; never worth more than this.
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -90,6 +90,12 @@ class RegistryClient:
         self._host = api_host(registry)
         self.base_url = f"https://{self._host}"
         self._credentials = credentials
+        # The credential in use, and when it was looked up (a worker's client outlives tasks:
+        # see renew_credentials).
+        self._credential: Credential | None = None
+        self._credential_at = 0.0
+        self._stale = False
+        self._renewing: SingleFlight[str, None] = SingleFlight(keep=False)
         self._holds = holds if holds is not None else MemoryHolds()
         self._ready: SingleFlight[str, Probe] = SingleFlight()
         # Consecutive 429s without a Retry-After: the hold grows with them, as backoff does.
@@ -103,6 +109,9 @@ class RegistryClient:
             limits=httpx.Limits(
                 max_connections=options.max_connections_per_host,
                 max_keepalive_connections=options.max_connections_per_host,
+                # A worker reuses connections from one task to the next: keep them a while
+                # (an idle one the registry closed is noticed and replaced before use).
+                keepalive_expiry=options.keepalive_expiry,
             ),
             verify=tls if tls is not None else tls_context(options),
             follow_redirects=True,
@@ -132,6 +141,7 @@ class RegistryClient:
                 self.http, self._host, plain_http=self.plain_http, deadline=min(connect, read),
                 deadline_kind=httpx.ReadTimeout if read <= connect else httpx.ConnectTimeout)
             credential = await lookup if lookup is not None else None
+            self._credential, self._credential_at = credential, time.monotonic()
         except BaseException:
             if lookup is not None:
                 lookup.cancel()
@@ -140,6 +150,28 @@ class RegistryClient:
         self.base_url = f"{found.scheme}://{self._host}"
         self._auth.prime(found.challenge, credential)
         return found
+
+    def renew_credentials(self, store: CredentialStore | None, *, older_than: float) -> None:
+        """Take credentials from ``store`` from now on; the one in use is looked up again, at
+        the next request, if it is older than ``older_than`` seconds.
+
+        A worker's client serves task after task. Looking the credential up at every task would
+        run a credential helper (seconds for ECR's) each time; never looking again would miss a
+        rotated password. Tokens stay while the credential is unchanged.
+        """
+        self._credentials = store
+        if self._ready.known("probe") is not None and (
+                time.monotonic() - self._credential_at >= older_than):
+            self._stale = True
+
+    async def _renew_credential(self) -> None:
+        store = self._credentials
+        credential = await asyncio.to_thread(store.get, self.registry) if store else None
+        self._stale = False
+        self._credential_at = time.monotonic()
+        if credential != self._credential:
+            self._credential = credential
+            self._auth.use_credential(credential)
 
     # -- holds -------------------------------------------------------------------------------
 
@@ -223,6 +255,8 @@ class RegistryClient:
     ) -> AsyncIterator[httpx.Response]:
         """Like :meth:`request`, but the caller reads the body as it arrives."""
         await self.probe()
+        if self._stale:
+            await self._renewing.do("credential", self._renew_credential)
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
             extensions={SCOPES: tuple(scopes)},

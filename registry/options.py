@@ -20,6 +20,8 @@ class TransportOptions:
     # A read that stalls this long is a dead connection; the retry tiers take it from there.
     read_timeout: float = 60.0
     max_connections_per_host: int = 32
+    # Seconds an idle connection is kept for reuse (httpx's default is 5).
+    keepalive_expiry: float = 30.0
     # Force chunked (PATCH) uploads of this many bytes; None uploads each blob in one PUT
     # unless the registry asks for chunks.
     chunk_size: int | None = None

@@ -61,6 +61,15 @@ class Registries:
             self._clients[registry] = found
         return found
 
+    def renew_credentials(self, credentials: CredentialStore | None, *,
+                          older_than: float) -> None:
+        """Use ``credentials`` from now on, in every client: a pool that outlives one copy (a
+        worker's) hands in the store read for the next one; see
+        :meth:`RegistryClient.renew_credentials`."""
+        self.credentials = credentials
+        for client in self._clients.values():
+            client.renew_credentials(credentials, older_than=older_than)
+
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:

@@ -1,8 +1,10 @@
 """The synchronous door into the async copy engine, for a Celery task.
 
-Each call runs its own event loop and its own connection pool: a prefork worker child may run
-any number of tasks one after another, and nothing async outlives a task. Credentials are read
-from the worker's environment and Docker config at every call, so a refreshed credential (ECR
+Every task of a worker process runs on one long-lived event loop (:mod:`workers.loop`) and one
+pool of per-host clients, so the second task to a registry finds its connections open, its
+tokens valid and its probe done: a no-op release costs its HEADs and nothing more. Credentials
+are read from the worker's environment and Docker config at every task, and a host's credential
+is looked up again when the one in use is older than a minute, so a refreshed credential (ECR
 tokens last twelve hours) is picked up without restarting the worker.
 """
 
@@ -25,10 +27,11 @@ from registry.session import Registries
 
 from .holds import RedisHolds
 from .job import CopyJob
+from .loop import EngineLoop, Stopped
 from .settings import WorkerSettings
 
-# How often a copy looks at its abort flag: the lease keeps this much margin many times over.
-_ABORT_POLL = 0.1
+# A host's credential older than this is looked up again at the next task that uses it.
+CREDENTIAL_MAX_AGE = 60.0
 
 
 class LeaseLost(Exception):
@@ -63,44 +66,45 @@ class CopyEngine:
         # What each registry host accepts (chunk bounds, mounts, the referrers API), learnt by
         # one task and known to every later task of this process.
         self.capabilities = CapabilityStore()
+        self._loop = EngineLoop()
+        self._registries: Registries | None = None
 
     def copy(self, job: CopyJob, *, timeout: float | None,
              abort: threading.Event | None = None) -> dict[str, int]:
         """Copy ``job``; ``abort`` set from another thread (a lost lease) stops it at once
         with :class:`LeaseLost`."""
-        return asyncio.run(self._guarded(job, timeout, abort))
+        try:
+            return self._loop.run(self._copy(job, timeout), abort)
+        except Stopped:
+            raise LeaseLost(f"copy to {job.destination} stopped: its lease was lost") from None
 
-    async def _guarded(self, job: CopyJob, timeout: float | None,
-                       abort: threading.Event | None) -> dict[str, int]:
-        if abort is None:
-            return await self._copy(job, timeout)
-        copying = asyncio.ensure_future(self._copy(job, timeout))
-        while not copying.done():
-            if abort.is_set():
-                copying.cancel()
-                await asyncio.gather(copying, return_exceptions=True)
-                raise LeaseLost(f"copy to {job.destination} stopped: its lease was lost")
-            await asyncio.wait({copying}, timeout=_ABORT_POLL)
-        return copying.result()
+    def _pool(self) -> Registries:
+        """The process's clients, with this task's credentials (read again at every task)."""
+        credentials = default_store(self._env)
+        if self._registries is None:
+            options = copy_options_from_env(self._env)
+            self._registries = Registries(
+                credentials, self._transport, tls=self._tls, holds=self._holds,
+                capabilities=self.capabilities, retry=options.retry)
+        else:
+            self._registries.renew_credentials(credentials, older_than=CREDENTIAL_MAX_AGE)
+        return self._registries
 
     async def _copy(self, job: CopyJob, timeout: float | None) -> dict[str, int]:
         options = copy_options_from_env(self._env, referrers=job.referrers,
                                         referrer_types=job.referrer_types)
         source = parse_reference(job.source)
         destination = parse_repository(job.destination)
-        async with Registries(default_store(self._env), self._transport, tls=self._tls,
-                              holds=self._holds, capabilities=self.capabilities,
-                              retry=options.retry) as registries:
-            copier = Copier(registries, options)
-            deadline = asyncio.timeout(timeout)
-            try:
-                async with deadline:
-                    stats = await copier.copy_image(source, destination, job.tags)
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                # Our own limit, below Celery's: the copy is cancelled cleanly, its uploads
-                # closed, and the task tier decides whether to try again.
-                raise Timeout(f"copy did not finish within {timeout} s "
-                              "(FANOUT_TASK_SOFT_TIME_LIMIT)") from None
+        copier = Copier(self._pool(), options)
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                stats = await copier.copy_image(source, destination, job.tags)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            # Our own limit, below Celery's: the copy is cancelled cleanly, its uploads
+            # closed, and the task tier decides whether to try again.
+            raise Timeout(f"copy did not finish within {timeout} s "
+                          "(FANOUT_TASK_SOFT_TIME_LIMIT)") from None
         return stats.to_dict()

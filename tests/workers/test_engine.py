@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from registry.errors import Timeout
 from registry.results import CopyStats
 from workers import engine as engine_module
-from workers.engine import CopyEngine
+from workers.engine import CopyEngine, LeaseLost
 from workers.job import CopyJob
 
 DIGEST = "sha256:" + "e" * 64
@@ -61,13 +62,43 @@ def test_a_bad_setting_fails_at_start() -> None:
         CopyEngine({"FANOUT_BLOB_CONCURRENCY": "none"})
 
 
-def test_what_one_task_learns_of_a_host_the_next_task_knows() -> None:
+def test_every_task_of_a_process_shares_one_pool_and_one_loop() -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    class LoopCopier(FakeCopier):
+        async def copy_image(self, source: Any, destination: Any, tags: Any) -> CopyStats:
+            loops.append(asyncio.get_running_loop())
+            return await super().copy_image(source, destination, tags)
+
+    engine_module.Copier = LoopCopier  # type: ignore[misc]  # restored by the fixture
     engine = CopyEngine({"HOME": "/nonexistent"})
     engine.copy(JOB, timeout=5)
-    first = FakeCopier.registries[-1].client("dst.example").capabilities
-    first.whole_blob = False  # as if the first task's upload had been refused whole
+    first = FakeCopier.registries[-1].client("dst.example")
+    first.capabilities.whole_blob = False  # as if the first task's upload had been refused
     engine.copy(JOB, timeout=5)
     second = FakeCopier.registries[-1]
-    assert second is not FakeCopier.registries[0]  # a new pool per task ...
-    assert second.client("dst.example").capabilities.whole_blob is False  # ... same knowledge
-    assert second.holds is FakeCopier.registries[0].holds
+    # The same clients (connections, tokens, probe) and what they learnt, on the same loop.
+    assert second is FakeCopier.registries[0]
+    assert second.client("dst.example") is first
+    assert second.client("dst.example").capabilities.whole_blob is False
+    assert loops[0] is loops[1] and not loops[0].is_closed()
+
+
+def test_a_lost_lease_stops_the_copy_and_lets_it_unwind() -> None:
+    unwound = threading.Event()
+
+    class SlowCopier(FakeCopier):
+        async def copy_image(self, source: Any, destination: Any, tags: Any) -> CopyStats:
+            try:
+                await asyncio.sleep(30)
+            finally:
+                unwound.set()
+            raise AssertionError("not reached")
+
+    engine_module.Copier = SlowCopier  # type: ignore[misc]  # restored by the fixture
+    abort = threading.Event()
+    threading.Timer(0.2, abort.set).start()
+    with pytest.raises(LeaseLost, match=r"dst\.example/app"):
+        CopyEngine({"HOME": "/nonexistent"}).copy(JOB, timeout=60, abort=abort)
+    # Returned only after the copy's own clean-up ran: nothing of it runs on.
+    assert unwound.is_set()
