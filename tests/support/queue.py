@@ -179,10 +179,13 @@ def queue_env(broker_url: str, docker_config: Path, **extra: str) -> dict[str, s
 
 
 def start_worker(name: str, env: Mapping[str, str], log_dir: Path, *,
-                 loglevel: str = "DEBUG", pool: str = "solo", wait: bool = True) -> Process:
+                 loglevel: str = "DEBUG", pool: str = "solo", wait: bool = True,
+                 concurrency: int | None = None) -> Process:
     """``celery -A workers.app worker`` as one host of its own (``-P solo``: one process)."""
     argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", f"--loglevel={loglevel}",
             "-P", pool, "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
     process = Process(name, argv, log_dir / f"{name}.log", dict(env)).start()
     if wait:
         process.wait_for_log(" ready.")
