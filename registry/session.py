@@ -13,6 +13,7 @@ from .client import RegistryClient, tls_context
 from .credentials import CredentialStore
 from .holds import HoldStore, MemoryHolds
 from .hosts import canonical_host
+from .locations import BlobLocations, MemoryLocations
 from .options import TransportOptions
 from .retry import REQUEST_RETRY, RetryPolicy
 
@@ -20,8 +21,9 @@ from .retry import REQUEST_RETRY, RetryPolicy
 class Registries:
     """Hands out one :class:`RegistryClient` per registry host; use as an async context manager.
 
-    ``capabilities`` and ``holds`` may outlive the pool: a worker keeps one of each per process
-    (and shares holds across processes), so what one task learns the next one knows.
+    ``capabilities``, ``holds`` and ``locations`` may outlive the pool: a worker keeps one of
+    each per process (and shares holds and locations across processes), so what one task learns
+    the next one knows.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class Registries:
         tls: ssl.SSLContext | None = None,
         holds: HoldStore | None = None,
         capabilities: CapabilityStore | None = None,
+        locations: BlobLocations | None = None,
         retry: RetryPolicy = REQUEST_RETRY,
     ) -> None:
         """``tls``: a context built once (``tls_context(options)``) for callers that open many
@@ -41,6 +44,8 @@ class Registries:
         self.options = options or TransportOptions()
         self.capabilities = capabilities if capabilities is not None else CapabilityStore()
         self.holds = holds if holds is not None else MemoryHolds()
+        # Where blobs were seen per registry (mount sources): outlives a run with the pool.
+        self.locations = locations if locations is not None else MemoryLocations()
         self.retry = retry
         self._transport = transport
         self._clients: dict[str, RegistryClient] = {}

@@ -1,0 +1,86 @@
+"""Where each blob has been seen, per registry: the repositories a later copy may mount it from.
+
+A copy to ``registry/b`` of a blob that is already in ``registry/a`` costs one request, a
+cross-repository mount, instead of the blob's bytes, but only if the copy knows ``a`` holds it.
+A :class:`BlobLocations` remembers that beyond one run: :class:`MemoryLocations` for a process
+(``fanout copy``, or a worker's pool across its tasks), ``workers.locations.RedisLocations`` for
+every worker of a queue.
+
+Every entry is a **hint**, never a fact: a repository may have been deleted, or the blob
+garbage-collected, since it was recorded. A mount is what verifies it (201: mounted), and the
+mover (``registry.blobs``) forgets a hint that a registry which does mount answered with a fresh
+upload instead. An index is advisory: it never raises for its own failures, and a lost entry
+costs one upload, never a copy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Protocol
+
+# A blob worth mounting is in a few repositories of a registry; past this many, the newest do.
+PER_BLOB = 16
+# Blobs remembered by one process: with PER_BLOB repositories each, a few tens of MiB at most.
+CAPACITY = 50_000
+
+
+class BlobLocations(Protocol):
+    """The repositories of a registry known (as a hint) to hold a blob."""
+
+    async def record(self, registry: str, digest: str, repository: str) -> None:
+        """``repository`` of ``registry`` was seen to hold ``digest`` (present, mounted, or
+        just uploaded)."""
+        ...
+
+    async def holders(self, registry: str, digest: str) -> list[str]:
+        """Repositories of ``registry`` recorded as holding ``digest``, the newest first;
+        empty when none is known (or the index cannot be read)."""
+        ...
+
+    async def forget(self, registry: str, digest: str, repository: str) -> None:
+        """``repository`` proved not to hold ``digest``: stop offering it."""
+        ...
+
+
+class MemoryLocations:
+    """The in-process :class:`BlobLocations`: bounded, the least recently recorded dropped
+    first. Thread-safe (a worker's pool may be reached from more than one thread)."""
+
+    def __init__(self, per_blob: int = PER_BLOB, capacity: int = CAPACITY) -> None:
+        self._per_blob = max(1, per_blob)
+        self._capacity = max(1, capacity)
+        # (registry, digest) -> repositories, oldest first; the map itself oldest first too.
+        self._blobs: OrderedDict[tuple[str, str], dict[str, None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._blobs)
+
+    async def record(self, registry: str, digest: str, repository: str) -> None:
+        key = (registry, digest)
+        with self._lock:
+            found = self._blobs.pop(key, None)
+            if found is None:
+                found = {}
+            found.pop(repository, None)  # recorded again: now the newest
+            found[repository] = None
+            while len(found) > self._per_blob:
+                del found[next(iter(found))]
+            self._blobs[key] = found
+            while len(self._blobs) > self._capacity:
+                self._blobs.popitem(last=False)
+
+    async def holders(self, registry: str, digest: str) -> list[str]:
+        with self._lock:
+            return list(reversed(self._blobs.get((registry, digest), {})))
+
+    async def forget(self, registry: str, digest: str, repository: str) -> None:
+        key = (registry, digest)
+        with self._lock:
+            found = self._blobs.get(key)
+            if found is not None:
+                found.pop(repository, None)
+                if not found:
+                    del self._blobs[key]
