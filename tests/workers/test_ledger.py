@@ -8,6 +8,7 @@ import pytest
 
 from tests.workers.conftest import FakeClock
 from workers.ledger import Ledger
+from workers.records import dest_key, history_key, release_key
 
 SOURCE = "src.example/app@sha256:" + "a" * 64
 TARGETS = [("r1.example/app", ["v1"]), ("r2.example/app", ["v1", "latest"])]
@@ -116,6 +117,33 @@ def test_every_key_expires_with_retention(ledger: Ledger, redis_client: Any) -> 
     keys = [k for k in redis_client.keys("fanout:release:*")]
     assert len(keys) == 4  # head, dests, two destinations
     assert all(0 < redis_client.ttl(k) <= 3600 for k in keys)
+
+
+def test_a_write_aligns_its_own_keys_with_the_release_and_leaves_the_rest(
+    ledger: Ledger, redis_client: Any,
+) -> None:
+    # A write must not cost as many commands as the release has destinations.
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    head, other = release_key(release_id), dest_key(release_id, "r2.example/app")
+    redis_client.expire(head, 3500)  # a release written a while ago
+    redis_client.expire(other, 3500)
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    mine = dest_key(release_id, "r1.example/app")
+    assert 3490 < redis_client.ttl(mine) <= 3500  # expires with the head ...
+    assert redis_client.ttl(head) <= 3500 and redis_client.ttl(other) <= 3500  # ... untouched
+    ledger.mark_failed(release_id, "r1.example/app", error="denied", error_type="Denied")
+    # The attempt's history, a key of its own, expires with the release too.
+    assert 3490 < redis_client.ttl(history_key(release_id, "r1.example/app")) <= 3500
+
+
+def test_a_release_past_a_tenth_of_its_retention_is_renewed_whole(
+    ledger: Ledger, redis_client: Any,
+) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    for key in redis_client.keys("fanout:release:*"):
+        redis_client.expire(key, 3000)  # 600 s of 3600 gone: due
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    assert all(redis_client.ttl(k) > 3590 for k in redis_client.keys("fanout:release:*"))
 
 
 def test_old_releases_leave_the_index(ledger: Ledger, clock: FakeClock) -> None:
