@@ -4,21 +4,28 @@
     blob_head ──present──▶ done
        │ absent
     another destination on this registry uploading it? ──▶ wait, then mount from there
-    blob_mount (from a repository of this registry known to hold it) ──201──▶ done
+    blob_mount (from the source, then repositories this run or the index saw it in) ──201──▶ done
        │ 202: an upload session to use  /  refused: upload
     upload: whole-blob PUT ──refused as unsupported──▶ chunks (and the host is remembered)
 
-A :class:`BlobMover` serves every destination of a run: it remembers where each blob is known to
-be per registry (the mount sources for later copies), so the bytes cross the network once per
-registry.
+A :class:`BlobMover` serves every destination of a run: it remembers where each blob landed per
+registry (sure mount sources for later copies), and records it in the pool's
+:class:`~registry.locations.BlobLocations` index, whose hints later runs mount from, in this
+process or, on workers, any other: the bytes cross the network once per registry.
+
+A hint may be stale (the repository deleted, the blob collected): a registry then answers the
+mount with an upload session, as ECR and Artifactory answer every mount. So only a 202 to a
+mount from a sure source (the source repository, or one this run saw the blob land in) marks
+the host as declining mounts; a 202 to a hint, on a host not known to decline, drops the hint,
+and on a host known to mount, the next hint is tried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from .chunks import upload_chunks
 from .client import RegistryClient
@@ -48,6 +55,10 @@ log = logging.getLogger("fanout.copy")
 _FALLBACK_CHUNK = 8 * 1024 * 1024
 # Rounds of "another destination is uploading it, wait and mount" before uploading anyway.
 _MAX_ROUNDS = 4
+# Index hints tried per blob, newest first. Past the first only on a host known to mount
+# (its 202 means a stale hint): one that declines every mount (ECR) would answer each with an
+# upload, a round trip wasted per try.
+_HINT_TRIES = 3
 
 
 class BlobMover:
@@ -59,8 +70,11 @@ class BlobMover:
         self.registries = registries
         self.retry = retry
         self.progress = progress
-        # Where each blob is known to be, per registry: the mount sources for later copies.
+        # Where each blob landed in this run, per registry: sure mount sources, unlike the
+        # index's hints (registries.locations), which may be stale.
         self._landed: dict[tuple[str, str], set[str]] = {}
+        # Index writes under way: they run beside the copy, which never waits on a hint.
+        self._hinting: set[asyncio.Task[None]] = set()
         # Uploads under way per (registry, digest), for another destination to wait on.
         self._uploads: SingleFlight[tuple[str, str], str] = SingleFlight(keep=False)
 
@@ -106,48 +120,101 @@ class BlobMover:
 
     def _landed_at(self, repository: Repository, digest: str) -> None:
         self._landed.setdefault((repository.registry, digest), set()).add(repository.path)
+        self._beside(self.registries.locations.record(
+            repository.registry, digest, repository.path))
 
     def _is_landed(self, target: Repository, blob: Descriptor) -> bool:
         return target.path in self._landed.get((target.registry, blob.digest), set())
+
+    def _beside(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._hinting.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._hinting.discard)
+
+    async def settle(self) -> None:
+        """Wait for the index writes started so far (a run's own copies never do)."""
+        while self._hinting:
+            await asyncio.gather(*self._hinting, return_exceptions=True)
 
     async def _try_mounts(
         self, client: RegistryClient, source: Repository, target: Repository,
         blob: Descriptor, stats: CopyStats,
     ) -> UploadSession | None:
-        """Mount from a repository of the same registry known to hold the blob.
+        """Mount from a repository of the same registry that holds the blob: sure sources
+        first, then the index's hints.
 
         Returns an upload session the registry opened instead of mounting, or None (which,
         with the destination recorded as landed, means mounted; otherwise nothing to mount from).
         """
         caps = client.capabilities
-        candidates = sorted(self._landed.get((target.registry, blob.digest), set()) - {target.path})
+        key = (target.registry, blob.digest)
+        sure = sorted(self._landed.get(key, set()) - {target.path})
         if source.registry == target.registry and source.path != target.path:
-            candidates.insert(0, source.path)
-        for origin in dict.fromkeys(candidates):
+            sure.insert(0, source.path)
+        for origin in dict.fromkeys(sure):
             if caps.mounts_refused:
                 return None
-            try:
-                session = await self._retry(
-                    lambda origin=origin: blob_mount(client, target.path, blob.digest, origin),  # type: ignore[misc]
-                    f"mount {blob.digest[:19]} into {target}",
-                )
-            except RegistryError as exc:
-                if exc.transient:
-                    raise
-                if isinstance(exc, Unauthorized | Denied | UnexpectedStatus):
-                    # Refused as a kind of request, not for this blob: stop asking this host.
-                    caps.mounts_refused = True
-                log.info("mount of %s from %s refused (%s); uploading instead",
-                         blob.digest[:19], origin, exc)
+            outcome = await self._mount(client, target, blob, origin, stats)
+            if outcome is False:
                 continue
-            if session is None:
-                stats.blobs_mounted += 1
-                self._landed_at(target, blob.digest)
+            if outcome is True:
                 return None
-            # Declined (ECR, Artifactory): the registry opened an upload for us instead.
+            # Declined from a repository that holds the blob (ECR, Artifactory): this host
+            # does not mount, and the upload it opened is used.
             caps.mounts = False
-            return session
+            return outcome
+        if caps.mounts_refused:
+            return None
+        locations = self.registries.locations
+        hints = await locations.holders(*key)
+        if target.path in hints:
+            # HEAD has just found it absent there: whoever recorded it, it is gone.
+            self._beside(locations.forget(*key, target.path))
+        hints = [h for h in hints if h != target.path and h not in sure][:_HINT_TRIES]
+        for i, origin in enumerate(hints):
+            if caps.mounts_refused:
+                return None
+            outcome = await self._mount(client, target, blob, origin, stats)
+            if outcome is True:
+                return None
+            if outcome is False:
+                continue
+            if caps.mounts is False:
+                return outcome  # the host declines every mount: the hint may well be sound
+            # Stale (deleted, collected), or no use on a host that declines: dropped either way.
+            log.debug("mount of %s from %s answered with an upload: forgetting that hint",
+                      blob.digest[:19], origin)
+            self._beside(locations.forget(*key, origin))
+            if caps.mounts is not True or i == len(hints) - 1:
+                return outcome
+            await upload_cancel(client, outcome)  # a host that mounts: the next may be sound
         return None
+
+    async def _mount(
+        self, client: RegistryClient, target: Repository, blob: Descriptor, origin: str,
+        stats: CopyStats,
+    ) -> UploadSession | bool:
+        """One mount from ``origin``: True mounted, False refused, else the upload the registry
+        opened instead."""
+        try:
+            session = await self._retry(
+                lambda: blob_mount(client, target.path, blob.digest, origin),
+                f"mount {blob.digest[:19]} into {target}",
+            )
+        except RegistryError as exc:
+            if exc.transient:
+                raise
+            if isinstance(exc, Unauthorized | Denied | UnexpectedStatus):
+                # Refused as a kind of request, not for this blob: stop asking this host.
+                client.capabilities.mounts_refused = True
+            log.info("mount of %s from %s refused (%s); uploading instead",
+                     blob.digest[:19], origin, exc)
+            return False
+        if session is not None:
+            return session
+        stats.blobs_mounted += 1
+        self._landed_at(target, blob.digest)
+        return True
 
     async def _upload(
         self, client: RegistryClient, source: Repository, target: Repository,

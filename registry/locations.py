@@ -54,7 +54,8 @@ class MemoryLocations:
         self._blobs: OrderedDict[tuple[str, str], dict[str, None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
+    def count(self) -> int:
+        """Blobs remembered."""
         with self._lock:
             return len(self._blobs)
 
