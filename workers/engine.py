@@ -22,11 +22,13 @@ from registry.credentials import default_store
 from registry.envconfig import copy_options_from_env, transport_options_from_env
 from registry.errors import Timeout
 from registry.holds import HoldStore
+from registry.locations import BlobLocations
 from registry.reference import parse_reference, parse_repository
 from registry.session import Registries
 
 from .holds import RedisHolds
 from .job import CopyJob
+from .locations import RedisLocations
 from .loop import EngineLoop, Stopped
 from .settings import WorkerSettings
 
@@ -49,10 +51,12 @@ class CopyEngine:
     """Runs ``Copier.copy_image`` for one job; raises ``registry.errors.RegistryError``.
 
     ``holds``: where a registry's rate-limit hold is kept; by default in the ledger's Redis,
-    so that a 429 one worker hears holds that registry for every worker.
+    so that a 429 one worker hears holds that registry for every worker. ``locations``: the
+    blob-location index, likewise in the ledger's Redis by default.
     """
 
-    def __init__(self, env: Mapping[str, str], *, holds: HoldStore | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], *, holds: HoldStore | None = None,
+                 locations: BlobLocations | None = None) -> None:
         self._env = dict(env)
         # Read once, at worker start: a bad setting fails the worker, not every task.
         self._transport = transport_options_from_env(self._env)
@@ -62,6 +66,9 @@ class CopyEngine:
         self._tls = tls_context(self._transport)
         # One per worker process, like the TLS context; its client connects on first use.
         self._holds = holds if holds is not None else RedisHolds.from_settings(
+            WorkerSettings.from_env(self._env))
+        # Where each blob was seen, per registry: every worker mounts from where any landed it.
+        self._locations = locations if locations is not None else RedisLocations.from_settings(
             WorkerSettings.from_env(self._env))
         # What each registry host accepts (chunk bounds, mounts, the referrers API), learnt by
         # one task and known to every later task of this process.
@@ -85,7 +92,8 @@ class CopyEngine:
             options = copy_options_from_env(self._env)
             self._registries = Registries(
                 credentials, self._transport, tls=self._tls, holds=self._holds,
-                capabilities=self.capabilities, retry=options.retry)
+                capabilities=self.capabilities, locations=self._locations,
+                retry=options.retry)
         else:
             self._registries.renew_credentials(credentials, older_than=CREDENTIAL_MAX_AGE)
         return self._registries

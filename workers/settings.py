@@ -23,6 +23,8 @@ FANOUT_LOCK_RETRY              10                          countdown while anoth
 FANOUT_RETENTION               604800 (7 days)             ledger retention after the last update
 FANOUT_ROUTE_BY_REGISTRY       0                           1: one queue per destination registry
 FANOUT_VISIBILITY_TIMEOUT      see below                   Redis broker redelivery timeout
+FANOUT_BLOB_INDEX_TTL          86400 (a day)               how long a blob's location is kept as a
+                                                           hint to mount from (workers/locations.py)
 =============================  ==========================  ========================================
 
 The worst case a message waits unacknowledged: a retry is published with a countdown of at most
@@ -71,6 +73,7 @@ class WorkerSettings:
     retention: float = 7 * 86400.0
     route_by_registry: bool = False
     visibility_timeout: float = 3600.0 + 600.0 + _VISIBILITY_MARGIN
+    blob_index_ttl: float = 86400.0
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
 
@@ -146,6 +149,7 @@ class WorkerSettings:
             visibility_timeout=env_number(
                 env, "FANOUT_VISIBILITY_TIMEOUT",
                 max(backoff_max, lock_retry) + time_limit + _VISIBILITY_MARGIN, minimum=1),
+            blob_index_ttl=env_number(env, "FANOUT_BLOB_INDEX_TTL", 86400.0, minimum=1),
             sentinel_master=env.get("FANOUT_SENTINEL_MASTER", "").strip() or None,
             # Not stripped: a password is taken exactly as given.
             sentinel_password=env.get("FANOUT_SENTINEL_PASSWORD") or None,

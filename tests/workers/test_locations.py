@@ -1,0 +1,238 @@
+"""The blob-location index in Redis: fakeredis for the logic, the real Redis for its expiry,
+and a Redis that is down, which must cost a copy nothing but its hints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from registry.envconfig import ConfigError
+from registry.locations import BlobLocations, MemoryLocations
+from tests.support.ports import free_port
+from tests.workers.conftest import FakeClock
+from workers import engine as engine_module
+from workers.engine import CopyEngine
+from workers.job import CopyJob
+from workers.locations import DEFAULT_TTL, KEY_PREFIX, RedisLocations
+from workers.settings import WorkerSettings
+
+T = TypeVar("T")
+HOST = "registry.example:5000"
+DIGEST = "sha256:" + "ab" * 32
+KEY = f"{KEY_PREFIX}{HOST}/{DIGEST}"
+REAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def index(redis_client: Any, clock: FakeClock) -> RedisLocations:
+    return RedisLocations(redis_client, ttl=3600, per_blob=3, clock=clock)
+
+
+def test_it_is_a_blob_index_of_one_sorted_set_per_blob_that_expires(
+    index: RedisLocations, redis_client: Any,
+) -> None:
+    store: BlobLocations = index
+    run(store.record(HOST, DIGEST, "team/a"))
+    run(store.record(HOST, DIGEST, "team/b"))
+    run(store.record("other.example", DIGEST, "team/c"))
+    assert run(store.holders(HOST, DIGEST)) == ["team/b", "team/a"]
+    assert run(store.holders(HOST, "sha256:" + "0" * 64)) == []
+    assert sorted(redis_client.keys("*")) == [f"{KEY_PREFIX}other.example/{DIGEST}", KEY]
+    assert 3590 < redis_client.ttl(KEY) <= 3600
+
+
+def test_recording_again_makes_it_the_newest(index: RedisLocations, clock: FakeClock) -> None:
+    for repository in ("a", "b", "a"):
+        run(index.record(HOST, DIGEST, repository))
+        clock.advance(1)
+    assert run(index.holders(HOST, DIGEST)) == ["a", "b"]
+
+
+def test_members_are_bounded_the_oldest_dropped(
+    index: RedisLocations, redis_client: Any, clock: FakeClock,
+) -> None:
+    for n in range(5):
+        run(index.record(HOST, DIGEST, f"r{n}"))
+        clock.advance(1)
+    assert run(index.holders(HOST, DIGEST)) == ["r4", "r3", "r2"]
+    assert redis_client.zcard(KEY) == 3
+
+
+def test_entries_older_than_the_ttl_are_neither_listed_nor_kept(
+    index: RedisLocations, redis_client: Any, clock: FakeClock,
+) -> None:
+    run(index.record(HOST, DIGEST, "old"))
+    clock.advance(3000)
+    run(index.record(HOST, DIGEST, "new"))
+    clock.advance(601)  # "old" is 3601 s old now, "new" 601 s
+    assert run(index.holders(HOST, DIGEST)) == ["new"]
+    run(index.record(HOST, DIGEST, "newer"))
+    assert redis_client.zrange(KEY, 0, -1) == ["new", "newer"]
+
+
+def test_forget(index: RedisLocations) -> None:
+    run(index.record(HOST, DIGEST, "a"))
+    run(index.record(HOST, DIGEST, "b"))
+    run(index.forget(HOST, DIGEST, "a"))
+    run(index.forget(HOST, DIGEST, "never-there"))
+    assert run(index.holders(HOST, DIGEST)) == ["b"]
+
+
+# -- Redis unreachable --------------------------------------------------------------------------
+
+
+class Failing:
+    """A client whose every call fails, counting the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def zrevrangebyscore(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise redis.ConnectionError("Connection refused")
+
+    def zrem(self, *args: Any) -> Any:
+        self.calls += 1
+        raise redis.ConnectionError("Connection refused")
+
+
+def test_redis_down_gives_no_hint_raises_nothing_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    index = RedisLocations.from_url(f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
+    caplog.set_level(logging.DEBUG, logger="fanout.locations")
+    started = time.monotonic()
+    run(index.record(HOST, DIGEST, "a"))
+    assert run(index.holders(HOST, DIGEST)) == []
+    run(index.forget(HOST, DIGEST, "a"))
+    assert time.monotonic() - started < 2  # no retries, no long timeouts
+    [(level, message)] = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert level == "WARNING" and message.startswith("the blob-location index is unavailable")
+    assert "hunter2-secret" not in caplog.text
+
+
+def test_after_an_error_it_stays_quiet_and_warns_at_most_once_a_minute(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, monotonic = Failing(), FakeClock(100.0)
+    index = RedisLocations(client, clock=clock, monotonic=monotonic)  # type: ignore[arg-type]
+    caplog.set_level(logging.WARNING, logger="fanout.locations")
+    # A Redis that times out would otherwise cost every blob of a copy the timeout.
+    assert [run(index.holders(HOST, DIGEST)) for _ in range(10)] == [[]] * 10
+    run(index.record(HOST, DIGEST, "a"))
+    assert client.calls == 1
+    monotonic.advance(5)
+    run(index.record(HOST, DIGEST, "a"))
+    assert client.calls == 2 and len(caplog.records) == 1  # asked again, not warned again
+    monotonic.advance(60)
+    run(index.forget(HOST, DIGEST, "a"))
+    assert client.calls == 3 and len(caplog.records) == 2
+
+
+# -- settings and the engine ----------------------------------------------------------------------
+
+
+def test_the_ttl_setting() -> None:
+    assert WorkerSettings.from_env({}).blob_index_ttl == DEFAULT_TTL == 86400
+    assert WorkerSettings.from_env({"FANOUT_BLOB_INDEX_TTL": "600"}).blob_index_ttl == 600
+    for bad in ("0", "-5", "a day"):
+        with pytest.raises(ConfigError, match="FANOUT_BLOB_INDEX_TTL"):
+            WorkerSettings.from_env({"FANOUT_BLOB_INDEX_TTL": bad})
+
+
+class CapturingRegistries:
+    seen: list[dict[str, Any]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        CapturingRegistries.seen.append(kwargs)
+
+    def renew_credentials(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class NoCopier:
+    def __init__(self, registries: Any, options: Any) -> None:
+        pass
+
+    async def copy_image(self, source: Any, destination: Any, tags: Any) -> Any:
+        from registry.results import CopyStats
+
+        return CopyStats()
+
+
+def _two_tasks(engine: CopyEngine) -> None:
+    job = CopyJob("rel", f"src.example/app@{DIGEST}", "dst.example/app", DIGEST, (),
+                  referrers=False, referrer_types=())
+    engine.copy(job, timeout=5)
+    engine.copy(job, timeout=5)
+
+
+def test_the_engine_hands_its_pool_an_index_in_the_ledger_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "Registries", CapturingRegistries)
+    monkeypatch.setattr(engine_module, "Copier", NoCopier)
+    CapturingRegistries.seen = []
+    _two_tasks(CopyEngine({"HOME": "/nonexistent", "FANOUT_BLOB_INDEX_TTL": "120",
+                           "FANOUT_LEDGER_URL": "redis://ledger.example:6380/3"}))
+    (index,) = (kwargs["locations"] for kwargs in CapturingRegistries.seen)  # one pool, kept
+    assert isinstance(index, RedisLocations) and index._ttl == 120
+    pool = index._redis.connection_pool
+    assert (pool.connection_kwargs["host"], pool.connection_kwargs["port"],
+            pool.connection_kwargs["db"]) == ("ledger.example", 6380, 3)
+    assert pool.connection_kwargs["socket_timeout"] <= 1
+
+    mine = MemoryLocations()
+    CapturingRegistries.seen = []
+    _two_tasks(CopyEngine({"HOME": "/nonexistent"}, locations=mine))
+    assert [kwargs["locations"] for kwargs in CapturingRegistries.seen] == [mine]
+
+
+# -- the real Redis -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def real() -> Iterator[tuple[redis.Redis[Any], str]]:
+    client: redis.Redis[Any] = redis.Redis.from_url(REAL_REDIS, decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"test-locations-{secrets.token_hex(4)}:"
+    yield client, prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+def test_real_redis_keeps_hints_for_the_ttl(real: tuple[redis.Redis[Any], str]) -> None:
+    client, prefix = real
+    index = RedisLocations.from_url(REAL_REDIS, prefix, ttl=30)
+
+    async def scenario() -> list[str]:
+        # Concurrent calls from one loop: each in its own thread, on one thread-safe client.
+        await asyncio.gather(*(index.record(HOST, DIGEST, f"r{n}") for n in range(20)))
+        return await index.holders(HOST, DIGEST)
+
+    found = run(scenario())
+    assert len(found) == 16 and set(found) <= {f"r{n}" for n in range(20)}
+    key = index.key(HOST, DIGEST)
+    assert key.startswith(prefix) and client.zcard(key) == 16
+    assert 25 < client.ttl(key) <= 30

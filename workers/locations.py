@@ -1,0 +1,133 @@
+"""The blob-location index in Redis, so a blob one worker landed is mounted, not sent, by all.
+
+One sorted set per (registry, blob), ``fanout:blob:<host[:port]>/<digest>``: its members are
+repositories seen to hold the blob, scored by when (wall clock, as in ``workers.holds``). A
+record adds or refreshes its member, drops members older than the TTL
+(``FANOUT_BLOB_INDEX_TTL``, a day) and all but the newest ``PER_BLOB``, and pushes the key's
+expiry out to the TTL, so an index nobody writes to empties itself. ``holders`` reads the members
+younger than the TTL, newest first: one command.
+
+Entries are hints (``registry/locations.py``): a lost or stale one costs an upload, never a copy.
+So the index advises and never fails a copy. Its client has short timeouts and no retries; an
+error counts as "no hint" (or a record not kept), is logged at most once a minute, and for a few
+seconds after it Redis is not asked at all, so a Redis that is gone costs a copy no waiting.
+
+The engine calls it from its event loop and redis-py blocks: each call runs in a thread
+(``asyncio.to_thread``), and one sync client, thread-safe, serves every loop of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from registry.locations import PER_BLOB
+
+from .connections import SentinelOptions, error_text, redis_client, scrub
+
+if TYPE_CHECKING:
+    from .settings import WorkerSettings
+
+log = logging.getLogger("fanout.locations")
+T = TypeVar("T")
+
+KEY_PREFIX = "fanout:blob:"
+DEFAULT_TTL = 86400.0
+# As for holds: Redis on the workers' network answers in a millisecond; one that takes this
+# long is as good as down for a hint.
+_TIMEOUT_S = 0.5
+# After an error, how long the index is not asked (no hints, records dropped).
+_QUIET_S = 5.0
+# At most one warning per this many seconds: a Redis that is down must not flood the log.
+_LOG_EVERY_S = 60.0
+
+
+class RedisLocations:
+    """A :class:`registry.locations.BlobLocations` in Redis, shared by every worker using it."""
+
+    def __init__(
+        self, client: redis.Redis[Any], prefix: str = KEY_PREFIX, *, ttl: float = DEFAULT_TTL,
+        per_blob: int = PER_BLOB, url: str = "",
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._ttl = ttl
+        self._per_blob = max(1, per_blob)
+        self._url = url  # only to keep its password out of a logged error
+        self._clock = clock
+        self._monotonic = monotonic
+        self._quiet_until = 0.0
+        self._logged_at: float | None = None
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = KEY_PREFIX, *, ttl: float = DEFAULT_TTL,
+                 sentinel: SentinelOptions | None = None) -> RedisLocations:
+        """An index on its own client for ``url`` (the ledger's Redis): short timeouts, no
+        retries. Nothing connects until the first call."""
+        client = redis_client(
+            url, sentinel, decode_responses=True, socket_connect_timeout=_TIMEOUT_S,
+            socket_timeout=_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        return cls(client, prefix, ttl=ttl, url=url)
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> RedisLocations:
+        """An index in the ledger's Redis, as ``settings`` name it (Sentinel included)."""
+        return cls.from_url(settings.ledger_url, ttl=settings.blob_index_ttl,
+                            sentinel=settings.sentinel)
+
+    def key(self, registry: str, digest: str) -> str:
+        return f"{self._prefix}{registry}/{digest}"
+
+    async def record(self, registry: str, digest: str, repository: str) -> None:
+        await self._ask(self._record, None, self.key(registry, digest), repository)
+
+    async def holders(self, registry: str, digest: str) -> list[str]:
+        return await self._ask(self._holders, [], self.key(registry, digest))
+
+    async def forget(self, registry: str, digest: str, repository: str) -> None:
+        await self._ask(self._forget, None, self.key(registry, digest), repository)
+
+    # -- the Redis commands (in a thread) ------------------------------------------------------
+
+    def _record(self, key: str, repository: str) -> None:
+        now = self._clock()
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {repository: now})
+            pipe.zremrangebyscore(key, "-inf", f"({now - self._ttl!r}")
+            pipe.zremrangebyrank(key, 0, -(self._per_blob + 1))
+            pipe.expire(key, math.ceil(self._ttl))
+            pipe.execute()
+
+    def _holders(self, key: str) -> list[str]:
+        found = self._redis.zrevrangebyscore(key, "+inf", f"({self._clock() - self._ttl!r}",
+                                             start=0, num=self._per_blob)
+        return [str(member) for member in found]
+
+    def _forget(self, key: str, repository: str) -> None:
+        self._redis.zrem(key, repository)
+
+    async def _ask(self, command: Callable[..., T], otherwise: T, *args: str) -> T:
+        """``command(*args)`` off the loop; ``otherwise`` when Redis fails or was just failing."""
+        if self._monotonic() < self._quiet_until:
+            return otherwise
+        try:
+            return await asyncio.to_thread(command, *args)
+        except redis.RedisError as exc:
+            now = self._monotonic()
+            self._quiet_until = now + _QUIET_S
+            if self._logged_at is None or now - self._logged_at >= _LOG_EVERY_S:
+                self._logged_at = now
+                log.warning("the blob-location index is unavailable (copies upload rather "
+                            "than mount until it is back): %s",
+                            scrub(error_text(exc), self._url))
+            return otherwise
