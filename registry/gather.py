@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import RegistryError
+
+T = TypeVar("T")
 
 
 async def run_all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run together; on the first failure cancel the rest and raise one error, a permanent one
     when there is one (retrying cannot fix the whole), else the first."""
+    await all_of(work)
+
+
+async def all_of(work: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """:func:`run_all`, with the results, in the order of ``work``."""
     try:
         async with asyncio.TaskGroup() as group:
-            for coroutine in work:
-                group.create_task(coroutine)
+            tasks = [group.create_task(coroutine) for coroutine in work]
     except ExceptionGroup as failures:
         errors = _leaves(failures)
         permanent = [e for e in errors if isinstance(e, RegistryError) and not e.transient]
         raise (permanent or errors)[0] from None
+    return [task.result() for task in tasks]
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:

@@ -28,18 +28,43 @@ class SingleFlight(Generic[K, V]):
     def __init__(self, *, keep: bool = True) -> None:
         self._keep = keep
         self._tasks: dict[K, asyncio.Future[V]] = {}
+        self._early: set[K] = set()  # started before anyone asked, and not asked yet
 
     async def do(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
         """The result of ``work()`` for ``key``, run once however many callers ask at once."""
+        task = self._tasks.get(key)
+        if key in self._early and task is not None:
+            # Asked early (start): its outcome, failure included, is this caller's to have;
+            # running the work again would repeat a request that was refused once already.
+            self._early.discard(key)
+        else:
+            task = self._task(key, work)
+        return await asyncio.shield(task)
+
+    def start(self, key: K, work: Callable[[], Awaitable[V]]) -> None:
+        """Set ``work()`` for ``key`` going now, before anyone needs the answer, for a
+        :meth:`do` later to find under way or done. Its failure is kept for the next
+        :meth:`do`; nobody asking is no error. (With ``keep`` off, a success is forgotten
+        once done, so this is only for kept results.)"""
+        if key not in self._tasks:
+            self._early.add(key)
+        self._task(key, work)
+
+    def _task(self, key: K, work: Callable[[], Awaitable[V]]) -> asyncio.Future[V]:
         task = self._tasks.get(key)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = asyncio.ensure_future(work())
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._settle, key))
-        return await asyncio.shield(task)
+        return task
 
     def _settle(self, key: K, task: asyncio.Future[V]) -> None:
-        failed = task.cancelled() or task.exception() is not None
+        cancelled = task.cancelled()
+        failed = cancelled or task.exception() is not None
+        if cancelled:
+            self._early.discard(key)
+        elif failed and key in self._early:
+            return  # kept for the caller who asks next (see start)
         if (failed or not self._keep) and self._tasks.get(key) is task:
             del self._tasks[key]
 
