@@ -27,7 +27,7 @@ import httpcore
 import httpx
 
 from .auth import RegistryAuth
-from .bounded import read_bounded
+from .bounded import bound_body, read_bounded
 from .errors import (
     ProtocolError,
     RateLimited,
@@ -41,12 +41,13 @@ from .hosts import api_host, uses_plain_http
 from .options import TransportOptions
 from .probe import Probe, probe_host
 from .retry import REQUEST_RETRY, RetryPolicy
-from .scopes import SCOPES, Scopes
+from .scopes import SCOPES, Scopes, scope_key
 from .singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from .capabilities import Capabilities
     from .credentials import Credential, CredentialStore
+    from .spool import Spool
 
 # An error body is for a diagnostic code and a message; never worth more than this.
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -86,6 +87,9 @@ class RegistryClient:
         self.options = options
         self.capabilities = capabilities
         self.retry_policy = retry
+        # Where source blobs read by this client are shared with the host's other readers;
+        # set by the pool (registry.session), None reads straight from the registry.
+        self.spool: Spool | None = None
         self.plain_http = uses_plain_http(registry, options.insecure_registries)
         self._host = api_host(registry)
         self.base_url = f"https://{self._host}"
@@ -98,6 +102,8 @@ class RegistryClient:
         self._renewing: SingleFlight[str, None] = SingleFlight(keep=False)
         self._holds = holds if holds is not None else MemoryHolds()
         self._ready: SingleFlight[str, Probe] = SingleFlight()
+        # Token requests under way, per scope set: requests sent at once share one.
+        self._tokens: SingleFlight[Scopes, None] = SingleFlight(keep=False)
         # Consecutive 429s without a Retry-After: the hold grows with them, as backoff does.
         self._throttled = 0
         self._auth = RegistryAuth(self._host, None, allow_http_realm=self.plain_http)
@@ -257,6 +263,8 @@ class RegistryClient:
         await self.probe()
         if self._stale:
             await self._renewing.do("credential", self._renew_credential)
+        if not self._auth.has_token(scopes):
+            await self._tokens.do(scope_key(scopes), lambda: self._get_token(scopes, what))
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
             extensions={SCOPES: tuple(scopes)},
@@ -291,6 +299,29 @@ class RegistryClient:
             raise error_from_transport(exc, what) from None
         finally:
             await response.aclose()
+
+    async def _get_token(self, scopes: Scopes, what: str) -> None:
+        """Ask the realm for the token of ``scopes`` (the auth flow's own steps, driven here)."""
+        flow = self._auth.token_flow(self.http.build_request(
+            "GET", self.url("/v2/"), extensions={SCOPES: tuple(scopes)}))
+        try:
+            outgoing = next(flow)
+            while True:
+                try:
+                    # The realm's requests carry what they need; the flow is not theirs.
+                    response = await self.http.send(outgoing, auth=None, stream=True)
+                    try:
+                        bound_body(response)
+                        await response.aread()
+                    finally:
+                        await response.aclose()
+                except httpx.TransportError as exc:
+                    raise error_from_transport(exc, what) from None
+                outgoing = flow.send(response)
+        except StopIteration:
+            return
+        finally:
+            flow.close()
 
     async def _failure(self, response: httpx.Response, what: str) -> RegistryError:
         try:
