@@ -2,15 +2,22 @@
 
 One destination's copy, top to bottom (:meth:`Copier.copy_image`)::
 
-    root manifest (from the source, by digest, verified)
-    └─ node(root): HEAD at the destination ── present ──▶ skip the subtree
-         ├─ an index: node(child) for every child, together
-         ├─ an image: every blob (HEAD → mount → upload, ``registry/blobs.py``), together
-         └─ PUT the exact source bytes by digest, once everything it names is there
-    referrers of the root and of every manifest inside it (``registry/referrers.py`` finds them)
-    └─ referrer(r): node(r), then r's own referrers, then r's cosign tag; OCI referrers are
-       registered under their subject where the destination lacks the referrers API
-    tags: PUT the root's bytes by tag, last, so no tag names content that is not fully there
+    node(root): the source's GET (by digest, verified) ∥ the destination's HEAD
+    │    ── present ──▶ skip the subtree
+    │    ├─ an index: node(child) for every child, together
+    │    ├─ an image: every blob (HEAD → mount → upload, ``registry/blobs.py``), together
+    │    └─ PUT the exact source bytes by digest, once everything it names is there
+    ∥ referrers of the root and of every manifest inside it (``registry/referrers.py`` finds them)
+    │    └─ referrer(r): node(r), then r's own referrers, then r's cosign tag; OCI referrers are
+    │       registered under their subject where the destination lacks the referrers API
+    tags, once both are done: PUT the root's bytes by tag, last, so no tag names content that is
+    not fully there (nor any of its referrers missing)
+
+Every round trip is a wait, so whatever needs only the digest leaves at the start, together: the
+source's GET of the root and its referrers question, the destination's HEADs of the root and of
+each tag (the first of which probes the destination and gets its token, while the source's do
+the same). A no-op copy is then those requests and nothing after them. Later answers are
+found in the walk's single-flight maps, asked early with ``SingleFlight.start``.
 
 The per-destination state is one explicit :class:`_Walk` (single-flight maps of manifests and
 blobs under way, the counters, the slots); the state shared by every destination of a run is
@@ -22,14 +29,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .blobs import BlobMover
 from .client import RegistryClient
 from .errors import InternalError, InvalidManifest, RegistryError, SizeMismatch
-from .fetch import manifest_get, manifest_head
+from .fetch import ManifestInfo, manifest_get, manifest_head
 from .gather import run_all
 from .manifest import Descriptor, Manifest
 from .options import CopyOptions
@@ -62,10 +69,12 @@ class _Walk:
     blobs: SingleFlight[str, None] = field(default_factory=SingleFlight)
     subjects: SingleFlight[str, None] = field(default_factory=SingleFlight)
     referrers: SingleFlight[tuple[str, str], None] = field(default_factory=SingleFlight)
+    # The destination's HEADs, by digest or tag: most are asked before they are needed.
+    checks: SingleFlight[str, ManifestInfo | None] = field(default_factory=SingleFlight)
 
     async def cancel(self) -> None:
         """Stop everything still running for this destination."""
-        for flight in (self.referrers, self.subjects, self.manifests, self.blobs):
+        for flight in (self.referrers, self.subjects, self.manifests, self.blobs, self.checks):
             await flight.cancel()
 
 
@@ -151,17 +160,23 @@ class Copier:
             asyncio.Semaphore(self.options.blob_concurrency),
             asyncio.Semaphore(_MANIFEST_CONCURRENCY),
         )
-        repository = source.repository
+        repository, digest = source.repository, source.digest
         try:
-            root = await self.source_manifest(repository, source.digest)
-            await self._node(repository, walk, root.digest, ())
+            # The root's HEAD first (it probes the host), the tags' beside it (the module
+            # docstring); the tags' answers are read at the end.
+            for reference in (digest, *tags):
+                walk.checks.start(reference, self._check(walk, reference))
+            graph = self._node(repository, walk, digest, ())
             if self.options.referrers:
                 # Signatures and SBOMs land before the tags: a tag means "complete", and an
                 # image without its signatures fails admission where it is deployed.
-                await self._referrers_of(repository, walk, root, frozenset())
-                if root.subject is not None:
-                    # Copied on its own, not as someone's referrer: still make it findable.
-                    await self._register(walk, root.subject.digest, [referrer_descriptor(root)])
+                await _beside(graph, self._referrers_of(repository, walk, digest, frozenset()))
+            else:
+                await graph
+            root = await self.source_manifest(repository, digest)
+            if self.options.referrers and root.subject is not None:
+                # Copied on its own, not as someone's referrer: still make it findable.
+                await self._register(walk, root.subject.digest, [referrer_descriptor(root)])
             await self._write_tags(walk, root, tags)
         except BaseException:
             # Shared work outlives the awaits that were cancelled; stop it too, so a failed
@@ -195,13 +210,13 @@ class Copier:
     ) -> None:
         destination, client = walk.destination, walk.client
         async with walk.manifest_slots:
-            manifest = await self.source_manifest(source, digest)
+            # Both need only the digest: asked together, not one after the other.
+            manifest, present = await asyncio.gather(
+                self.source_manifest(source, digest),
+                walk.checks.do(digest, self._check(walk, digest)))
             if size is not None and len(manifest.raw) != size:
                 raise SizeMismatch(f"manifest {digest[:19]} is {len(manifest.raw)} bytes but its "
                                    f"index says {size}")
-            present = await self._retry(
-                lambda: manifest_head(client, destination.path, digest, for_push=True),
-                f"check {destination}@{digest[:19]}")
         if present is not None and present.digest in ("", digest):
             walk.stats.manifests_skipped += 1
             return
@@ -219,14 +234,31 @@ class Copier:
         await walk.blobs.do(blob.digest, lambda: self._blobs.copy(
             source, walk.destination, blob, walk.stats, walk.blob_slots))
 
+    def _check(self, walk: _Walk, reference: str) -> Callable[[], Awaitable[ManifestInfo | None]]:
+        """The destination's HEAD of ``reference`` (a digest or a tag), asked with push scope:
+        its token then serves the writes too."""
+        destination, client = walk.destination, walk.client
+        what = (f"check {destination}@{reference[:19]}" if ":" in reference
+                else f"check tag {destination}:{reference}")
+        return lambda: self._retry(
+            lambda: manifest_head(client, destination.path, reference, for_push=True), what)
+
     # -- referrers: more nodes of the same walk -------------------------------------------
 
     async def _referrers_of(
-        self, source: Repository, walk: _Walk, root: Manifest, ancestry: frozenset[str],
+        self, source: Repository, walk: _Walk, digest: str, ancestry: frozenset[str],
     ) -> None:
-        """Copy the referrers of ``root`` and of every manifest inside it."""
-        within = await self._referrers.manifests_within(source, root)
-        for subject in [root.digest, *within]:
+        """Copy the referrers of manifest ``digest`` and of every manifest inside it.
+
+        Every subject's question goes to the source at once (``digest``'s own before its
+        manifest has arrived); the copies go one at a time, as a cycle through tags is only
+        seen along one chain of them (two chains at once could each wait for the other).
+        """
+        self._referrers.start(source, [digest])
+        manifest = await self.source_manifest(source, digest)
+        within = await self._referrers.manifests_within(source, manifest)
+        self._referrers.start(source, within)
+        for subject in [digest, *within]:
             if subject in ancestry:
                 continue  # a cycle through tags: the caller up the chain is doing it
             await walk.subjects.do(subject, lambda subject=subject: self._subject(  # type: ignore[misc]
@@ -255,7 +287,7 @@ class Copier:
         """One referrer: its graph, its own referrers (a signature on an SBOM), its cosign tag."""
         manifest = await self.source_manifest(source, found.digest)
         await self._node(source, walk, found.digest, ())
-        await self._referrers_of(source, walk, manifest, ancestry)
+        await self._referrers_of(source, walk, found.digest, ancestry)
         if found.tag is not None:
             await self._write_tags(walk, manifest, [found.tag])
         walk.stats.referrers_copied += 1
@@ -274,17 +306,33 @@ class Copier:
     # -- tags, last -----------------------------------------------------------------------
 
     async def _write_tags(self, walk: _Walk, manifest: Manifest, tags: Sequence[str]) -> None:
+        """PUT ``manifest`` under each tag that does not name it already, all at once; the
+        root's tags were asked about at the start of the copy."""
         destination, client = walk.destination, walk.client
-        for tag in tags:
-            current = await self._retry(
-                lambda tag=tag: manifest_head(client, destination.path, tag, for_push=True),  # type: ignore[misc]
-                f"check tag {destination}:{tag}")
+
+        async def write(tag: str) -> None:
+            current = await walk.checks.do(tag, self._check(walk, tag))
             if current is not None and current.digest == manifest.digest:
-                continue
-            await self._retry(
-                lambda tag=tag: manifest_put(client, destination.path, tag, manifest),  # type: ignore[misc]
-                f"tag {destination}:{tag}")
+                return
+            await self._retry(lambda: manifest_put(client, destination.path, tag, manifest),
+                              f"tag {destination}:{tag}")
             walk.stats.tags_written += 1
+
+        await run_all(write(tag) for tag in dict.fromkeys(tags))
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.options.retry, operation, what=what)
+
+
+async def _beside(main: Awaitable[None], side: Coroutine[Any, Any, None]) -> None:
+    """Run ``side`` while ``main`` runs. A failure of ``main`` stops ``side``; one of ``side``
+    waits for ``main`` to finish (what it writes is sound, and a retry need not redo it), then
+    is raised."""
+    task = asyncio.ensure_future(side)
+    try:
+        await main
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    await task

@@ -22,14 +22,17 @@ nodes of the same walk, and the destination's side is ``registry/referrers_index
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .client import RegistryClient
 from .errors import NotFound, PermanentError
 from .fetch import manifest_get, manifest_head, referrers_get, tags_list
+from .gather import all_of
 from .manifest import OCI_INDEX, Descriptor, Manifest, is_index_media_type
 from .options import CopyOptions
 from .reference import Repository
@@ -136,32 +139,50 @@ class ReferrerFinder:
         return await self._found.do((str(repository), subject),
                                     lambda: self._discover(repository, subject))
 
+    def start(self, repository: Repository, subjects: Sequence[str]) -> None:
+        """Ask about ``subjects`` now, for :meth:`find` to have the answers when it asks."""
+        for subject in subjects:
+            self._found.start((str(repository), subject),
+                              functools.partial(self._discover, repository, subject))
+
     async def _discover(self, repository: Repository, subject: str) -> tuple[Found, ...]:
         wanted = self.options.referrer_types
         client = self.registries.client(repository.registry)
-        listed = await self._from_api(client, repository, subject)
         kinds = [kind for kind, types in COSIGN_TYPES.items() if not wanted or types & set(wanted)]
+        if kinds:
+            # Needed whatever the API answers: asked beside it, not after.
+            self._tags.start(str(repository), functools.partial(self._listing, client, repository))
+        listed = await self._from_api(client, repository, subject)
         tags = await self._tag_list(client, repository) if listed is None or kinds else frozenset()
-        descriptors = list(listed or ())
         base = fallback_tag(subject)
-        if base in tags:
-            index = await self._retry(lambda: manifest_get(client, repository.path, base),
-                                      f"get {repository}:{base}")
-            if index.media_type == OCI_INDEX:
-                descriptors.extend(index.children)
-            else:
-                log.warning("%s:%s is a %s, not a referrers index; ignoring it",
-                            repository, base, index.media_type)
+        cosign = [f"{base}.{kind}" for kind in kinds if f"{base}.{kind}" in tags]
+        # The tag schema's index and cosign's tags are separate reads: all at once.
+        index, digests = await asyncio.gather(
+            self._fallback_index(client, repository, base, tags),
+            all_of(self._resolve_tag(client, repository, tag) for tag in cosign))
+        descriptors = [*(listed or ()), *index]
+        kept = await all_of(self._kept(repository, d) for d in descriptors)
         found: dict[tuple[str, str | None], Found] = {}
-        for descriptor in descriptors:
-            if descriptor.digest != subject and await self._kept(repository, descriptor):
+        for descriptor, keep in zip(descriptors, kept, strict=True):
+            if descriptor.digest != subject and keep:
                 found.setdefault((descriptor.digest, None), Found(descriptor.digest))
-        for kind in kinds:
-            tag = f"{base}.{kind}"
-            if tag in tags:
-                digest = await self._resolve_tag(client, repository, tag)
-                found.setdefault((digest, tag), Found(digest, tag))
+        for tag, digest in zip(cosign, digests, strict=True):
+            found.setdefault((digest, tag), Found(digest, tag))
         return tuple(found.values())
+
+    async def _fallback_index(
+        self, client: RegistryClient, repository: Repository, base: str, tags: frozenset[str],
+    ) -> tuple[Descriptor, ...]:
+        """The entries of the referrers tag schema's index, when the repository has one."""
+        if base not in tags:
+            return ()
+        index = await self._retry(lambda: manifest_get(client, repository.path, base),
+                                  f"get {repository}:{base}")
+        if index.media_type != OCI_INDEX:
+            log.warning("%s:%s is a %s, not a referrers index; ignoring it",
+                        repository, base, index.media_type)
+            return ()
+        return index.children
 
     async def _from_api(
         self, client: RegistryClient, repository: Repository, subject: str,
@@ -198,11 +219,12 @@ class ReferrerFinder:
         return await ask()
 
     async def _tag_list(self, client: RegistryClient, repository: Repository) -> frozenset[str]:
-        async def listing() -> frozenset[str]:
-            return frozenset(await self._retry(lambda: tags_list(client, repository.path),
-                                               f"list tags of {repository}"))
+        return await self._tags.do(str(repository),
+                                   functools.partial(self._listing, client, repository))
 
-        return await self._tags.do(str(repository), listing)
+    async def _listing(self, client: RegistryClient, repository: Repository) -> frozenset[str]:
+        return frozenset(await self._retry(lambda: tags_list(client, repository.path),
+                                           f"list tags of {repository}"))
 
     async def _kept(self, repository: Repository, descriptor: Descriptor) -> bool:
         wanted = self.options.referrer_types
