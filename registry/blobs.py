@@ -85,14 +85,16 @@ class BlobMover:
         """Make ``blob`` present at ``target``: HEAD, then mount, then upload; ``stats`` counts
         which it took, ``slots`` bounds the destination's transfers in flight."""
         client = self.registries.client(target.registry)
+        # Outside the slots: a HEAD is cheap, and a manifest's blobs are all asked at once
+        # rather than in waves behind transfers.
+        size = await self._retry(
+            lambda: blob_head(client, target.path, blob.digest, for_push=True),
+            f"check blob {blob.digest[:19]} at {target}")
+        if size is not None:
+            stats.blobs_skipped += 1
+            self._landed_at(target, blob.digest)
+            return
         async with slots:
-            size = await self._retry(
-                lambda: blob_head(client, target.path, blob.digest, for_push=True),
-                f"check blob {blob.digest[:19]} at {target}")
-            if size is not None:
-                stats.blobs_skipped += 1
-                self._landed_at(target, blob.digest)
-                return
             key = (target.registry, blob.digest)
             for _ in range(_MAX_ROUNDS):
                 # Another destination sending these bytes to this registry: mount after it.
@@ -228,16 +230,23 @@ class BlobMover:
             if self.progress is not None:
                 self.progress.advance(str(target), nbytes)
 
+        async def open_session() -> UploadSession:
+            given, opened[0] = opened[0], None  # it serves one attempt; a retry opens another
+            return given or await upload_start(client, target.path)
+
         async def attempt() -> None:
-            current = opened[0] or await upload_start(client, target.path)
-            opened[0] = None  # a session serves one attempt; a retry opens a fresh one
-            chunk = self.registries.options.chunk_size
-            if chunk is None and (current.chunk_min or caps.whole_blob is False):
-                chunk = max(current.chunk_min, _FALLBACK_CHUNK)
-            if caps.chunked is False and caps.whole_blob is not False:
-                chunk = None  # a chunk size is a preference; this host takes none
+            # The upload's POST and the source's GET need nothing of each other: both at once.
+            start = asyncio.ensure_future(open_session())
+            current: UploadSession | None = None
+            chunk: int | None = None
             try:
                 async with blob_stream(source_client, source.path, blob.digest) as response:
+                    current = await start
+                    chunk = self.registries.options.chunk_size
+                    if chunk is None and (current.chunk_min or caps.whole_blob is False):
+                        chunk = max(current.chunk_min, _FALLBACK_CHUNK)
+                    if caps.chunked is False and caps.whole_blob is not False:
+                        chunk = None  # a chunk size is a preference; this host takes none
                     stream = VerifyingStream(response.aiter_bytes(), blob, advance)
                     if chunk:
                         await upload_chunks(client, current, blob, stream, chunk)
@@ -246,6 +255,9 @@ class BlobMover:
                         await upload_stream(client, current, blob, stream)
                         caps.whole_blob = True
             except RegistryError as exc:
+                if current is None:  # the GET or the POST failed: nothing was sent
+                    await _abandon(client, start)
+                    raise
                 await upload_cancel(client, current)
                 if not chunk and is_unsupported_upload(exc) and caps.chunked is not False:
                     # Whoever learnt it first, this upload goes again in chunks; a sibling
@@ -263,7 +275,8 @@ class BlobMover:
                     return await attempt()
                 raise
             except BaseException:
-                await asyncio.shield(upload_cancel(client, current))
+                await asyncio.shield(_abandon(client, start) if current is None
+                                     else upload_cancel(client, current))
                 raise
             return None
 
@@ -275,3 +288,12 @@ class BlobMover:
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.retry, operation, what=what)
+
+
+async def _abandon(client: RegistryClient, start: asyncio.Future[UploadSession]) -> None:
+    """Stop an upload's opening, and drop the session if the registry opened one."""
+    if not start.done():
+        start.cancel()
+    await asyncio.wait([start])  # never raises the task's failure: the caller has its own
+    if not start.cancelled() and start.exception() is None:
+        await upload_cancel(client, start.result())
