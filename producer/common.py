@@ -43,7 +43,7 @@ def add_registry_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chunk-size", metavar="SIZE",
                        help="upload blobs in chunks of SIZE (e.g. 16M) instead of one PUT")
     group.add_argument("--concurrency", type=int, metavar="N",
-                       help="blobs in flight per destination (default 4)")
+                       help="blob transfers in flight per destination (default 8)")
 
 
 def add_referrer_flags(parser: argparse.ArgumentParser) -> None:

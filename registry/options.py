@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from .retry import REQUEST_RETRY, RetryPolicy
 
-DEFAULT_BLOB_CONCURRENCY = 4
+# Blob transfers in flight per destination. Each streams (memory stays flat whatever the
+# number), and over a WAN every wave costs round trips: an image's blobs should go in one.
+DEFAULT_BLOB_CONCURRENCY = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +21,9 @@ class TransportOptions:
     connect_timeout: float = 10.0
     # A read that stalls this long is a dead connection; the retry tiers take it from there.
     read_timeout: float = 60.0
-    max_connections_per_host: int = 32
+    # An upload from a repository of the same host holds a connection for its GET while its
+    # PUT needs another: the pool stays 8x the blob concurrency, as it was (32 for 4).
+    max_connections_per_host: int = 64
     # Seconds an idle connection is kept for reuse (httpx's default is 5).
     keepalive_expiry: float = 30.0
     # Force chunked (PATCH) uploads of this many bytes; None uploads each blob in one PUT
