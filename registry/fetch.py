@@ -21,6 +21,7 @@ from .manifest import (
     Manifest,
     parse_manifest,
 )
+from .spool_io import BlobBody
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +123,26 @@ async def blob_head(
 @asynccontextmanager
 async def blob_stream(
     client: RegistryClient, repository: str, digest: str,
+) -> AsyncIterator[BlobBody]:
+    """Open a blob for streaming (read it with ``aiter_bytes()``); redirects to storage hosts
+    are followed without credentials.
+
+    With a spool (``client.spool``), the blob comes through it: destinations on this host that
+    need it at once share one read of the source (:mod:`registry.spool`).
+    """
+    if client.spool is None:
+        async with _blob_get(client, repository, digest) as response:
+            yield response
+        return
+    async with client.spool.open(
+            digest, lambda: _blob_get(client, repository, digest)) as body:
+        yield body
+
+
+@asynccontextmanager
+async def _blob_get(
+    client: RegistryClient, repository: str, digest: str,
 ) -> AsyncIterator[httpx.Response]:
-    """Open a blob for streaming; redirects to storage hosts are followed without credentials."""
     async with client.stream(
         "GET", blob_path(repository, digest), expected=(200,),
         headers={"Accept-Encoding": "identity"}, what=f"get blob {digest[:19]}",

@@ -16,6 +16,7 @@ from .hosts import canonical_host
 from .locations import BlobLocations, MemoryLocations
 from .options import TransportOptions
 from .retry import REQUEST_RETRY, RetryPolicy
+from .spool import Spool
 
 
 class Registries:
@@ -37,9 +38,11 @@ class Registries:
         capabilities: CapabilityStore | None = None,
         locations: BlobLocations | None = None,
         retry: RetryPolicy = REQUEST_RETRY,
+        spool: Spool | None = None,
     ) -> None:
         """``tls``: a context built once (``tls_context(options)``) for callers that open many
-        pools, such as a worker's tasks; by default the first client builds one."""
+        pools, such as a worker's tasks; by default the first client builds one. ``spool``:
+        where source blobs are read once for every destination of the host (registry.spool)."""
         self.credentials = credentials
         self.options = options or TransportOptions()
         self.capabilities = capabilities if capabilities is not None else CapabilityStore()
@@ -47,6 +50,7 @@ class Registries:
         # Where blobs were seen per registry (mount sources): outlives a run with the pool.
         self.locations = locations if locations is not None else MemoryLocations()
         self.retry = retry
+        self.spool = spool
         self._transport = transport
         self._clients: dict[str, RegistryClient] = {}
         self._tls = tls
@@ -63,6 +67,7 @@ class Registries:
                 capabilities=self.capabilities.get(registry), holds=self.holds,
                 retry=self.retry, transport=self._transport, tls=self._tls,
             )
+            found.spool = self.spool
             self._clients[registry] = found
         return found
 
