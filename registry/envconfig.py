@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
 from .options import DEFAULT_BLOB_CONCURRENCY, CopyOptions, TransportOptions
 from .retry import REQUEST_RETRY
@@ -90,3 +93,23 @@ def copy_options_from_env(
     )
     return CopyOptions(blob_concurrency=concurrency, referrers=referrers,
                        referrer_types=referrer_types, retry=retry)
+
+
+# The spool's default budget: the blobs a worker host has in flight at once, with room to spare.
+DEFAULT_SPOOL_BYTES = 2 * 1024**3
+
+
+def default_spool_dir() -> str:
+    """A directory of this user's under the system's temporary directory."""
+    return str(Path(tempfile.gettempdir()) / f"fanout-spool-{os.getuid()}")
+
+
+def spool_from_env(env: Mapping[str, str]) -> tuple[str, int]:
+    """``FANOUT_SPOOL_DIR`` and ``FANOUT_SPOOL_BYTES`` (the budget; ``0`` turns it off): where
+    source blobs are read once for every destination of the host (registry.spool)."""
+    directory = env.get("FANOUT_SPOOL_DIR", "").strip() or default_spool_dir()
+    raw = env.get("FANOUT_SPOOL_BYTES", "").strip()
+    if raw == "0":
+        return directory, 0
+    return directory, (parse_size(raw, name="FANOUT_SPOOL_BYTES") if raw
+                       else DEFAULT_SPOOL_BYTES)

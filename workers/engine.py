@@ -31,6 +31,7 @@ from .job import CopyJob
 from .locations import RedisLocations
 from .loop import EngineLoop, Stopped
 from .settings import WorkerSettings
+from .spool import open_spool
 
 # A host's credential older than this is looked up again at the next task that uses it.
 CREDENTIAL_MAX_AGE = 60.0
@@ -73,6 +74,8 @@ class CopyEngine:
         # What each registry host accepts (chunk bounds, mounts, the referrers API), learnt by
         # one task and known to every later task of this process.
         self.capabilities = CapabilityStore()
+        # Shared with the host's other worker processes: destinations read a source blob once.
+        self._spool = open_spool(WorkerSettings.from_env(self._env))
         self._loop = EngineLoop()
         self._registries: Registries | None = None
 
@@ -93,7 +96,7 @@ class CopyEngine:
             self._registries = Registries(
                 credentials, self._transport, tls=self._tls, holds=self._holds,
                 capabilities=self.capabilities, locations=self._locations,
-                retry=options.retry)
+                retry=options.retry, spool=self._spool)
         else:
             self._registries.renew_credentials(credentials, older_than=CREDENTIAL_MAX_AGE)
         return self._registries

@@ -25,6 +25,9 @@ FANOUT_ROUTE_BY_REGISTRY       0                           1: one queue per dest
 FANOUT_VISIBILITY_TIMEOUT      see below                   Redis broker redelivery timeout
 FANOUT_BLOB_INDEX_TTL          86400 (a day)               how long a blob's location is kept as a
                                                            hint to mount from (workers/locations.py)
+FANOUT_SPOOL_DIR               $TMPDIR/fanout-spool-UID    where the host's worker processes share
+                                                           source blobs (registry/spool.py)
+FANOUT_SPOOL_BYTES             2G                          the spool's budget; 0 turns it off
 =============================  ==========================  ========================================
 
 The worst case a message waits unacknowledged: a retry is published with a countdown of at most
@@ -40,7 +43,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from registry.envconfig import ConfigError, env_number
+from registry.envconfig import (
+    DEFAULT_SPOOL_BYTES,
+    ConfigError,
+    default_spool_dir,
+    env_number,
+    spool_from_env,
+)
 
 from .connections import (
     REDIS_SCHEMES,
@@ -74,6 +83,8 @@ class WorkerSettings:
     route_by_registry: bool = False
     visibility_timeout: float = 3600.0 + 600.0 + _VISIBILITY_MARGIN
     blob_index_ttl: float = 86400.0
+    spool_dir: str = field(default_factory=default_spool_dir)
+    spool_bytes: int = DEFAULT_SPOOL_BYTES
     sentinel_master: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
 
@@ -150,6 +161,8 @@ class WorkerSettings:
                 env, "FANOUT_VISIBILITY_TIMEOUT",
                 max(backoff_max, lock_retry) + time_limit + _VISIBILITY_MARGIN, minimum=1),
             blob_index_ttl=env_number(env, "FANOUT_BLOB_INDEX_TTL", 86400.0, minimum=1),
+            spool_dir=spool_from_env(env)[0],
+            spool_bytes=spool_from_env(env)[1],
             sentinel_master=env.get("FANOUT_SENTINEL_MASTER", "").strip() or None,
             # Not stripped: a password is taken exactly as given.
             sentinel_password=env.get("FANOUT_SENTINEL_PASSWORD") or None,

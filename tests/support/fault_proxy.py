@@ -169,9 +169,11 @@ class Rule:
 class Seen(_Seen):
     """One request the proxy received (see ``loopback_proxy.Seen``); ``status`` is None also when
     the request was refused, stalled, or cut while still arriving. A response cut part-way keeps
-    its status. ``fault`` is the action's class name, when a rule fired."""
+    its status. ``fault`` is the action's class name, when a rule fired. ``sent`` counts the
+    response body bytes relayed to the client (what a test asks "how much was read" of)."""
 
     fault: str | None = None
+    sent: int = 0
 
 
 # -- the proxy ------------------------------------------------------------------------------------
@@ -287,6 +289,7 @@ class FaultProxy(LoopbackProxy[Seen]):
                     raise Cut
                 client.sendall(piece)
                 offset += len(piece)
+                record.sent = offset
         finally:
             upstream_in.close()
 
