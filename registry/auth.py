@@ -117,22 +117,6 @@ class RegistryAuth(httpx.Auth):
         self._tokens.clear()
         self._learned_refresh_token = ""
 
-    def has_token(self, scopes: tuple[str, ...]) -> bool:
-        """False when a request of ``scopes`` would first have to ask the realm for a token."""
-        challenge, cred = self._challenge, self._credential
-        if (not self._pinged or challenge is None or challenge.scheme != "bearer"
-                or (cred is not None and cred.registry_token)):
-            return True
-        token = self._tokens.get(scope_key(scopes))
-        return token is not None and self._clock() < token.expires_at
-
-    def token_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Get and keep the token ``request``'s scopes need, without sending ``request``: the
-        client asks it once for many requests of those scopes sent at once (each flow would
-        otherwise ask its own). Yields the token requests, as :meth:`auth_flow` does."""
-        if self._pinged and self._is_registry(request.url):
-            yield from self._authorize(request, scopes_of(request), fresh=False)
-
     # -- the flow ------------------------------------------------------------------------------
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:

@@ -263,8 +263,7 @@ class RegistryClient:
         await self.probe()
         if self._stale:
             await self._renewing.do("credential", self._renew_credential)
-        if not self._auth.has_token(scopes):
-            await self._tokens.do(scope_key(scopes), lambda: self._get_token(scopes, what))
+        await self._tokens.do(scope_key(scopes), lambda: self._get_token(scopes, what))
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
             extensions={SCOPES: tuple(scopes)},
@@ -301,12 +300,15 @@ class RegistryClient:
             await response.aclose()
 
     async def _get_token(self, scopes: Scopes, what: str) -> None:
-        """Ask the realm for the token of ``scopes`` (the auth flow's own steps, driven here)."""
-        flow = self._auth.token_flow(self.http.build_request(
-            "GET", self.url("/v2/"), extensions={SCOPES: tuple(scopes)}))
+        """Make sure of a token for ``scopes``, asking the realm if need be, once for all the
+        requests of those scopes sent at once (each one's flow would ask on its own): the auth
+        flow of such a request, driven up to where it would send the request itself."""
+        request = self.http.build_request("GET", self.url("/v2/"),
+                                          extensions={SCOPES: tuple(scopes)})
+        flow = self._auth.auth_flow(request)
         try:
             outgoing = next(flow)
-            while True:
+            while outgoing is not request:
                 try:
                     # The realm's requests carry what they need; the flow is not theirs.
                     response = await self.http.send(outgoing, auth=None, stream=True)
@@ -318,8 +320,6 @@ class RegistryClient:
                 except httpx.TransportError as exc:
                     raise error_from_transport(exc, what) from None
                 outgoing = flow.send(response)
-        except StopIteration:
-            return
         finally:
             flow.close()
 
