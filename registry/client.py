@@ -17,6 +17,7 @@ exceptions or raw status codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Container, Mapping
@@ -104,6 +105,8 @@ class RegistryClient:
         self._ready: SingleFlight[str, Probe] = SingleFlight()
         # Token requests under way, per scope set: requests sent at once share one.
         self._tokens: SingleFlight[Scopes, None] = SingleFlight(keep=False)
+        # Connections being opened ahead of need (see _warm_up).
+        self._warming: set[asyncio.Task[None]] = set()
         # Consecutive 429s without a Retry-After: the hold grows with them, as backoff does.
         self._throttled = 0
         self._auth = RegistryAuth(self._host, None, allow_http_realm=self.plain_http)
@@ -155,7 +158,32 @@ class RegistryClient:
             raise
         self.base_url = f"{found.scheme}://{self._host}"
         self._auth.prime(found.challenge, credential)
+        if found.auth == "bearer":
+            self._warm_up(self.options.preconnect)
         return found
+
+    def _warm_up(self, count: int) -> None:
+        """Open up to ``count`` more connections while the first token is fetched.
+
+        The requests that token authorizes leave together, and each would otherwise open its
+        own connection after it: over a WAN a connection (TCP and TLS handshakes) costs more
+        than a request. A ping (answered 401) is the cheapest request that opens one; its
+        answer is not needed, and a failure only means the connection opens later.
+        """
+        for _ in range(count):
+            task = asyncio.ensure_future(self._spare_ping())
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    async def _spare_ping(self) -> None:
+        request = self.http.build_request("GET", self.url("/v2/"),
+                                          headers={"Accept-Encoding": "identity"})
+        with contextlib.suppress(httpx.HTTPError, RegistryError):
+            response = await self.http.send(request, auth=None, stream=True)
+            try:
+                await read_bounded(response, _ERROR_BODY_LIMIT)
+            finally:
+                await response.aclose()
 
     def renew_credentials(self, store: CredentialStore | None, *, older_than: float) -> None:
         """Take credentials from ``store`` from now on; the one in use is looked up again, at
@@ -336,4 +364,7 @@ class RegistryClient:
         return error_from_response(clone, what)
 
     async def aclose(self) -> None:
+        for task in self._warming:
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
         await self.http.aclose()

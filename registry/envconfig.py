@@ -10,7 +10,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from .options import DEFAULT_BLOB_CONCURRENCY, CopyOptions, TransportOptions
+from .options import (
+    DEFAULT_BLOB_CONCURRENCY,
+    DEFAULT_PRECONNECT,
+    CopyOptions,
+    TransportOptions,
+)
 from .retry import REQUEST_RETRY
 
 
@@ -58,8 +63,8 @@ def transport_options_from_env(
     env: Mapping[str, str], *, insecure: list[str] | None = None, ca_bundle: str | None = None,
     chunk_size: int | None = None,
 ) -> TransportOptions:
-    """``FANOUT_INSECURE_REGISTRIES``, ``FANOUT_CA_BUNDLE``, ``FANOUT_CHUNK_SIZE`` and the
-    timeouts, with explicit (flag) values added or winning."""
+    """``FANOUT_INSECURE_REGISTRIES``, ``FANOUT_CA_BUNDLE``, ``FANOUT_CHUNK_SIZE``, the
+    timeouts and ``FANOUT_PRECONNECT``, with explicit (flag) values added or winning."""
     hosts = set(split_list(env.get("FANOUT_INSECURE_REGISTRIES", "")))
     hosts.update(insecure or [])
     chunk = chunk_size
@@ -71,6 +76,7 @@ def transport_options_from_env(
         connect_timeout=env_number(env, "FANOUT_CONNECT_TIMEOUT", 10.0, minimum=0.1),
         read_timeout=env_number(env, "FANOUT_READ_TIMEOUT", 60.0, minimum=0.1),
         chunk_size=chunk,
+        preconnect=int(env_number(env, "FANOUT_PRECONNECT", DEFAULT_PRECONNECT, minimum=0)),
     )
 
 

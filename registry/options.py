@@ -9,6 +9,10 @@ from .retry import REQUEST_RETRY, RetryPolicy
 # Blob transfers in flight per destination. Each streams (memory stays flat whatever the
 # number), and over a WAN every wave costs round trips: an image's blobs should go in one.
 DEFAULT_BLOB_CONCURRENCY = 8
+# Connections opened ahead of need, for a copy's first requests that leave together after the
+# token (the root's GET and HEADs, the tags' HEADs, the referrers' questions): see
+# TransportOptions.preconnect.
+DEFAULT_PRECONNECT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,10 @@ class TransportOptions:
     # An upload from a repository of the same host holds a connection for its GET while its
     # PUT needs another: the pool stays 8x the blob concurrency, as it was (32 for 4).
     max_connections_per_host: int = 64
+    # Pings sent to a token-auth host while its first token is fetched, each opening a
+    # connection unless it finds one idle (registry/client.py: _warm_up). The edges (CLI,
+    # workers) ask for DEFAULT_PRECONNECT; 0 opens none ahead of need.
+    preconnect: int = 0
     # Seconds an idle connection is kept for reuse (httpx's default is 5).
     keepalive_expiry: float = 30.0
     # Force chunked (PATCH) uploads of this many bytes; None uploads each blob in one PUT

@@ -120,10 +120,11 @@ class Wire:
             self.log.append(f"< {kind(request)}")
 
     def copy(self, source: str, dest: str = "dst.test/app", tags: tuple[str, ...] = ("v1",),
-             *, credentials: StaticCredentials | None = None, **options: object) -> CopyResult:
+             *, credentials: StaticCredentials | None = None,
+             transport_options: TransportOptions = INSECURE, **options: object) -> CopyResult:
         async def go() -> CopyResult:
-            transport = plain_http(self.handle, INSECURE)  # type: ignore[arg-type]
-            async with Registries(credentials, INSECURE, transport=transport) as regs:
+            transport = plain_http(self.handle, transport_options)  # type: ignore[arg-type]
+            async with Registries(credentials, transport_options, transport=transport) as regs:
                 copier = Copier(regs, CopyOptions(retry=FAST, **options))  # type: ignore[arg-type]
                 return await copier.copy(parse_reference(source), parse_repository(dest), tags)
 
@@ -304,18 +305,62 @@ class TokenRealm:
         return httpx.Response(200, json={"token": f"t{len(self.issued)}", "expires_in": 300})
 
 
-def test_requests_sent_at_once_share_one_token_per_scope() -> None:
-    wire = Wire()
+CREDS = StaticCredentials({"src.test": Credential("u", "p"), "dst.test": Credential("u", "p")})
+
+
+def behind_a_realm(wire: Wire) -> TokenRealm:
     realm = TokenRealm()
     wire.serve.update({"src.test": realm.guard(wire.src), "dst.test": realm.guard(wire.dst),
                        "auth.test": realm.token})
-    digest, _ = push_index(wire.src)
-    creds = StaticCredentials({"src.test": Credential("u", "p"), "dst.test": Credential("u", "p")})
+    return realm
 
-    result = wire.copy(f"src.test/app@{digest}", credentials=creds)
+
+def test_requests_sent_at_once_share_one_token_per_scope() -> None:
+    wire = Wire()
+    realm = behind_a_realm(wire)
+    digest, _ = push_index(wire.src)
+
+    result = wire.copy(f"src.test/app@{digest}", credentials=CREDS)
 
     assert result.ok, result.error
     # The source's reads (manifests, referrers, tags, blobs) share one pull token; the
     # destination's HEADs and writes one push token.
     assert sorted(realm.issued) == ["dst.test repository:app:pull,push",
                                     "src.test repository:app:pull"]
+
+
+def test_connections_are_opened_while_the_first_token_is_fetched() -> None:
+    wire = Wire()
+    realm = behind_a_realm(wire)
+    digest, _ = push_index(wire.src)
+    pings = 1 + 3  # the probe's, and three to open connections ahead of need
+
+    def pinged(host: str) -> Match:
+        return lambda r: r.url.host == host and r.url.path == "/v2/"
+
+    tokens = wire.hold(lambda r: r.url.host == "auth.test", until=lambda seen: all(
+        sum(pinged(host)(r) for r in seen) >= pings for host in ("src.test", "dst.test")))
+    options = TransportOptions(insecure_registries=INSECURE.insecure_registries, preconnect=3)
+
+    result = wire.copy(f"src.test/app@{digest}", credentials=CREDS, transport_options=options)
+
+    assert result.ok, result.error
+    assert not tokens.broken, "the connections were opened after the token, not during it"
+    spare = [r for r in wire.seen if r.url.path == "/v2/"]
+    assert len(spare) == 2 * pings
+    assert all("authorization" not in r.headers for r in spare)
+    assert len(realm.issued) == 2
+
+
+def test_no_connection_is_opened_ahead_of_need_unless_asked_or_without_a_token_to_wait_for() -> None:
+    for wire, options in (
+            (Wire(), TransportOptions(insecure_registries=INSECURE.insecure_registries,
+                                      preconnect=3)),  # no auth: nothing to wait for
+            (Wire(), INSECURE)):  # token auth, but the option is off (the core's default)
+        if options is INSECURE:
+            behind_a_realm(wire)
+        digest, _ = push_index(wire.src)
+        result = wire.copy(f"src.test/app@{digest}", credentials=CREDS,
+                           transport_options=options)
+        assert result.ok, result.error
+        assert [kind(r) for r in wire.seen if r.url.path == "/v2/"].count("src ping") == 1
