@@ -77,6 +77,9 @@ class BlobMover:
         self._hinting: set[asyncio.Task[None]] = set()
         # Uploads under way per (registry, digest), for another destination to wait on.
         self._uploads: SingleFlight[tuple[str, str], str] = SingleFlight(keep=False)
+        # Repositories that refused to open an upload for good (ECR's missing repository):
+        # a transfer waiting for a slot there fails with that answer instead of asking again.
+        self._refused: dict[tuple[str, str], RegistryError] = {}
 
     async def copy(
         self, source: Repository, target: Repository, blob: Descriptor, stats: CopyStats,
@@ -95,6 +98,9 @@ class BlobMover:
             self._landed_at(target, blob.digest)
             return
         async with slots:
+            refused = self._refused.get((target.registry, target.path))
+            if refused is not None:
+                raise refused
             key = (target.registry, blob.digest)
             for _ in range(_MAX_ROUNDS):
                 # Another destination sending these bytes to this registry: mount after it.
@@ -256,6 +262,9 @@ class BlobMover:
                         caps.whole_blob = True
             except RegistryError as exc:
                 if current is None:  # the GET or the POST failed: nothing was sent
+                    if start.done() and not start.cancelled() and start.exception() is exc \
+                            and not exc.transient:
+                        self._refused[(target.registry, target.path)] = exc
                     await _abandon(client, start)
                     raise
                 await upload_cancel(client, current)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from registry.options import DEFAULT_BLOB_CONCURRENCY
 from tests.support import images
 from tests.support.oci import fallback_tag
 from tests.support.quirks import profiles
@@ -137,10 +138,16 @@ def test_ecr_missing_repository_fails_at_once_with_its_reason(
         assert ("The repository with name 'acme/missing' does not exist in the registry with id "
                 "'123456789012'") in error["message"]
         assert "NAME_UNKNOWN" in error["codes"] and error["transient"] is False
-        # For good, at once: no manifest PUT, no upload retried.
+        # For good, at once: no manifest PUT, no upload retried, none opened after the
+        # refusal (only the transfers already in flight, one per blob slot, asked).
         assert proxy.count("PUT", r"^/v2/acme/missing/manifests/") == 0
-        assert proxy.count("POST", r"^/v2/acme/missing/blobs/uploads/") <= 4
-        assert proxy.count(path=r"^/v2/acme/missing/") <= 20
+        posts = proxy.count("POST", r"^/v2/acme/missing/blobs/uploads/")
+        assert posts <= DEFAULT_BLOB_CONCURRENCY
+        # Besides, only HEADs, none asked twice: every blob of a manifest is asked at once,
+        # and the referrers' graphs beside the image's, so they are not all cancelled unasked.
+        heads = [s.path for s in proxy.requests("HEAD", r"^/v2/acme/missing/")]
+        assert len(heads) == len(set(heads)), "a HEAD was asked again"
+        assert proxy.count(path=r"^/v2/acme/missing/") == len(heads) + posts
 
 
 def test_quay_refuses_oci_index_of_docker_manifests_for_good(
