@@ -8,10 +8,11 @@ it draws on a terminal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .common import (
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from registry.options import CopyOptions, TransportOptions
     from registry.reference import Reference, Repository
     from registry.results import CopyResult, ProgressSink
+    from registry.spool import Spool
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,9 +63,31 @@ async def copy_all(
 
     from .inputs import credentials
 
-    async with Registries(credentials(env), transport) as registries:
-        copier = Copier(registries, options, progress=progress)
-        return await copier.copy_many(source, targets)
+    with _run_spool(len(targets), env) as spool:
+        async with Registries(credentials(env), transport, spool=spool) as registries:
+            copier = Copier(registries, options, progress=progress)
+            try:
+                return await copier.copy_many(source, targets)
+            finally:
+                if spool is not None:
+                    await spool.aclose()
+
+
+@contextlib.contextmanager
+def _run_spool(destinations: int, env: Mapping[str, str]) -> Iterator[Spool | None]:
+    """For several destinations, a spool of this run's own (removed at its end), so that each
+    source blob is read once for all of them; for one, none: nothing to share."""
+    import tempfile
+
+    from registry.envconfig import spool_from_env
+    from registry.spool import Spool
+
+    _, budget = spool_from_env(env)
+    if destinations < 2 or budget <= 0:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="fanout-spool-") as scratch:
+        yield Spool(scratch, budget)
 
 
 def run(args: argparse.Namespace) -> int:
