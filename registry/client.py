@@ -137,6 +137,15 @@ class RegistryClient:
         """The host's scheme and auth kind, asked once (with the credential lookup beside it)."""
         return await self._ready.do("probe", self._first_contact)
 
+    async def warm(self, scopes: Scopes) -> None:
+        """Probe the host and get the token for ``scopes`` before the requests that need them
+        (a copy does, while its source's tag is read). A failure is left to those requests,
+        which meet it again and report it."""
+        with contextlib.suppress(RegistryError):
+            await self.probe()
+            await self._tokens.do(scope_key(scopes), lambda: self._get_token(
+                scopes, f"token for {' '.join(scopes)}"))
+
     async def _first_contact(self) -> Probe:
         lookup = None
         if self._credentials is not None:

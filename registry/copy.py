@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import scopes
 from .blobs import BlobMover
 from .client import RegistryClient
 from .errors import InternalError, InvalidManifest, RegistryError, SizeMismatch
@@ -120,6 +121,7 @@ class Copier:
         stats = CopyStats()
         digest = source.digest or ""
         error: RegistryError | None = None
+        warming = self._warm(source, [destination])
         try:
             pinned = await self.resolve(source)
             digest = pinned.digest or ""
@@ -131,6 +133,8 @@ class Copier:
             # A bug of ours must not take the other destinations' results down with it.
             log.exception("unexpected error copying %s to %s", source, destination)
             error = InternalError(f"unexpected {type(exc).__name__} (a fanout bug; see the log)")
+        if error is not None:
+            warming.cancel()
         return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
                           time.monotonic() - started, error)
 
@@ -138,14 +142,25 @@ class Copier:
         self, source: Reference, targets: Sequence[tuple[Repository, Sequence[str]]],
     ) -> list[CopyResult]:
         """Copy to every target at once, each isolated from the others' failures."""
+        warming = self._warm(source, [repo for repo, _ in targets])
         try:
             pinned = await self.resolve(source)
         except RegistryError as exc:
+            warming.cancel()
             return [CopyResult(str(source), str(repo), "", tuple(tags), error=exc)
                     for repo, tags in targets]
         return list(await asyncio.gather(*(
             self.copy(pinned, repo, tags) for repo, tags in targets
         )))
+
+    def _warm(self, source: Reference, destinations: Sequence[Repository]) -> asyncio.Future[Any]:
+        """While a source's tag is read, probe each destination and get its push token, which
+        its copy's first requests would otherwise wait for after the read (a source pinned by
+        digest needs no read: those requests leave with the source's own)."""
+        if source.digest:
+            destinations = ()
+        return asyncio.gather(*(self.registries.client(d.registry).warm(scopes.push(d.path))
+                                for d in destinations), return_exceptions=True)
 
     async def copy_image(
         self, source: Reference, destination: Repository, tags: Sequence[str] = (),

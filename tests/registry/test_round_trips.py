@@ -352,7 +352,7 @@ def test_connections_are_opened_while_the_first_token_is_fetched() -> None:
     assert len(realm.issued) == 2
 
 
-def test_no_connection_is_opened_ahead_of_need_unless_asked_or_without_a_token_to_wait_for() -> None:
+def test_no_connection_is_opened_ahead_of_need_unasked_or_with_no_token_to_wait_for() -> None:
     for wire, options in (
             (Wire(), TransportOptions(insecure_registries=INSECURE.insecure_registries,
                                       preconnect=3)),  # no auth: nothing to wait for
@@ -364,3 +364,22 @@ def test_no_connection_is_opened_ahead_of_need_unless_asked_or_without_a_token_t
                            transport_options=options)
         assert result.ok, result.error
         assert [kind(r) for r in wire.seen if r.url.path == "/v2/"].count("src ping") == 1
+
+
+def test_a_tags_destination_is_probed_and_its_token_got_while_the_tag_is_read() -> None:
+    wire = Wire()
+    realm = behind_a_realm(wire)
+    push_index(wire.src)
+
+    def token_for(service: str) -> Match:
+        return lambda r: r.url.host == "auth.test" and r.url.params.get("service") == service
+
+    # A source named by tag is read first, to pin it; the destination need not wait for that.
+    resolve = wire.hold(is_("src GET manifest", "/v1"), until=arrived(token_for("dst.test")))
+
+    result = wire.copy("src.test/app:v1", credentials=CREDS)
+
+    assert result.ok, result.error
+    assert not resolve.broken, "the destination was contacted only once the tag was read"
+    assert sorted(realm.issued) == ["dst.test repository:app:pull,push",
+                                    "src.test repository:app:pull"]
