@@ -295,7 +295,9 @@ def report(runs: Runs, image_bytes: int, args: argparse.Namespace) -> list[str]:
         "--preserve-digests`, blob-info cache cleared per case), fanout with "
         f"{', '.join(args.fanout_env) or 'its defaults (referrers on)'}; {os.cpu_count()} "
         "cores. Times include process start-up; the three-destination skopeo run is "
-        "`printf '%s\\n' D1 D2 D3 | xargs -P0 -I{} skopeo copy … {}`.", "",
+        "`printf '%s\\n' D1 D2 D3 | xargs -P0 -I{} skopeo copy … {}`. fanout's requests "
+        "include the pings with which it opens connections to a registry while its first "
+        "token is fetched (`FANOUT_PRECONNECT`, 3 by default).", "",
         "| case | fanout s | skopeo s | fanout / skopeo | requests (fanout / skopeo) "
         "| new connections (f / s) | token requests (f / s) | sequential chain, fanout "
         "(median run) | sequential chain, skopeo (median run) | floor |",
