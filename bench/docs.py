@@ -14,7 +14,8 @@ def write_section(heading: str, text: str, doc: Path = DOC) -> None:
     current = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current, count=1)
+        # The blank line before the next heading is the replaced section's to give back.
+        updated = pattern.sub(lambda _: text + "\n\n", current, count=1)
     else:
         updated = current.rstrip("\n") + "\n\n" + text + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
