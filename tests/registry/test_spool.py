@@ -131,6 +131,26 @@ def test_readers_in_one_process_share_one_download_and_later_ones_the_entry(
     assert fetches(counter) == 1
 
 
+def test_a_reader_that_stops_holds_back_no_other(tmp_path: Path) -> None:
+    counter = tmp_path / "gets"
+
+    async def main() -> bytes:
+        spool = Spool(tmp_path / "spool", 1 << 30)
+        fetch = counting_fetch(counter)
+        try:
+            async with spool.open(DIGEST, fetch) as stalled:
+                chunks = stalled.aiter_bytes()
+                await chunks.__anext__()  # reads a little, then its destination stalls
+                fast = await read_all(spool, fetch)  # would never end if the two were coupled
+                await chunks.aclose()  # type: ignore[attr-defined]
+            return fast
+        finally:
+            await spool.aclose()
+
+    assert asyncio.run(main()) == BLOB
+    assert fetches(counter) == 1
+
+
 def _child_hanging_writer(root: str, counter: str) -> None:
     async def main() -> None:
         spool = Spool(root, 1 << 30)
