@@ -30,10 +30,12 @@ import httpx
 from .auth import RegistryAuth
 from .bounded import bound_body, read_bounded
 from .errors import (
+    Denied,
     ProtocolError,
     RateLimited,
     RegistryError,
     TokenExpired,
+    Unauthorized,
     error_from_response,
     error_from_transport,
 )
@@ -300,7 +302,11 @@ class RegistryClient:
         await self.probe()
         if self._stale:
             await self._renewing.do("credential", self._renew_credential)
-        await self._tokens.do(scope_key(scopes), lambda: self._get_token(scopes, what))
+        try:
+            await self._tokens.do(scope_key(scopes), lambda: self._get_token(scopes, what))
+        except (Unauthorized, Denied):
+            self._stale = True  # see below
+            raise
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
             extensions={SCOPES: tuple(scopes)},
@@ -328,6 +334,12 @@ class RegistryClient:
                     error = TokenExpired(f"{what}: the registry refused the token mid-upload",
                                          status=401, method=method, url=request.url)
                 self._note_limits(response, error)
+                if isinstance(error, Unauthorized | Denied):
+                    # Refused as who we are: look the credential up again at the next
+                    # request, so that a fixed password is used by the next attempt (a
+                    # worker's client outlives the task that failed) without waiting out
+                    # the credential's age.
+                    self._stale = True
                 raise error
             self._note_limits(response, None)
             yield response

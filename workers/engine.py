@@ -3,9 +3,10 @@
 Every task of a worker process runs on one long-lived event loop (:mod:`workers.loop`) and one
 pool of per-host clients, so the second task to a registry finds its connections open, its
 tokens valid and its probe done: a no-op release costs its HEADs and nothing more. Credentials
-are read from the worker's environment and Docker config at every task, and a host's credential
-is looked up again when the one in use is older than a minute, so a refreshed credential (ECR
-tokens last twelve hours) is picked up without restarting the worker.
+are still read from the worker's environment and Docker config at every task, and each host's
+looked up again at its first request of the task, so a changed credential (a fixed password,
+an ECR token refreshed every twelve hours) is used by the next task without restarting the
+worker; tokens are dropped only when the credential did change.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from .loop import EngineLoop, Stopped
 from .settings import WorkerSettings
 from .spool import open_spool
 
-# A host's credential older than this is looked up again at the next task that uses it.
-CREDENTIAL_MAX_AGE = 60.0
+# A host's credential is looked up again by every task that uses it (as when each task built
+# its own clients): an operator who fixed a password retries at once, and one who revoked
+# one sees it refused at once.
+CREDENTIAL_MAX_AGE = 0.0
 
 
 class LeaseLost(Exception):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from registry import scopes
 from registry.capabilities import Capabilities
 from registry.client import RegistryClient
 from registry.credentials import Credential
+from registry.errors import Unauthorized
 from registry.options import TransportOptions
 from tests.registry.test_auth import PASSWORD, REGISTRY, USER, Fake, basic
 
@@ -77,3 +79,25 @@ def test_a_changed_credential_gets_new_tokens_and_is_used_at_once() -> None:
     first, second = token_requests(fake)
     assert first.headers["authorization"] == basic("alice", PASSWORD)
     assert second.headers["authorization"] == basic("alice", "rotated-" + PASSWORD)
+
+
+def test_a_refused_credential_is_looked_up_again_at_the_next_request() -> None:
+    # A worker's client outlives the task that failed: once the password is fixed, the next
+    # attempt must use it, not wait for the credential's age.
+    fake = Fake(challenge='Basic realm="registry.test"')
+    wrong = Credential(username="alice", password="wrong")
+    store = Store(wrong)
+
+    async def scenario() -> None:
+        client = RegistryClient(REGISTRY, credentials=store, options=TransportOptions(),
+                                capabilities=Capabilities(), transport=httpx.MockTransport(fake))
+        with pytest.raises(Unauthorized):
+            await get_manifest(client)
+        store.credential = USER  # the operator fixes it
+        client.renew_credentials(store, older_than=3600)  # the next task, well within the age
+        await get_manifest(client)
+        await client.aclose()
+
+    asyncio.run(scenario())
+    sent = [r.headers.get("authorization") for r in fake.log if r.url.path != "/v2/"]
+    assert sent[-1] == basic("alice", PASSWORD)
