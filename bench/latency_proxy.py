@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from io import BufferedReader
+from pathlib import Path
 
 from tests.support.http_wire import (
     HOP_BY_HOP,
@@ -39,6 +41,7 @@ from tests.support.http_wire import (
     read_response_head,
 )
 from tests.support.loopback_proxy import LoopbackProxy, Seen
+from tests.support.registries import RegistryServer, start_registry
 
 _TLS_HANDSHAKE = 0x16
 # What Go's net/http answers a TLS ClientHello sent to a plain-HTTP port.
@@ -211,3 +214,39 @@ def reset_all(proxies: Mapping[str, LatencyProxy]) -> None:
 def tls_refused(proxies: Mapping[str, LatencyProxy]) -> int:
     return sum(proxy.tls_refused for proxy in proxies.values())
 
+
+
+@dataclass
+class TokenNetwork:
+    """Token-auth registries by role, each and its token server behind a proxy; one password."""
+
+    registries: dict[str, RegistryServer]
+    proxies: dict[str, LatencyProxy]
+    password: str
+
+
+@contextlib.contextmanager
+def token_network(root: Path, roles: Sequence[str], *, request_delay: float,
+                  connect_delay: float) -> Iterator[TokenNetwork]:
+    """A registry with token auth (and its own token server) per role, all behind proxies."""
+    password = secrets.token_urlsafe(12)
+    registries: dict[str, RegistryServer] = {}
+    proxies: dict[str, LatencyProxy] = {}
+    try:
+        for role in roles:
+            registries[role] = start_registry(root / role, auth="token", password=password,
+                                              wait=False)
+        for server in registries.values():
+            server.wait_ready()
+        upstreams: dict[str, str] = {}
+        for role, server in registries.items():
+            assert server.token_server is not None
+            upstreams[role] = server.url
+            upstreams[f"{role}-token"] = server.token_server.url
+        proxies = start_proxies(upstreams, request_delay=request_delay,
+                                connect_delay=connect_delay)
+        yield TokenNetwork(registries, proxies, password)
+    finally:
+        stop_all(proxies)
+        for server in registries.values():
+            server.close()

@@ -16,7 +16,6 @@ across tasks" (``--no-write`` only prints).
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.docs import write_section  # noqa: E402
-from bench.latency_proxy import all_hops, reset_all, start_proxies, stop_all  # noqa: E402
+from bench.latency_proxy import all_hops, reset_all, token_network  # noqa: E402
 from producer import api  # noqa: E402
 from tests.integration.test_worker_reuse import Around  # noqa: E402
 from tests.support import images  # noqa: E402
@@ -39,7 +38,6 @@ from tests.support.queue import (  # noqa: E402
     queue_env,
     start_worker,
 )
-from tests.support.registries import RegistryServer, start_registry  # noqa: E402
 
 SECTION = "## Reuse across tasks"
 ROLES = ("source", "a", "b", "c")
@@ -54,60 +52,45 @@ class Release:
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> list[Release]:
-    password = secrets.token_urlsafe(12)
-    registries: dict[str, RegistryServer] = {}
+    delay = args.request_ms / 1000
     workers: list[Process] = []
     redis_server: RedisServer | None = None
-    proxies = {}
-    try:
-        for role in ROLES:
-            registries[role] = start_registry(tmp / role, auth="token", password=password,
-                                              wait=False)
-        for server in registries.values():
-            server.wait_ready()
-        upstreams: dict[str, str] = {}
-        for role, server in registries.items():
-            assert server.token_server is not None
-            upstreams[role] = server.url
-            upstreams[f"{role}-token"] = server.token_server.url
-        delay = args.request_ms / 1000
-        proxies = start_proxies(upstreams, request_delay=delay, connect_delay=delay)
-        image = images.push_oci_index(registries["source"], "reuse/app", "v1")
-        source = f"{proxies['source'].host}/reuse/app@{image.digest}"
-        destinations = [f"{proxies[role].host}/reuse/app" for role in ("a", "b", "c")]
-        docker = write_docker_auths(tmp / "docker", {proxies[role].host: ("fanout", password)
-                                                     for role in ROLES})
-        redis_server = RedisServer(tmp / "redis", persistent=False).start()
-        env = queue_env(f"{redis_server.url}/0", docker)
-        workers = [start_worker(f"reuse{i}", env, tmp, loglevel="INFO", pool="prefork",
-                                concurrency=args.concurrency, wait=False)
-                   for i in range(args.workers)]
-        for worker in workers:
-            worker.wait_for_log(" ready.")
-        ledger = ledger_for(env["FANOUT_BROKER_URL"])
-        around = Around({proxies["source"].host: registries["source"].host})
-        results = []
-        for _ in range(args.releases):
-            reset_all(proxies)
-            started = time.perf_counter()
-            [release_id] = api.enqueue(source, destinations, tags=["v1"], env=env,
-                                       ledger=ledger, transport=around)
-            release = api.wait(release_id, timeout=120, poll=0.02, ledger=ledger)
-            seconds = time.perf_counter() - started
-            if not release.ok:
-                raise SystemExit(f"release failed: {release.to_dict()}")
-            hops = all_hops(proxies)
-            results.append(Release(seconds, len(hops), sum(1 for h in hops if h.first),
-                                   sum(1 for h in hops if h.role.endswith("-token"))))
-        return results
-    finally:
-        for worker in workers:
-            worker.stop()
-        if redis_server is not None:
-            redis_server.stop()
-        stop_all(proxies)
-        for server in registries.values():
-            server.close()
+    with token_network(tmp, ROLES, request_delay=delay, connect_delay=delay) as network:
+        registries, proxies, password = network.registries, network.proxies, network.password
+        try:
+            image = images.push_oci_index(registries["source"], "reuse/app", "v1")
+            source = f"{proxies['source'].host}/reuse/app@{image.digest}"
+            destinations = [f"{proxies[role].host}/reuse/app" for role in ("a", "b", "c")]
+            docker = write_docker_auths(tmp / "docker", {proxies[role].host: ("fanout", password)
+                                                         for role in ROLES})
+            redis_server = RedisServer(tmp / "redis", persistent=False).start()
+            env = queue_env(f"{redis_server.url}/0", docker)
+            workers = [start_worker(f"reuse{i}", env, tmp, loglevel="INFO", pool="prefork",
+                                    concurrency=args.concurrency, wait=False)
+                       for i in range(args.workers)]
+            for worker in workers:
+                worker.wait_for_log(" ready.")
+            ledger = ledger_for(env["FANOUT_BROKER_URL"])
+            around = Around({proxies["source"].host: registries["source"].host})
+            results = []
+            for _ in range(args.releases):
+                reset_all(proxies)
+                started = time.perf_counter()
+                [release_id] = api.enqueue(source, destinations, tags=["v1"], env=env,
+                                           ledger=ledger, transport=around)
+                release = api.wait(release_id, timeout=120, poll=0.02, ledger=ledger)
+                seconds = time.perf_counter() - started
+                if not release.ok:
+                    raise SystemExit(f"release failed: {release.to_dict()}")
+                hops = all_hops(proxies)
+                results.append(Release(seconds, len(hops), sum(1 for h in hops if h.first),
+                                       sum(1 for h in hops if h.role.endswith("-token"))))
+            return results
+        finally:
+            for worker in workers:
+                worker.stop()
+            if redis_server is not None:
+                redis_server.stop()
 
 
 def report(results: list[Release], args: argparse.Namespace) -> str:

@@ -10,7 +10,6 @@ send is the few reads that prove each destination already holds the image.
 
 from __future__ import annotations
 
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.latency_proxy import LatencyProxy, all_hops, reset_all, start_proxies, stop_all
+from bench.latency_proxy import TokenNetwork, all_hops, reset_all, token_network
 from producer import api
 from tests.support import images
 from tests.support.cli import write_docker_auths
@@ -30,7 +29,6 @@ from tests.support.queue import (
     start_worker,
     wait_until,
 )
-from tests.support.registries import RegistryServer, start_registry
 from tests.support.skopeo import assert_skopeo_same
 from workers.ledger import Release
 
@@ -45,35 +43,15 @@ pytestmark = [
 
 
 @pytest.fixture
-def network(tmp_path: Path) -> Iterator[tuple[dict[str, RegistryServer],
-                                              dict[str, LatencyProxy], str]]:
-    password = secrets.token_urlsafe(12)
-    registries: dict[str, RegistryServer] = {}
-    try:
-        for role in ROLES:
-            registries[role] = start_registry(tmp_path / role, auth="token", password=password,
-                                              wait=False)
-        for server in registries.values():
-            server.wait_ready()
-        upstreams: dict[str, str] = {}
-        for role, server in registries.items():
-            assert server.token_server is not None
-            upstreams[role] = server.url
-            upstreams[f"{role}-token"] = server.token_server.url
-        proxies = start_proxies(upstreams, request_delay=0, connect_delay=0)
-        try:
-            yield registries, proxies, password
-        finally:
-            stop_all(proxies)
-    finally:
-        for server in registries.values():
-            server.close()
+def network(tmp_path: Path) -> Iterator[TokenNetwork]:
+    with token_network(tmp_path, ROLES, request_delay=0, connect_delay=0) as network:
+        yield network
 
 
 def test_the_second_release_reuses_connections_and_tokens(
-    network: tuple[dict[str, RegistryServer], dict[str, LatencyProxy], str], tmp_path: Path,
+    network: TokenNetwork, tmp_path: Path,
 ) -> None:
-    registries, proxies, password = network
+    registries, proxies, password = network.registries, network.proxies, network.password
     image = images.push_oci_index(registries["source"], "reuse/app", "v1", layer_size=20_000)
     source = f"{proxies['source'].host}/reuse/app@{image.digest}"
     destinations = [f"{proxies[role].host}/reuse/app" for role in ("a", "b", "c")]
