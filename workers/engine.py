@@ -27,6 +27,7 @@ from registry.locations import BlobLocations
 from registry.reference import parse_reference, parse_repository
 from registry.session import Registries
 
+from .access import AccessPolicy
 from .holds import RedisHolds
 from .job import CopyJob
 from .locations import RedisLocations
@@ -64,6 +65,7 @@ class CopyEngine:
         self._env = dict(env)
         # Read once, at worker start: a bad setting fails the worker, not every task.
         self._transport = transport_options_from_env(self._env)
+        self._access = AccessPolicy.from_env(self._env)
         copy_options_from_env(self._env)
         # Loading the trust store costs tens of milliseconds: once per worker process, not per
         # task (the runner is built after the prefork fork).
@@ -85,7 +87,9 @@ class CopyEngine:
     def copy(self, job: CopyJob, *, timeout: float | None,
              abort: threading.Event | None = None) -> dict[str, int]:
         """Copy ``job``; ``abort`` set from another thread (a lost lease) stops it at once
-        with :class:`LeaseLost`."""
+        with :class:`LeaseLost`; a job outside the worker's allowed sources and destinations
+        fails with :class:`~workers.access.PolicyDenied` before any request is sent."""
+        self._access.check(job)
         try:
             return self._loop.run(self._copy(job, timeout), abort)
         except Stopped:
