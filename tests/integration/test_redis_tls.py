@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import redis
 from tests.support.cli import run_fanout, write_docker_config
 from tests.support.images import push_oci_image
 from tests.support.ports import free_port
-from tests.support.queue import queue_env, start_worker
+from tests.support.queue import queue_env, start_worker, wait_until
 from tests.support.registries import RegistrySet, write_tls_files
 from tests.support.skopeo import assert_skopeo_same
 
@@ -46,15 +45,14 @@ def test_a_release_through_a_tls_redis_with_an_acl_user(
     url = (f"rediss://fanout:{password}@127.0.0.1:{port}/0"
            f"?ssl_cert_reqs=required&ssl_ca_certs={ca}")
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
+
+    def answers() -> bool | None:
         try:
-            client.ping()
-            break
+            return bool(client.ping())
         except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return None
+
+    wait_until(answers, 10, "the TLS redis-server answering")
     # Plain text, or TLS without the CA, is refused: the test is really on TLS.
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(f"redis://fanout:{password}@127.0.0.1:{port}/0").ping()
