@@ -72,21 +72,27 @@ def test_a_blob_one_worker_landed_is_mounted_by_another_worker_process(
         a, b = f"{unique_repo}/a", f"{unique_repo}/b"
 
         first = start_worker("index1", env, tmp_path, loglevel="INFO")
-        one = _release(ledger, image.reference, f"{proxy.host}/{a}", first)
-        stats = one.destinations[f"{proxy.host}/{a}"].stats
-        assert stats["blobs_uploaded"] == len(image.blobs) == 3, stats
-        # The hints are written beside the copy: each blob's, naming `a`, in the ledger's Redis.
-        keys = [f"{KEY_PREFIX}{proxy.host}/{digest}" for digest in image.blobs]
-        wait_until(lambda: all(index.zrange(k, 0, -1) == [a] for k in keys), 10,
-                   "every blob recorded at a", lambda: index.keys("*"))
-        first.stop()
+        try:
+            one = _release(ledger, image.reference, f"{proxy.host}/{a}", first)
+            stats = one.destinations[f"{proxy.host}/{a}"].stats
+            assert stats["blobs_uploaded"] == len(image.blobs) == 3, stats
+            # The hints are written beside the copy: each blob's, naming `a`, in Redis.
+            keys = [f"{KEY_PREFIX}{proxy.host}/{digest}" for digest in image.blobs]
+            wait_until(lambda: all(index.zrange(k, 0, -1) == [a] for k in keys), 10,
+                       "every blob recorded at a", lambda: index.keys("*"))
+        finally:
+            first.stop()
         assert not first.running
 
         proxy.reset_seen()
         second = start_worker("index2", env, tmp_path, loglevel="INFO")
-        assert second.pid != first.pid
-        two = _release(ledger, image.reference, f"{proxy.host}/{b}", second)
-        seen = proxy.seen
+        try:
+            assert second.pid != first.pid
+            two = _release(ledger, image.reference, f"{proxy.host}/{b}", second)
+            seen = proxy.seen
+        finally:
+            # Else it outlives the test, retrying a Redis that is gone.
+            second.stop()
 
     record = two.destinations[f"{proxy.host}/{b}"]
     assert (record.worker or "").startswith("index2@"), record.worker
