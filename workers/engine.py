@@ -66,21 +66,21 @@ class CopyEngine:
         # Read once, at worker start: a bad setting fails the worker, not every task.
         self._transport = transport_options_from_env(self._env)
         self._access = AccessPolicy.from_env(self._env)
-        copy_options_from_env(self._env)
+        self._retry = copy_options_from_env(self._env).retry
+        settings = WorkerSettings.from_env(self._env)
         # Loading the trust store costs tens of milliseconds: once per worker process, not per
         # task (the runner is built after the prefork fork).
         self._tls = tls_context(self._transport)
         # One per worker process, like the TLS context; its client connects on first use.
-        self._holds = holds if holds is not None else RedisHolds.from_settings(
-            WorkerSettings.from_env(self._env))
+        self._holds = holds if holds is not None else RedisHolds.from_settings(settings)
         # Where each blob was seen, per registry: every worker mounts from where any landed it.
-        self._locations = locations if locations is not None else RedisLocations.from_settings(
-            WorkerSettings.from_env(self._env))
+        self._locations = (locations if locations is not None
+                           else RedisLocations.from_settings(settings))
         # What each registry host accepts (chunk bounds, mounts, the referrers API), learnt by
         # one task and known to every later task of this process.
         self.capabilities = CapabilityStore()
         # Shared with the host's other worker processes: destinations read a source blob once.
-        self._spool = open_spool(WorkerSettings.from_env(self._env))
+        self._spool = open_spool(settings)
         self._loop = EngineLoop()
         self._registries: Registries | None = None
 
@@ -99,11 +99,10 @@ class CopyEngine:
         """The process's clients, with this task's credentials (read again at every task)."""
         credentials = default_store(self._env)
         if self._registries is None:
-            options = copy_options_from_env(self._env)
             self._registries = Registries(
                 credentials, self._transport, tls=self._tls, holds=self._holds,
                 capabilities=self.capabilities, locations=self._locations,
-                retry=options.retry, spool=self._spool)
+                retry=self._retry, spool=self._spool)
         else:
             self._registries.renew_credentials(credentials, older_than=CREDENTIAL_MAX_AGE)
         return self._registries
