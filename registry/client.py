@@ -200,9 +200,11 @@ class RegistryClient:
         """Take credentials from ``store`` from now on; the one in use is looked up again, at
         the next request, if it is older than ``older_than`` seconds.
 
-        A worker's client serves task after task. Looking the credential up at every task would
-        run a credential helper (seconds for ECR's) each time; never looking again would miss a
-        rotated password. Tokens stay while the credential is unchanged.
+        A worker's client serves task after task; the worker passes 0, so every task sees the
+        credential as it is now (a fixed password, a refreshed ECR token), at the cost of one
+        lookup per host per task (a credential helper, seconds for ECR's, runs each time). A
+        caller for whom that costs too much may pass an age. Tokens stay while the credential
+        is unchanged; a refused request marks it for a fresh lookup whatever its age.
         """
         self._credentials = store
         if self._ready.known("probe") is not None and (
@@ -305,7 +307,7 @@ class RegistryClient:
         try:
             await self._tokens.do(scope_key(scopes), lambda: self._get_token(scopes, what))
         except (Unauthorized, Denied):
-            self._stale = True  # see below
+            self._stale = True  # the realm refused who we are: look again, as below
             raise
         request = self.http.build_request(
             method, self.url(url), headers=headers, content=content, params=params,
