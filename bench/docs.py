@@ -22,6 +22,14 @@ def write_section(heading: str, text: str, doc: Path = DOC) -> None:
     doc.write_text(updated.rstrip("\n") + "\n")
 
 
+def publish(heading: str, text: str, *, write: bool) -> None:
+    """Print a benchmark's section, and when ``write``, put it in docs/benchmarks.md."""
+    print(text)
+    if write:
+        write_section(heading, text)
+        print(f"written to {DOC.relative_to(DOC.parents[1])}")
+
+
 def redis_version() -> str:
     out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
                          check=False).stdout

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.docs import redis_version, write_section  # noqa: E402
+from bench.docs import publish, redis_version  # noqa: E402
 from producer import api  # noqa: E402
 from tests.support.images import push_oci_image  # noqa: E402
 from tests.support.queue import (  # noqa: E402
@@ -43,7 +43,6 @@ from tests.support.queue import (  # noqa: E402
 from tests.support.registries import start_registry  # noqa: E402
 from workers.ledger import Release  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Load: 200 releases x 3 destinations"
 LAYER_SIZE = 256 * 1024
 
@@ -175,10 +174,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fanout-load-") as name:
         result = run(args.n, Path(name))
     text = report(result)
-    print(text)
-    if not args.no_write and args.n == 200:
-        write_section(SECTION, text)
-        print(f"written to {DOC.relative_to(ROOT)}")
+    publish(SECTION, text, write=not args.no_write and args.n == 200)
     return 0
 
 

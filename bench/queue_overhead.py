@@ -29,7 +29,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.docs import redis_version, write_section  # noqa: E402
+from bench.docs import publish, redis_version  # noqa: E402
 from producer import api  # noqa: E402
 from registry.copy import Copier  # noqa: E402
 from registry.credentials import default_store  # noqa: E402
@@ -42,7 +42,6 @@ from tests.support.registries import start_registry  # noqa: E402
 from workers.ledger import Ledger  # noqa: E402
 
 BIN = Path(sys.executable).parent
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Queue overhead"
 
 
@@ -169,10 +168,7 @@ def main() -> int:
             server.terminate()
             server.wait()
     text = report(runs, args.n)
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text)
-        print(f"written to {DOC.relative_to(ROOT)}")
+    publish(SECTION, text, write=not args.no_write)
     return 0
 
 

@@ -43,7 +43,7 @@ from bench.copy_bench import (  # noqa: E402
     forget_skopeo_cache,
     skopeo_version,
 )
-from bench.docs import redis_version, write_section  # noqa: E402
+from bench.docs import publish, redis_version  # noqa: E402
 from tests.support import images  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.queue import Process, start_worker  # noqa: E402
@@ -177,10 +177,7 @@ def main() -> int:
         (tmp / "docker").mkdir()
         (tmp / "docker" / "config.json").write_text('{"auths": {}}')
         text = report(benchmark(args, tmp), args)
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text)
-        print("written to docs/benchmarks.md")
+    publish(SECTION, text, write=not args.no_write)
     return 0
 
 

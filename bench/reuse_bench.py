@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.docs import write_section  # noqa: E402
+from bench.docs import publish  # noqa: E402
 from bench.latency_proxy import all_hops, reset_all, token_network  # noqa: E402
 from producer import api  # noqa: E402
 from tests.integration.test_worker_reuse import Around  # noqa: E402
@@ -123,10 +123,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fanout-reuse-bench-") as name:
         text = report(measure(args, Path(name)), args)
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text)
-        print("written to docs/benchmarks.md")
+    publish(SECTION, text, write=not args.no_write)
     return 0
 
 

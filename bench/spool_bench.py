@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.docs import write_section  # noqa: E402
+from bench.docs import publish  # noqa: E402
 from producer import api  # noqa: E402
 from tests.support.fault_proxy import FaultProxy  # noqa: E402
 from tests.support.images import PushedImage, push_oci_image  # noqa: E402
@@ -207,9 +207,7 @@ def main() -> int:
     text = "\n\n".join(
         [f"{HEADING}\n\n`.venv/bin/python bench/spool_bench.py`: loopback registries "
          f"(distribution), {os.cpu_count()} CPUs."] + ["\n".join(s) for s in sections])
-    print(text)
-    if not args.no_write:
-        write_section(HEADING, text)
+    publish(HEADING, text, write=not args.no_write)
     return 0
 
 
