@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: a private RabbitMQ virtual host; and, for the quirk-proxy
+"""Fixtures of the integration tests: a Redis of the test's own; a private RabbitMQ virtual host;
+and, for the quirk-proxy
 tests (``test_profiles``, ``test_quirks``, ``test_quirk_proxy``, ``test_check_profiles``), a plain
 registry and a release on it per module, and proxies stopped after each test."""
 
@@ -8,13 +9,24 @@ import secrets
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.queue import RedisServer
 from tests.support.quirks.harness import Release, StartProxy, push_release
 from tests.support.quirks.profiles import Profile
 from tests.support.quirks.proxy import QuirkProxy
 from tests.support.registries import RegistryServer, start_registry
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, on a free port, keeping nothing on disk (a module that
+    restarts its Redis, or shares one, defines its own)."""
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

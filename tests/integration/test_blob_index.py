@@ -10,7 +10,7 @@ registry saw. The result is checked byte for byte.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -41,13 +41,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None,
                        reason="redis-server is not installed"),
 ]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", persistent=False).start()
-    yield server
-    server.stop()
 
 
 def _release(ledger: Ledger, image_ref: str, target: str, worker: Process) -> Release:

@@ -27,32 +27,28 @@ pytestmark = [
 
 
 def test_a_destination_outside_the_policy_is_refused_without_a_request(
-    registries: RegistrySet, unique_repo: str, tmp_path: Path,
+    registries: RegistrySet, unique_repo: str, tmp_path: Path, redis_server: RedisServer,
 ) -> None:
     image = push_oci_image(registries.source, unique_repo, "v1", layers=1)
-    redis_server = RedisServer(tmp_path / "redis", persistent=False).start()
-    try:
-        with FaultProxy(registries.dest2.url) as forbidden:
-            allowed = f"{registries.dest1.host}/{unique_repo}"
-            denied = f"{forbidden.host}/{unique_repo}"
-            env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "d", []),
-                            FANOUT_ALLOWED_DESTINATIONS=f"{registries.dest1.host}/test/*")
-            worker = start_worker("policy", env, tmp_path, loglevel="INFO")
-            try:
-                ledger = ledger_for(env["FANOUT_BROKER_URL"])
-                [release_id] = api.enqueue(image.reference, [allowed, denied], tags=["v1"],
-                                           env=env, ledger=ledger)
+    with FaultProxy(registries.dest2.url) as forbidden:
+        allowed = f"{registries.dest1.host}/{unique_repo}"
+        denied = f"{forbidden.host}/{unique_repo}"
+        env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "d", []),
+                        FANOUT_ALLOWED_DESTINATIONS=f"{registries.dest1.host}/test/*")
+        worker = start_worker("policy", env, tmp_path, loglevel="INFO")
+        try:
+            ledger = ledger_for(env["FANOUT_BROKER_URL"])
+            [release_id] = api.enqueue(image.reference, [allowed, denied], tags=["v1"],
+                                       env=env, ledger=ledger)
 
-                def done() -> Release | None:
-                    release = api.status(release_id, ledger=ledger)
-                    return release if release.done else None
+            def done() -> Release | None:
+                release = api.status(release_id, ledger=ledger)
+                return release if release.done else None
 
-                release = wait_until(done, 60, "the release done", lambda: worker.log()[-3000:])
-            finally:
-                worker.stop()
-            seen = forbidden.requests()
-    finally:
-        redis_server.stop()
+            release = wait_until(done, 60, "the release done", lambda: worker.log()[-3000:])
+        finally:
+            worker.stop()
+        seen = forbidden.requests()
     assert release.destinations[allowed].state == "succeeded"
     refused = release.destinations[denied]
     assert (refused.state, refused.error_type) == ("failed", "PolicyDenied")

@@ -48,13 +48,6 @@ pytestmark = [
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", persistent=False).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[dict[str, str],
                                                                          list[Process]]]:
     env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []))

@@ -49,7 +49,7 @@ def network(tmp_path: Path) -> Iterator[TokenNetwork]:
 
 
 def test_the_second_release_reuses_connections_and_tokens(
-    network: TokenNetwork, tmp_path: Path,
+    network: TokenNetwork, tmp_path: Path, redis_server: RedisServer,
 ) -> None:
     registries, proxies, password = network.registries, network.proxies, network.password
     image = images.push_oci_index(registries["source"], "reuse/app", "v1", layer_size=20_000)
@@ -57,7 +57,6 @@ def test_the_second_release_reuses_connections_and_tokens(
     destinations = [f"{proxies[role].host}/reuse/app" for role in ("a", "b", "c")]
     docker = write_docker_auths(tmp_path / "docker",
                                 {proxies[role].host: ("fanout", password) for role in ROLES})
-    redis_server = RedisServer(tmp_path / "redis", persistent=False).start()
     env = queue_env(f"{redis_server.url}/0", docker)
     worker: Process | None = None
     try:
@@ -90,7 +89,6 @@ def test_the_second_release_reuses_connections_and_tokens(
     finally:
         if worker is not None:
             worker.stop()
-        redis_server.stop()
 
     registry_hops = [hop for hop in hops if not hop.role.endswith("-token")]
     timeline = "\n".join(f"{hop.role} {hop.method} {hop.path} first={hop.first}" for hop in hops)
