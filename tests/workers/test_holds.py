@@ -15,6 +15,7 @@ import redis
 from registry.holds import HoldStore
 from tests.support.ports import free_port
 from tests.workers.conftest import FakeClock
+from tests.workers.engine_fakes import CapturingRegistries, NoCopier
 from workers import engine as engine_module
 from workers.engine import CopyEngine
 from workers.holds import KEY_PREFIX, RedisHolds
@@ -128,26 +129,6 @@ def test_after_an_error_reads_stay_quiet_for_a_while(clock: FakeClock) -> None:
 
 
 # -- the engine builds one -------------------------------------------------------------------
-
-
-class CapturingRegistries:
-    seen: list[dict[str, Any]] = []
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        CapturingRegistries.seen.append(kwargs)
-
-    def renew_credentials(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class NoCopier:
-    def __init__(self, registries: Any, options: Any) -> None:
-        pass
-
-    async def copy_image(self, source: Any, destination: Any, tags: Any) -> Any:
-        from registry.results import CopyStats
-
-        return CopyStats()
 
 
 def test_the_engine_hands_its_pool_the_ledger_redis_holds(

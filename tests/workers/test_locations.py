@@ -17,6 +17,7 @@ from registry.envconfig import ConfigError
 from registry.locations import BlobLocations, MemoryLocations
 from tests.support.ports import free_port
 from tests.workers.conftest import FakeClock
+from tests.workers.engine_fakes import CapturingRegistries, NoCopier
 from workers import engine as engine_module
 from workers.engine import CopyEngine
 from workers.job import CopyJob
@@ -155,26 +156,6 @@ def test_the_ttl_setting() -> None:
     for bad in ("0", "-5", "a day"):
         with pytest.raises(ConfigError, match="FANOUT_BLOB_INDEX_TTL"):
             WorkerSettings.from_env({"FANOUT_BLOB_INDEX_TTL": bad})
-
-
-class CapturingRegistries:
-    seen: list[dict[str, Any]] = []
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        CapturingRegistries.seen.append(kwargs)
-
-    def renew_credentials(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class NoCopier:
-    def __init__(self, registries: Any, options: Any) -> None:
-        pass
-
-    async def copy_image(self, source: Any, destination: Any, tags: Any) -> Any:
-        from registry.results import CopyStats
-
-        return CopyStats()
 
 
 def _two_tasks(engine: CopyEngine) -> None:
