@@ -187,6 +187,8 @@ class RegistryClient:
             task.add_done_callback(self._warming.discard)
 
     async def _spare_ping(self) -> None:
+        if self._holds.until(self.registry) > time.time():
+            return  # a held registry gets nothing, not even a ping
         request = self.http.build_request("GET", self.url("/v2/"),
                                           headers={"Accept-Encoding": "identity"})
         with contextlib.suppress(httpx.HTTPError, RegistryError):
@@ -225,6 +227,10 @@ class RegistryClient:
     def hold(self, seconds: float) -> None:
         """Send nothing to this host for ``seconds``, here and wherever the hold store reaches."""
         if seconds > 0:
+            # A spare ping still opening its connection would reach a registry that has just
+            # asked for quiet: cancelled, it never sends its request.
+            for task in self._warming:
+                task.cancel()
             # A registry's word is trusted up to an hour: a hostile or broken Retry-After must
             # not park a host for every worker for days.
             self._holds.hold(self.registry, time.time() + min(seconds, MAX_HOLD_SECONDS))
