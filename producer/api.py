@@ -44,6 +44,8 @@ from . import check_cmd, replay_plan, retry_plan
 from .broker import (
     TASK_NAME,
     EnqueueError,
+    QueueUnreachable,
+    SourceUnavailable,
     check_broker,
     connect_ledger,
     queue_settings,
@@ -54,7 +56,8 @@ from .common import UsageError
 from .inputs import credentials, parse_source, parse_targets
 
 __all__ = [
-    "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "ReleaseNotFound",
+    "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "QueueUnreachable",
+    "ReleaseNotFound", "SourceUnavailable",
     "check", "check_broker", "connect_ledger", "enqueue", "exit_code", "queue_settings",
     "redact", "replay", "retry", "status", "wait",
 ]
@@ -268,7 +271,7 @@ async def _resolve(copier: Copier, source: Reference) -> Reference:
     except NotFound:
         raise EnqueueError(f"source {source}: no such image") from None
     except RegistryError as exc:
-        raise EnqueueError(f"source {source}: {exc}") from exc
+        raise SourceUnavailable(f"source {source}: {exc}") from exc
     if found is None:
         raise EnqueueError(f"source {source}: no such image (digest unknown to the registry)")
     return source.pinned()

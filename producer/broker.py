@@ -23,6 +23,14 @@ class EnqueueError(UsageError):
     """Nothing (or, when it says so, only part) was enqueued; the message says why."""
 
 
+class QueueUnreachable(EnqueueError):
+    """The broker or the ledger could not be reached: the input may be fine; try again later."""
+
+
+class SourceUnavailable(EnqueueError):
+    """The source registry failed to answer (as opposed to answering "no such image")."""
+
+
 def redact(url: str) -> str:
     """``url`` with its password masked, for messages (each sentinel of a list too)."""
     return connections.redact(url)
@@ -36,7 +44,7 @@ def connect_ledger(settings: WorkerSettings) -> Ledger:
         client.ping()
     except (redis.RedisError, OSError) as exc:
         client.close()
-        raise EnqueueError(f"ledger {redact(settings.ledger_url)} is unreachable: "
+        raise QueueUnreachable(f"ledger {redact(settings.ledger_url)} is unreachable: "
                            f"{_scrub(exc, settings.ledger_url, settings)}") from None
     return Ledger(client, retention=settings.retention)
 
@@ -53,7 +61,7 @@ def check_broker(url: str, settings: WorkerSettings | None = None) -> None:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
                                          timeout=_CONNECT_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - kombu raises per-transport types; all mean "down"
-        raise EnqueueError(f"broker {redact(url)} is unreachable: "
+        raise QueueUnreachable(f"broker {redact(url)} is unreachable: "
                            f"{_scrub(exc, url, settings)}") from None
 
 
@@ -115,5 +123,5 @@ def send(ledger: Ledger, settings: WorkerSettings, release_id: str,
         for destination in pending:
             ledger.mark_failed(release_id, destination, error=reason, error_type="EnqueueError")
         done = len(tasks) - len(pending)
-        raise EnqueueError(f"release {release_id}: {done} of {len(tasks)} destinations "
+        raise QueueUnreachable(f"release {release_id}: {done} of {len(tasks)} destinations "
                            f"enqueued; {reason}") from None

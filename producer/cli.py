@@ -18,6 +18,7 @@ from . import (
     metrics_cmd,
     replay_cmd,
     retry_cmd,
+    serve_cmd,
     status_cmd,
 )
 from .common import UsageError
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_parser(commands)
     check_cmd.add_parser(commands)
     metrics_cmd.add_parser(commands)
+    serve_cmd.add_parser(commands)
     return parser
 
 

@@ -31,7 +31,8 @@ from registry.envconfig import ConfigError, split_list
 DEFAULT_FILE = "fanout.toml"
 _REGISTRY_KEYS = frozenset({"insecure"})
 _ENTRY_KEYS = frozenset({"to", "optional"})
-_TOP_KEYS = frozenset({"default", "destinations", "registries"})
+# tokens, rules and hooks are read by `fanout serve` (service/config.py) and ignored here.
+_TOP_KEYS = frozenset({"default", "destinations", "registries", "tokens", "rules", "hooks"})
 
 
 @dataclass(frozen=True, slots=True)

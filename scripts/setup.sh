@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in docker-registry:docker-registry skopeo:skopeo redis-server:redis-server htpasswd:apache2-utils; do
+for pair in docker-registry:docker-registry skopeo:skopeo redis-server:redis-server htpasswd:apache2-utils chromium:chromium; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if ((${#need[@]})); then

@@ -40,6 +40,11 @@ class LedgerReader:
         self._redis = redis_client
         self._clock = clock
 
+    @property
+    def client(self) -> redis.Redis[Any]:
+        """The Redis connection the ledger uses, for state kept beside it."""
+        return self._redis
+
     # -- reading --------------------------------------------------------------------------
 
     def get(self, release_id: str) -> Release | None:

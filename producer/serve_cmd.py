@@ -1,0 +1,34 @@
+"""``fanout serve``: the HTTP front door (:mod:`service`), for CI runners and registries that
+must not reach the broker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "serve", help="serve the HTTP API, registry webhooks and the release page",
+        description="Serve the HTTP API (POST /v1/releases, …), registry webhooks "
+                    "(/v1/hooks/KIND) and the release page (/). Tokens, rules and destination "
+                    "sets come from the config file; Redis from FANOUT_BROKER_URL and "
+                    "FANOUT_LEDGER_URL, as for enqueue. See docs/api.md.",
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # The web stack loads only for this command: no other command pays for it.
+    from service.config import load_serve_config
+    from service.server import serve
+
+    env = dict(os.environ)
+    config = load_serve_config(args.config, env)
+    serve(config, env, host=args.host, port=args.port)
+    return 0
