@@ -54,6 +54,16 @@ class Attempt:
         except (ValueError, TypeError):
             return None  # a damaged entry hides itself, not the rest of the history
 
+    @classmethod
+    def from_dict(cls, doc: object, where: str = "attempt") -> Attempt:
+        """An attempt from its :meth:`to_dict` form; raises :class:`DocumentError`."""
+        fields = _Fields(doc, where)
+        return cls(attempt=fields.integer("attempt"), worker=fields.text_or_none("worker"),
+                   started_at=fields.number_or_none("started_at"),
+                   ended_at=fields.number("ended_at"), outcome=fields.text("outcome"),
+                   error=fields.text_or_none("error", None),
+                   error_type=fields.text_or_none("error_type", None))
+
 
 @dataclass(frozen=True)
 class DestinationRecord:
@@ -101,6 +111,27 @@ class DestinationRecord:
         doc["history"] = [a.to_dict() for a in self.history]
         return doc
 
+    @classmethod
+    def from_dict(cls, doc: object, where: str = "destination") -> DestinationRecord:
+        """A record from its :meth:`to_dict` form; raises :class:`DocumentError`."""
+        f = _Fields(doc, where)
+        return cls(
+            destination=f.text("destination"), tags=tuple(f.texts("tags")),
+            state=f.text("state"), attempts=f.integer("attempts"),
+            last_error=f.text_or_none("last_error"), error_type=f.text_or_none("error_type"),
+            bytes=f.integer("bytes"), seconds=f.number("seconds"),
+            created_at=f.number("created_at"), updated_at=f.number("updated_at"),
+            started_at=f.number_or_none("started_at"),
+            finished_at=f.number_or_none("finished_at"),
+            stats={str(k): int(v) for k, v in f.mapping("stats", int).items()},
+            worker=f.text_or_none("worker"), next_retry_at=f.number_or_none("next_retry_at"),
+            optional=f.flag("optional", False), generation=f.integer("generation", 0),
+            round_base=f.integer("round_base", 0), round_at=f.number_or_none("round_at", None),
+            heartbeat_at=f.number_or_none("heartbeat_at", None),
+            history=tuple(Attempt.from_dict(item, f"{where}.history[{i}]")
+                          for i, item in enumerate(f.items("history", []))),
+        )
+
 
 @dataclass(frozen=True)
 class Release:
@@ -139,6 +170,20 @@ class Release:
             "ok": self.ok,
             "destinations": {name: d.to_dict() for name, d in self.destinations.items()},
         }
+
+    @classmethod
+    def from_document(cls, doc: object) -> Release:
+        """A release from its document (:meth:`to_dict`, ``release_document``): what
+        ``fanout serve`` answers. Keys it does not know (``done``, ``exit_code``: derived) are
+        ignored; a missing or mistyped one raises :class:`DocumentError` naming it."""
+        found = doc.get("id") if isinstance(doc, Mapping) else None
+        where = f"release {found}" if isinstance(found, str) else "release"
+        f = _Fields(doc, where)
+        destinations = {name: DestinationRecord.from_dict(record, f"{where}.destinations.{name}")
+                        for name, record in f.mapping("destinations", Mapping).items()}
+        return cls(id=f.text("id"), source=f.text("source"), digest=f.text("digest"),
+                   created_at=f.number("created_at"), destinations=destinations,
+                   epoch=f.integer("epoch", 0))
 
 
 def release_key(release_id: str) -> str:
@@ -216,3 +261,74 @@ def decode_map(row: Mapping[Any, Any]) -> dict[str, str]:
 
 def to_float(value: str | None) -> float | None:
     return float(value) if value else None
+
+
+class DocumentError(ValueError):
+    """A release document lacks a field, or has one of the wrong type."""
+
+
+_REQUIRED: Any = object()
+_JSON_NAMES: dict[type, str] = {str: "a string", int: "a number", float: "a number",
+                                bool: "true or false", list: "a list", Mapping: "an object"}
+
+
+class _Fields:
+    """Typed reads of one JSON object; each error names the field and where it is. A key
+    given a default may be absent; one without must be there (``None`` where the type allows)."""
+
+    def __init__(self, doc: object, where: str) -> None:
+        if not isinstance(doc, Mapping):
+            raise DocumentError(f"{where}: expected an object, got {doc!r:.60}")
+        self.doc: Mapping[str, Any] = doc
+        self.where = where
+
+    def _get(self, key: str, kinds: tuple[type, ...], default: Any, *, nullable: bool) -> Any:
+        if key not in self.doc:
+            if default is _REQUIRED:
+                raise DocumentError(f"{self.where}: {key!r} is missing")
+            return default
+        return _checked(self.doc[key], kinds, f"{self.where}.{key}", nullable=nullable)
+
+    def text(self, key: str) -> str:
+        return str(self._get(key, (str,), _REQUIRED, nullable=False))
+
+    def text_or_none(self, key: str, default: str | None = _REQUIRED) -> str | None:
+        value = self._get(key, (str,), default, nullable=True)
+        return None if value is None else str(value)
+
+    def integer(self, key: str, default: int = _REQUIRED) -> int:
+        return int(self._get(key, (int,), default, nullable=False))
+
+    def number(self, key: str) -> float:
+        return float(self._get(key, (int, float), _REQUIRED, nullable=False))
+
+    def number_or_none(self, key: str, default: float | None = _REQUIRED) -> float | None:
+        value = self._get(key, (int, float), default, nullable=True)
+        return None if value is None else float(value)
+
+    def flag(self, key: str, default: bool = _REQUIRED) -> bool:
+        return bool(self._get(key, (bool,), default, nullable=False))
+
+    def texts(self, key: str) -> list[str]:
+        return [_checked(item, (str,), f"{self.where}.{key}[{i}]")
+                for i, item in enumerate(self.items(key))]
+
+    def items(self, key: str, default: list[Any] = _REQUIRED) -> list[Any]:
+        return list(self._get(key, (list,), default, nullable=False))
+
+    def mapping(self, key: str, values: type) -> dict[str, Any]:
+        found: Mapping[str, Any] = self._get(key, (Mapping,), _REQUIRED, nullable=False)
+        return {str(name): _checked(value, (values,), f"{self.where}.{key}.{name}")
+                for name, value in found.items()}
+
+
+def _checked(value: Any, kinds: tuple[type, ...], where: str, *, nullable: bool = False) -> Any:
+    if value is None and nullable:
+        return None
+    # bool is an int to Python, never to JSON: true is no attempt count.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(dict.fromkeys(_JSON_NAMES.get(kind, kind.__name__)
+                                          for kind in kinds))
+        raise DocumentError(f"{where}: expected {names}{' or null' if nullable else ''}, "
+                            f"got {value!r:.60}")
+    return value
