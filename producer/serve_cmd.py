@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from .common import UsageError
+
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
@@ -20,15 +22,24 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     parser.add_argument("--config", metavar="FILE",
                         help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
+    parser.add_argument("--request-timeout", type=float, metavar="S",
+                        help="seconds a request's headers, then its body, may take to arrive "
+                             "(default: $FANOUT_SERVE_REQUEST_TIMEOUT, else 10)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # The web stack loads only for this command: no other command pays for it.
+    from registry.envconfig import env_number
     from service.config import load_serve_config
     from service.server import serve
 
     env = dict(os.environ)
     config = load_serve_config(args.config, env)
-    serve(config, env, host=args.host, port=args.port)
+    timeout = args.request_timeout
+    if timeout is None:
+        timeout = env_number(env, "FANOUT_SERVE_REQUEST_TIMEOUT", 10.0, minimum=0.1)
+    if timeout <= 0:
+        raise UsageError(f"--request-timeout must be positive, not {timeout:g}")
+    serve(config, env, host=args.host, port=args.port, request_timeout=timeout)
     return 0

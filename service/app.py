@@ -26,14 +26,14 @@ from workers.ledger import Ledger
 from . import events, releases
 from .config import ServeConfig
 from .errors import ApiError
-from .limits import BodyLimits
+from .limits import READ_TIMEOUT, BodyLimits
 from .state import ServiceState
 
 log = logging.getLogger("fanout.serve")
 
 
-def create_app(config: ServeConfig, env: Mapping[str, str], *,
-               ledger: Ledger | None = None) -> FastAPI:
+def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | None = None,
+               request_timeout: float = READ_TIMEOUT) -> FastAPI:
     """The service over ``config``; the ledger from ``env`` (FANOUT_LEDGER_URL, …) by default."""
     if ledger is None:
         settings = queue_settings(env)
@@ -53,7 +53,7 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *,
     app.add_exception_handler(Exception, _unexpected)
     app.add_api_route("/healthz", _healthz, methods=["GET"], tags=["health"],
                       summary="Is the ledger reachable", response_model=None)
-    app.add_middleware(BodyLimits)
+    app.add_middleware(BodyLimits, read_timeout=request_timeout)
     app.add_middleware(AccessLog)
     return app
 

@@ -11,17 +11,21 @@ import uvicorn
 
 from .app import create_app
 from .config import ServeConfig
+from .slow_clients import header_timeout_protocol
 
 # Connections beyond this are answered 503 at once rather than queued without bound.
 MAX_CONNECTIONS = 512
 KEEP_ALIVE_SECONDS = 5
 
 
-def serve(config: ServeConfig, env: Mapping[str, str], *, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM; finishes requests in flight for up to 10 s."""
+def serve(config: ServeConfig, env: Mapping[str, str], *, host: str, port: int,
+          request_timeout: float) -> None:
+    """Serve until SIGINT/SIGTERM; finishes requests in flight for up to 10 s. A request's
+    headers, then its body, each get ``request_timeout`` seconds to arrive."""
     logging.getLogger("fanout.serve").setLevel(logging.INFO)
-    app = create_app(config, env)
+    app = create_app(config, env, request_timeout=request_timeout)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info",
+                http=header_timeout_protocol(request_timeout),
                 proxy_headers=False, server_header=False,
                 timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=MAX_CONNECTIONS,
                 timeout_graceful_shutdown=10, h11_max_incomplete_event_size=16 * 1024)

@@ -13,8 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # package -> packages of ours it must never import
 FORBIDDEN = {
-    "registry": {"workers", "producer", "celery", "kombu", "redis", "billiard"},
-    "workers": {"producer"},
+    "registry": {"workers", "producer", "service", "celery", "kombu", "redis", "billiard",
+                 "fastapi", "starlette", "uvicorn"},
+    "workers": {"producer", "service", "fastapi", "starlette", "uvicorn"},
+    # The front door sits on top: only `fanout serve`'s run() reaches into it (see below).
+    "producer": {"fastapi", "starlette", "uvicorn"},
 }
 
 
@@ -74,8 +77,9 @@ def _packages(modules: set[str]) -> set[str]:
 
 
 # What `fanout --help` must not load: the engine's HTTP stack, the queue, the exporter, the display.
-HEAVY = {"httpx", "httpcore", "tenacity", "celery", "kombu", "redis", "prometheus_client", "rich"}
-COMMANDS = ["copy", "enqueue", "status", "retry", "replay", "check", "metrics"]
+HEAVY = {"httpx", "httpcore", "tenacity", "celery", "kombu", "redis", "prometheus_client", "rich",
+         "fastapi", "starlette", "uvicorn", "pydantic", "service"}
+COMMANDS = ["copy", "enqueue", "status", "retry", "replay", "check", "metrics", "serve"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in COMMANDS)],
@@ -110,6 +114,36 @@ def test_copy_loads_no_queue_exporter_or_display_before_it_starts(tmp_path: Path
     assert not _packages(loaded) & {"rich", "click", "pygments", "tornado"}
 
 
+def test_enqueue_through_a_server_loads_no_queue() -> None:
+    # A hosted CI runner's `fanout enqueue --server ... --wait`: the whole path (POST, polls,
+    # transition lines, the final table) over a stand-in for the server, which answers one
+    # finished release.
+    code = (
+        "import json, os, httpx\n"
+        "import producer.server_client as sc\n"
+        "record = dict(destination='a.io/app', tags=['v1'], state='succeeded', attempts=1,\n"
+        "    last_error=None, error_type=None, bytes=5, seconds=0.1, created_at=1.0,\n"
+        "    updated_at=2.0, started_at=1.0, finished_at=2.0, stats={}, worker='w',\n"
+        "    next_retry_at=None)\n"
+        "doc = dict(id='rel-1', source='src.example/app@sha256:' + 'ab' * 32,\n"
+        "    digest='sha256:' + 'ab' * 32, created_at=1.0, destinations={'a.io/app': record})\n"
+        "real = sc.ServerClient\n"
+        "class Stub(real):\n"
+        "    def __init__(self, settings, **kwargs):\n"
+        "        answer = lambda request: httpx.Response(200, json=doc)\n"
+        "        super().__init__(settings, transport=httpx.MockTransport(answer))\n"
+        "sc.ServerClient = Stub\n"
+        "os.environ['FANOUT_TOKEN'] = 't'\n"
+        "from producer.cli import main\n"
+        "assert main(['enqueue', 'src.example/app:v1', '--server', 'http://fanout.test',\n"
+        "             '--to', 'release', '--wait']) == 0"
+    )
+    loaded = _loaded_by(code)
+    assert {"producer.server_client", "producer.table"} <= loaded  # it went all the way
+    assert not _packages(loaded) & {"celery", "kombu", "redis", "billiard"}
+    assert not {"workers.ledger", "producer.api", "producer.broker"} & loaded
+
+
 def _local_imports(package: str, path: Path) -> set[str]:
     """Modules of ``package`` that ``path`` imports, TYPE_CHECKING imports included (a cycle
     hidden behind them is still a cycle in the design)."""
@@ -129,7 +163,21 @@ def _local_imports(package: str, path: Path) -> set[str]:
     return found - {path.stem}
 
 
-@pytest.mark.parametrize("package", ["registry", "workers", "producer"])
+def test_producer_reaches_the_service_only_when_serve_runs() -> None:
+    # service/ imports producer.api; producer imports service only inside serve_cmd.run, so
+    # neither package needs the other loaded first and no module cycle exists.
+    for path in sorted((ROOT / "producer").glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        top_level = {alias.name.split(".")[0] for node in tree.body
+                     if isinstance(node, ast.Import) for alias in node.names}
+        top_level |= {node.module.split(".")[0] for node in tree.body
+                      if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+        assert "service" not in top_level, path.name
+        if path.name != "serve_cmd.py":
+            assert "service" not in _imports(path), path.name
+
+
+@pytest.mark.parametrize("package", ["registry", "workers", "producer", "service"])
 def test_no_import_cycles(package: str) -> None:
     graph = {path.stem: _local_imports(package, path)
              for path in (ROOT / package).glob("*.py")}
