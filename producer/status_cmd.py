@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from workers.ledger import Ledger, Release
 
+    from .server_client import ServerSettings
+
 
 from .common import UsageError
 from .table import print_recent, print_releases
@@ -34,7 +36,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="without RELEASE: how many recent releases to list (default 20)")
     add_wait_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the release as JSON")
+    add_server_flag(parser)
     parser.set_defaults(run=run)
+
+
+def add_server_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", metavar="URL",
+                        help="go through `fanout serve` at URL instead of the broker and the "
+                             "ledger (default: $FANOUT_SERVER); its token is read from "
+                             "$FANOUT_TOKEN only, never a flag")
 
 
 def add_wait_flags(parser: argparse.ArgumentParser) -> None:
@@ -99,19 +109,23 @@ def release_json(release: Release) -> dict[str, Any]:
 
 def show(releases: Sequence[Release], *, as_json: bool, out: TextIO) -> int:
     """Print the releases (table or JSON) and return the exit code they add up to."""
-    from . import api
+    from workers.release_document import exit_code  # not api's: --server loads no queue
     if as_json:
         documents = [release_json(r) for r in releases]
         print(json.dumps(documents[0] if len(documents) == 1 else {"releases": documents},
                          indent=2), file=out)
     else:
         print_releases(releases, out)
-    return api.exit_code(releases)
+    return exit_code(releases)
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import api
+    from .server_client import server_settings
     check_wait_flags(args)
+    server = server_settings(args.server, os.environ)
+    if server is not None:
+        return run_on_server(args, server)
+    from . import api
     ledger = api.connect_ledger(api.queue_settings(os.environ))
     if args.release is None:
         if args.wait:
@@ -128,11 +142,37 @@ def run(args: argparse.Namespace) -> int:
 
 def list_recent(ledger: Ledger, limit: int, *, as_json: bool, out: TextIO) -> int:
     """The newest releases, a line each: what an operator looks at first."""
+    check_limit(limit)
+    print_list([r for r in (ledger.get(i) for i in ledger.recent(limit)) if r is not None],
+               as_json=as_json, out=out)
+    return 0
+
+
+def check_limit(limit: int) -> None:
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, not {limit}")
-    releases = [r for r in (ledger.get(i) for i in ledger.recent(limit)) if r is not None]
+
+
+def print_list(releases: Sequence[Release], *, as_json: bool, out: TextIO) -> None:
     if as_json:
         print(json.dumps({"releases": [release_json(r) for r in releases]}, indent=2), file=out)
     else:
         print_recent(releases, out)
-    return 0
+
+
+def run_on_server(args: argparse.Namespace, server: ServerSettings) -> int:
+    """``status --server``: the same output and exit codes, read from ``fanout serve``."""
+    from . import server_client
+    with server_client.ServerClient(server) as client:
+        if args.release is None:
+            if args.wait:
+                raise UsageError("--wait needs a RELEASE")
+            check_limit(args.limit)
+            print_list(client.recent(args.limit), as_json=args.json, out=sys.stdout)
+            return 0
+        if args.wait:
+            releases = server_client.wait_all(client, [args.release], timeout=args.timeout,
+                                              poll=args.poll, on_poll=TransitionPrinter(sys.stderr))
+        else:
+            releases = [client.release(args.release)]
+    return show(releases, as_json=args.json, out=sys.stdout)

@@ -179,11 +179,12 @@ class Release:
         found = doc.get("id") if isinstance(doc, Mapping) else None
         where = f"release {found}" if isinstance(found, str) else "release"
         f = _Fields(doc, where)
-        destinations = {name: DestinationRecord.from_dict(record, f"{where}.destinations.{name}")
-                        for name, record in f.mapping("destinations", Mapping).items()}
-        return cls(id=f.text("id"), source=f.text("source"), digest=f.text("digest"),
-                   created_at=f.number("created_at"), destinations=destinations,
-                   epoch=f.integer("epoch", 0))
+        return cls(
+            id=f.text("id"), source=f.text("source"), digest=f.text("digest"),
+            created_at=f.number("created_at"),
+            destinations={name: DestinationRecord.from_dict(record, f"{where}.destinations.{name}")
+                          for name, record in f.mapping("destinations", Mapping).items()},
+            epoch=f.integer("epoch", 0))
 
 
 def release_key(release_id: str) -> str:
