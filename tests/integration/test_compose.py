@@ -61,7 +61,7 @@ def command(lines: list[str]) -> list[str]:
 
 
 def test_the_services_are_there() -> None:
-    assert set(services()) == {"redis", "worker", "flower", "registry"}
+    assert set(services()) == {"redis", "worker", "flower", "registry", "serve"}
 
 
 def test_each_command_is_one_the_e2e_tests_run() -> None:
@@ -75,6 +75,10 @@ def test_each_command_is_one_the_e2e_tests_run() -> None:
         assert all(arg.startswith("--") for arg in argv[len(prefix):]) or name == "registry", \
             (name, argv)
     assert command(found["flower"])[len(FLOWER_COMMAND):] == ["--port=5555"]
+    # tests/support/serve.py starts the server with these options, other values.
+    serve = command(found["serve"])
+    assert serve[:2] == ["fanout", "serve"]
+    assert serve[2::2] == ["--host", "--port", "--config"]
     assert command(found["registry"])[1].endswith(".yml")
 
 
