@@ -2,7 +2,8 @@
 
 A fake ``fanout`` first on PATH records the argv and environment it was started with, prints a
 release document and exits with a chosen code, so each test sees exactly what a runner would
-hand fanout, and what the step leaves behind (outputs, summary, dotenv report).
+hand fanout, and what the step leaves behind (outputs, summary, dotenv report). One test runs
+the action's script with the real fanout against a real ``fanout serve``, worker and registries.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import images
+from tests.support.cli import write_docker_config
+from tests.support.queue import VENV_BIN, RedisServer, ledger_for, queue_env, start_worker
+from tests.support.registries import RegistrySet
+from tests.support.serve import serving, token_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTION = ROOT / "action.yml"
@@ -144,9 +151,13 @@ class StepRun:
                           *self.outputs.values(), *self.fanout.argv()])
 
 
-def run_action(tmp_path: Path, *, code: int = 0, stdout: str = "", **given: str) -> StepRun:
-    bin_dir = tmp_path / "bin"
-    fanout = install_fake(bin_dir, "fanout", code=code, stdout=stdout)
+def run_action(tmp_path: Path, *, code: int = 0, stdout: str = "", real: bool = False,
+               **given: str) -> StepRun:
+    """The enqueue step as a runner runs it: with a fake fanout first on PATH, or (``real``) the
+    venv's own fanout."""
+    tmp_path.mkdir(exist_ok=True)
+    fanout = install_fake(tmp_path / "bin", "fanout", code=code, stdout=stdout)
+    bin_dir = VENV_BIN if real else tmp_path / "bin"  # real: the fake is there, never called
     step = action_step("Enqueue the release")
     inputs = action_inputs(**{"server": SERVER, "token": TOKEN, "source": SOURCE, **given})
     env = base_env(bin_dir, tmp_path)
@@ -395,3 +406,46 @@ def test_gitlab_job_refuses_what_it_cannot_send(tmp_path: Path, variables: dict[
     assert run.result.returncode == 2
     assert complaint in run.result.stderr
     assert not run.fanout.called
+
+
+# --- the action's script, the real fanout, a real fanout serve ------------------------------
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_action_releases_through_a_real_fanout_serve(tmp_path: Path,
+                                                     registries: RegistrySet) -> None:
+    source, dest = registries.source, registries.dest1
+    image = images.push_oci_image(source, "ci-glue/app", "v1", layers=1)
+    config = (f'[destinations]\nrelease = ["{dest.host}/ci-glue/app"]\n'
+              + token_toml("ci", TOKEN, ["release"], [f"{source.host}/ci-glue/*"]))
+    redis_server = RedisServer(tmp_path / "redis", persistent=False).start()
+    env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []))
+    try:
+        worker = start_worker("ci-glue", env, tmp_path)
+        try:
+            with serving(tmp_path / "serve", config, env=env) as served:
+                # The step's environment has no broker, no Docker config: a URL and a token.
+                ok = run_action(tmp_path / "ok", real=True, server=served.url,
+                                source=f"{source.host}/ci-glue/app:v1", to="release",
+                                tags="1.0.0", timeout="60")
+                refused = run_action(tmp_path / "refused", real=True, server=served.url,
+                                     source=f"{source.host}/elsewhere/app:v1", to="release")
+                server_log = served.log()
+        finally:
+            worker.stop()
+        release = ledger_for(env["FANOUT_BROKER_URL"]).get(ok.outputs.get("release-id", ""))
+    finally:
+        redis_server.stop()
+
+    assert ok.result.returncode == 0, ok.result.stdout + ok.result.stderr
+    assert ok.outputs["exit-code"] == "0"
+    assert release is not None and release.digest == image.digest and release.done
+    assert images.manifest_exists(dest, "ci-glue/app:1.0.0")
+    assert not ok.fanout.called
+    assert f"| {dest.host}/ci-glue/app | succeeded | 1 |" in ok.summary
+    assert refused.result.returncode == 2
+    assert refused.outputs == {"exit-code": "2", "release-id": ""}
+    assert "may not copy from" in refused.result.stderr
+    for text in (server_log, ok.result.stdout + ok.result.stderr, ok.summary,
+                 refused.result.stdout + refused.result.stderr):
+        assert TOKEN not in text
