@@ -203,3 +203,17 @@ def test_a_slow_client_is_cut_off_with_408(front: Front, sent: bytes) -> None:
                 break
     assert received.startswith(b"HTTP/1.1 408 "), received[:200]
     assert b"did not arrive" in received
+
+
+def test_any_copy_of_the_server_serves_any_release(front: Front, tmp_path: Path) -> None:
+    # Stateless: a second server on the same Redis reads, follows and retries what the first
+    # enqueued, as two copies behind a load balancer would.
+    regs = front.registries
+    images.push_oci_image(regs.source, REPO, "v3", layers=1)
+    created = front.post("/v1/releases", {"source": f"{regs.source.host}/{REPO}:v3",
+                                          "to": "release"}).json()
+    with serving(tmp_path, front.served.config_path.read_text(), env=front.env) as other:
+        with other.client(READER_TOKEN) as client:
+            assert client.get(f"/v1/releases/{created['id']}").json()["id"] == created["id"]
+        followed = Front(other, front.env, front.docker, regs, front.worker).events(created["id"])
+    assert followed[-1] == ("end", {"id": created["id"], "ok": True})
