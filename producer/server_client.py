@@ -14,6 +14,7 @@ logs). Only the commands' ``run`` import this module: ``fanout --help`` never lo
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ class ServerClient:
         self._http = httpx.Client(
             base_url=settings.url, auth=_Bearer(self._token), timeout=timeout,
             headers={"User-Agent": f"fanout/{_version()}", "Accept": "application/json"},
-            verify=settings.ca_bundle or True, follow_redirects=False, transport=transport,
+            verify=_tls(settings.ca_bundle), follow_redirects=False, transport=transport,
         )
 
     def __repr__(self) -> str:
@@ -284,6 +285,16 @@ def _field_error(item: object) -> str:
         return str(item)
     where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
     return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", item))
+
+
+def _tls(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """Verification always on; a server behind a private CA is trusted by FANOUT_CA_BUNDLE."""
+    if not ca_bundle:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"FANOUT_CA_BUNDLE: cannot use {ca_bundle}: {exc}") from None
 
 
 def _version() -> str:

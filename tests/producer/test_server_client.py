@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -148,6 +149,14 @@ def test_bad_settings_are_usage_errors_that_never_quote_the_token(
     with pytest.raises(server_client.UsageError, match=message) as caught:
         server_settings(url, env)
     assert TOKEN not in str(caught.value)
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    settings = ServerSettings("https://fanout.test", TOKEN, str(missing))
+
+    with pytest.raises(server_client.UsageError, match=f"FANOUT_CA_BUNDLE: cannot use {missing}"):
+        ServerClient(settings)
 
 
 # -- requests and answers -----------------------------------------------------------------------
