@@ -23,7 +23,7 @@ from producer.broker import queue_settings
 from workers import connections
 from workers.ledger import Ledger
 
-from . import events, releases
+from . import events, hooks, releases
 from .config import ServeConfig
 from .errors import ApiError
 from .limits import READ_TIMEOUT, BodyLimits
@@ -47,6 +47,7 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
     app.state.fanout = ServiceState(config, env, ledger, ledger.client)
     app.include_router(releases.router)
     app.include_router(events.router)
+    app.include_router(hooks.router)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
