@@ -84,32 +84,48 @@ def _release(state: ServiceState, grant: TokenGrant | None, events: Events) -> J
     released: list[str] = []
     deduplicated: list[dict[str, Any]] = []
     for plan in planned:
-        fresh = _claim(window, plan)
-        if not fresh:
-            deduplicated.append(_describe(plan, plan.tags))
-            continue
         try:
-            release = create_release(state, grant, source=plan.source, to=plan.to, tags=fresh)
-        except Exception as exc:
-            _give_back(window, plan, fresh)
-            if isinstance(exc, ApiError) and released:
-                raise ApiError(exc.status, f"{exc.detail} (enqueued before this: "
-                                           f"{', '.join(released)})", exc.headers) from None
-            raise
-        released.append(release.id)
+            release_id, fresh = _enqueue(state, grant, window, plan)
+        except ApiError as exc:
+            if not released:
+                raise
+            # The registry redelivers the whole payload: what was enqueued is deduplicated then.
+            raise ApiError(exc.status, f"{exc.detail} (enqueued before this: "
+                                       f"{', '.join(released)})", exc.headers) from None
+        if release_id is not None:
+            released.append(release_id)
         if len(fresh) < len(plan.tags):
             deduplicated.append(_describe(plan, [t for t in plan.tags if t not in fresh]))
     return _answer(released, deduplicated, ignored)
 
 
-def _claim(window: Window, plan: Planned) -> list[str]:
-    """The tags of ``plan`` not seen within the window, now claimed."""
+def _enqueue(state: ServiceState, grant: TokenGrant | None, window: Window,
+             plan: Planned) -> tuple[str | None, list[str]]:
+    """The release of ``plan``'s tags new within the window (None: none was new), and those
+    tags; a release that fails to enqueue gives its claims back."""
+    fresh = _claim(window, plan)
+    if not fresh:
+        return None, fresh
     try:
-        return [tag for tag in plan.tags
-                if window.claim(plan.to, plan.repository, plan.digest, tag)]
+        release = create_release(state, grant, source=plan.source, to=plan.to, tags=fresh)
+    except Exception:
+        _give_back(window, plan, fresh)
+        raise
+    return release.id, fresh
+
+
+def _claim(window: Window, plan: Planned) -> list[str]:
+    """The tags of ``plan`` not seen within the window, now claimed; none if Redis fails."""
+    claimed: list[str] = []
+    try:
+        for tag in plan.tags:
+            if window.claim(plan.to, plan.repository, plan.digest, tag):
+                claimed.append(tag)
     except (redis.RedisError, OSError) as exc:
-        raise ApiError(503, f"the ledger is unreachable ({type(exc).__name__}); nothing was "
-                            "enqueued") from None
+        _give_back(window, plan, claimed)
+        raise ApiError(503, f"the ledger is unreachable ({type(exc).__name__}); "
+                            f"{plan.source} was not enqueued") from None
+    return claimed
 
 
 def _give_back(window: Window, plan: Planned, tags: list[str]) -> None:

@@ -349,4 +349,4 @@ def test_the_ledger_down_is_503_and_nothing_is_enqueued(host: str, image: Pushed
     with make_client(parse_serve_config(document(host)), ledger) as client:
         response = post(client, "distribution", envelope(image, "v1.2.0"))
     assert response.status_code == 503
-    assert "nothing was enqueued" in response.json()["detail"]
+    assert f"{image.reference} was not enqueued" in response.json()["detail"]
