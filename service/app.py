@@ -23,7 +23,7 @@ from producer.broker import queue_settings
 from workers import connections
 from workers.ledger import Ledger
 
-from . import events, hooks, releases
+from . import events, hooks, page, releases
 from .config import ServeConfig
 from .errors import ApiError
 from .limits import READ_TIMEOUT, BodyLimits
@@ -48,6 +48,7 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
     app.include_router(releases.router)
     app.include_router(events.router)
     app.include_router(hooks.router)
+    app.include_router(page.router)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
