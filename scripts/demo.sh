@@ -5,10 +5,14 @@
 #   bash scripts/demo.sh --keep   # leave Redis, registries, worker and Flower running
 #
 # Starts Redis (unless one answers on 127.0.0.1:6379: then its DB 15 is used), three local
-# registries (a source and two destinations), a Celery worker (2 processes) and Flower; pushes a
-# multi-platform sample image; runs `fanout enqueue ... --wait`; prints the status table and
-# Flower's address. Flower's credentials come from FLOWER_BASIC_AUTH (user:password) or are
-# generated and printed.
+# registries (a source and two destinations), a Celery worker (2 processes), Flower and
+# `fanout serve`; pushes a multi-platform sample image; then releases it three ways:
+#   1. `fanout enqueue ... --wait` on the broker (CI inside the network);
+#   2. `fanout enqueue --server ... --wait` over HTTP with a token (hosted CI);
+#   3. a push of a `release-*` tag to the source registry, whose notifications reach
+#      `fanout serve`: the push replicates by itself.
+# Prints the status tables, the release page's and Flower's addresses. Flower's credentials come
+# from FLOWER_BASIC_AUTH (user:password) or are generated and printed; the API token is generated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +80,8 @@ export FANOUT_BROKER_URL=$broker
 unset FANOUT_LEDGER_URL FANOUT_DESTINATIONS FANOUT_ROUTE_BY_REGISTRY
 
 say "registries"
+serve_port=$(free_port)
+token=$("$py" -c 'import secrets; print(secrets.token_urlsafe(24))')
 declare -A hosts
 for name in source dest1 dest2; do
     port=$(free_port)
@@ -87,6 +93,19 @@ storage:
   filesystem: {rootdirectory: $work/$name/storage}
 http: {addr: "127.0.0.1:$port", secret: "demo-$RANDOM$RANDOM"}
 YAML
+    if [ "$name" = source ]; then
+        # The source announces every push to fanout serve, as a primary registry would.
+        cat >>"$work/$name/config.yml" <<YAML
+notifications:
+  endpoints:
+    - name: fanout
+      url: http://127.0.0.1:$serve_port/v1/hooks/distribution
+      headers: {Authorization: ["Bearer $token"]}
+      timeout: 2s
+      threshold: 5
+      backoff: 1s
+YAML
+    fi
     docker-registry serve "$work/$name/config.yml" >"$work/$name/registry.log" 2>&1 &
     pids+=($!)
     hosts[$name]="127.0.0.1:$port"
@@ -105,6 +124,26 @@ FLOWER_BASIC_AUTH=$flower_auth "$bin/celery" -A workers.app flower --port="$flow
     --address=127.0.0.1 >"$work/flower.log" 2>&1 &
 pids+=($!)
 
+say "fanout serve (the HTTP front door)"
+cat >"$work/fanout.toml" <<TOML
+[destinations]
+release = ["${hosts[dest1]}/demo/app", "${hosts[dest2]}/demo/app"]
+
+[[tokens]]
+name = "demo"
+sha256 = "$(printf %s "$token" | sha256sum | cut -d' ' -f1)"
+sets = ["release"]
+sources = ["${hosts[source]}/demo/*"]
+
+[[rules]]                      # a push of demo/app:release-* to the source replicates by itself
+source = "${hosts[source]}/demo/*"
+tags = ["release-*"]
+to = "release"
+TOML
+"$bin/fanout" serve --port "$serve_port" --config "$work/fanout.toml" >"$work/serve.log" 2>&1 &
+pids+=($!)
+server=http://127.0.0.1:$serve_port
+
 say "push a sample multi-platform image"
 source_ref=$("$py" scripts/push_sample.py "${hosts[source]}" demo/app v1)
 echo "pushed $source_ref" >&2
@@ -117,12 +156,49 @@ set -x
     "${hosts[dest1]}/demo/app" "${hosts[dest2]}/demo/app" --tag demo --wait --timeout 60
 code=$?
 { set +x; } 2>/dev/null
+
+wait_for_log "$work/serve.log" "Uvicorn running" "fanout serve"
+say "fanout enqueue --server: over HTTP, with a token (what a hosted CI runner does)"
+export FANOUT_TOKEN=$token   # from the environment only: never on a command line
+set -x
+FANOUT_BROKER_URL= "$bin/fanout" enqueue "${hosts[source]}/demo/app:v1" --server "$server" \
+    --to release --tag http --wait --timeout 60
+http_code=$?
+{ set +x; } 2>/dev/null
+((code == 0)) && code=$http_code
+
+say "a push to the source registry replicates by itself (its notification reaches fanout serve)"
+"$py" scripts/push_sample.py "${hosts[source]}" demo/app release-2 >/dev/null
+hooked=$("$py" - "$server" <<'PY'
+import os, sys, time
+import httpx
+server, headers = sys.argv[1], {"Authorization": f"Bearer {os.environ['FANOUT_TOKEN']}"}
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    releases = httpx.get(f"{server}/v1/releases", headers=headers, timeout=10).json()["releases"]
+    for release in releases:
+        if any("release-2" in d["tags"] for d in release["destinations"].values()):
+            if release["done"]:
+                print(release["id"])
+                sys.exit(0)
+    time.sleep(0.5)
+sys.exit("demo: no release of demo/app:release-2 within 60 s")
+PY
+)
+hook_code=$?
+if ((hook_code == 0)); then
+    "$bin/fanout" status "$hooked" --server "$server"
+    hook_code=$?
+fi
+((code == 0)) && code=$hook_code
 set -e
 
 wait_for_log "$work/flower.log" "Visit me at" "Flower"
 say "done (exit $code)"
 cat >&2 <<EOF_INFO
 Flower:   http://127.0.0.1:$flower_port   (user:password $flower_auth)
+Releases: $server/   (the release page: any user name, password $token)
+API:      $server/openapi.json   (FANOUT_SERVER=$server FANOUT_TOKEN=… fanout status)
 Broker:   $broker
 Status:   FANOUT_BROKER_URL=$broker $bin/fanout status RELEASE
 EOF_INFO

@@ -41,7 +41,9 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
         client = connections.redis_client(settings.ledger_url, settings.sentinel,
                                           socket_connect_timeout=5.0, socket_timeout=30.0)
         ledger = Ledger(client, retention=settings.retention)
-    app = FastAPI(title="fanout", version=_version(),
+    # No /docs or /redoc: they load their JavaScript from a CDN, which an air-gapped site has
+    # not got; /openapi.json is the document, for any viewer.
+    app = FastAPI(title="fanout", version=_version(), docs_url=None, redoc_url=None,
                   description="Enqueue and follow releases: one image, pinned by digest, copied "
                               "to many registries by fanout's workers.")
     app.state.fanout = ServiceState(config, env, ledger, ledger.client)
