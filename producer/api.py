@@ -40,7 +40,7 @@ from workers.ledger import Ledger, Release
 from workers.notify_settings import NotifySettings
 from workers.settings import WorkerSettings
 
-from . import check_cmd, replay_plan, retry_plan
+from . import check_cmd, replay_plan, retry_plan, waiting
 from .broker import (
     TASK_NAME,
     EnqueueError,
@@ -68,9 +68,6 @@ EXIT_TIMEOUT = 3
 
 # Resolving the source happens while a CI job waits: a blip is retried, an outage is reported.
 _RESOLVE_RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0, max_hold=5.0)
-# A failover (Sentinel, or a managed Redis) or a restart takes the ledger away for seconds: while
-# waiting, a poll that cannot reach it is skipped, for up to this long in a row.
-_LEDGER_OUTAGE = 60.0
 
 
 class ReleaseNotFound(UsageError):
@@ -193,31 +190,16 @@ def wait(
     pass; return the release either way (``release.done`` tells which)."""
     if ledger is None:
         ledger = connect_ledger(queue_settings(os.environ if env is None else env))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    down_since: float | None = None
-    while True:
-        try:
-            release = status(release_id, ledger=ledger)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            now = time.monotonic()
-            down_since = now if down_since is None else down_since
-            if now - down_since > _LEDGER_OUTAGE or (deadline is not None and now >= deadline):
-                raise EnqueueError(f"the ledger is unreachable (for {now - down_since:.0f} s) "
-                                   f"while waiting for release {release_id}: {exc}") from None
-            sleep(poll if deadline is None else min(poll, deadline - now))
-            continue
-        down_since = None
-        if on_poll is not None:
-            on_poll(release)
-        if release.done:
-            return release
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return release
-            sleep(min(poll, left))
-        else:
-            sleep(poll)
+    reader = ledger
+
+    def gave_up(exc: Exception, seconds: float) -> Exception:
+        return EnqueueError(f"the ledger is unreachable (for {seconds:.0f} s) while waiting "
+                            f"for release {release_id}: {exc}")
+
+    return waiting.wait_for(
+        lambda: status(release_id, ledger=reader), timeout=timeout, poll=poll,
+        is_blip=lambda exc: isinstance(exc, redis.ConnectionError | redis.TimeoutError),
+        gave_up=gave_up, on_poll=on_poll, sleep=sleep)
 
 
 def check(

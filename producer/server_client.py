@@ -28,15 +28,12 @@ import httpx
 from workers.records import DocumentError, Release
 
 from .common import UsageError
+from .waiting import wait_each, wait_for
 
 SERVER_ENV = "FANOUT_SERVER"
 TOKEN_ENV = "FANOUT_TOKEN"  # noqa: S105 (the variable's name, not a token)
 # The service pins the source (its own retries: about 10 s at worst) before it answers a POST.
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-# A restart or a deploy behind a load balancer takes the server away for seconds: while
-# waiting, a poll that gets no answer is skipped, for up to this long in a row (as api.wait
-# does for the ledger).
-OUTAGE = 60.0
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _log = logging.getLogger(__name__)
 
@@ -212,37 +209,26 @@ class ServerClient:
 def wait(
     client: ServerClient, release_id: str, *, timeout: float | None, poll: float,
     on_poll: Callable[[Release], None] | None = None, sleep: Callable[[float], None] = time.sleep,
-    outage: float = OUTAGE,
+    outage: float | None = None,
 ) -> Release:
     """Poll ``GET /v1/releases/{id}`` until the release is done or ``timeout`` seconds pass;
     return it either way. Polls that get no answer, or a 5xx, are skipped for up to ``outage``
     seconds in a row."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    down_since: float | None = None
-    while True:
-        try:
-            release = client.release(release_id)
-        except ServerError as exc:
-            now = time.monotonic()
-            if not exc.transient:
-                raise
-            down_since = now if down_since is None else down_since
-            if now - down_since > outage or (deadline is not None and now >= deadline):
-                raise ServerError(f"no answer from the server for {now - down_since:.0f} s "
-                                  f"while waiting for release {release_id}: {exc}",
-                                  status=exc.status, detail=exc.detail) from None
+
+    def is_blip(exc: Exception) -> bool:
+        if isinstance(exc, ServerError) and exc.transient:
             _log.info("waiting for %s: %s; asking again", release_id, exc)
-            sleep(poll if deadline is None else max(0.0, min(poll, deadline - now)))
-            continue
-        down_since = None
-        if on_poll is not None:
-            on_poll(release)
-        if release.done:
-            return release
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            return release
-        sleep(poll if left is None else min(poll, left))
+            return True
+        return False
+
+    def gave_up(exc: Exception, seconds: float) -> Exception:
+        assert isinstance(exc, ServerError)
+        return ServerError(f"no answer from the server for {seconds:.0f} s while waiting for "
+                           f"release {release_id}: {exc}", status=exc.status, detail=exc.detail)
+
+    return wait_for(lambda: client.release(release_id), timeout=timeout, poll=poll,
+                    is_blip=is_blip, gave_up=gave_up, on_poll=on_poll, sleep=sleep,
+                    outage=outage)
 
 
 def wait_all(
@@ -250,12 +236,8 @@ def wait_all(
     on_poll: Callable[[Release], None] | None = None,
 ) -> list[Release]:
     """Wait for each release in turn, under one shared deadline."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    releases = []
-    for release_id in ids:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        releases.append(wait(client, release_id, timeout=left, poll=poll, on_poll=on_poll))
-    return releases
+    return wait_each(ids, lambda release_id, left: wait(
+        client, release_id, timeout=left, poll=poll, on_poll=on_poll), timeout=timeout)
 
 
 def _release(document: object) -> Release:

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
 
 from .common import UsageError
 from .table import print_recent, print_releases
+from .waiting import wait_each
 
 EXIT_CODES_HELP = ("Exit 0 when every destination succeeded, 1 when any failed for good, "
                    "3 when some are still queued, running or retrying (--wait timed out), "
@@ -92,13 +92,8 @@ def wait_all(
 ) -> list[Release]:
     """Wait for each release in turn, under one shared deadline."""
     from . import api  # Celery and Redis load only for commands that need them
-    deadline = None if timeout is None else time.monotonic() + timeout
-    releases = []
-    for release_id in ids:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        releases.append(api.wait(release_id, timeout=left, poll=poll, ledger=ledger,
-                                 on_poll=on_poll))
-    return releases
+    return wait_each(ids, lambda release_id, left: api.wait(
+        release_id, timeout=left, poll=poll, ledger=ledger, on_poll=on_poll), timeout=timeout)
 
 
 def release_json(release: Release) -> dict[str, Any]:

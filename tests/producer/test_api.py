@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from producer import api
+from producer import api, waiting
 from producer.common import UsageError
 from registry.errors import InvalidReference
 from workers.ledger import Ledger
@@ -238,12 +238,12 @@ def test_wait_gives_up_on_a_ledger_that_stays_down(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     release_id = ledger.create_release(f"{SRC}@{DIGEST}", [("a.example/app", ())])
-    monkeypatch.setattr(api, "_LEDGER_OUTAGE", 0.05)
+    monkeypatch.setattr(waiting, "OUTAGE", 0.05)
 
     with pytest.raises(api.EnqueueError, match="ledger is unreachable"):
         api.wait(release_id, timeout=None, poll=0.01,
                  ledger=_Failover(ledger, down=10**6))  # type: ignore[arg-type]
-    monkeypatch.setattr(api, "_LEDGER_OUTAGE", 60.0)
+    monkeypatch.setattr(waiting, "OUTAGE", 60.0)
     with pytest.raises(api.EnqueueError, match="ledger is unreachable"):  # the --timeout ends it
         api.wait(release_id, timeout=0.05, poll=0.01,
                  ledger=_Failover(ledger, down=10**6))  # type: ignore[arg-type]
