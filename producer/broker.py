@@ -4,7 +4,7 @@ passwords kept out of every message) and publishing a release's copy tasks."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 
@@ -13,6 +13,7 @@ from workers.ledger import Ledger
 from workers.routing import queue_for
 from workers.settings import WorkerSettings
 
+from . import redis_publish
 from .common import UsageError
 
 TASK_NAME = "fanout.copy"
@@ -54,6 +55,16 @@ def check_broker(url: str, settings: WorkerSettings | None = None) -> None:
 
     ``settings`` give what the URL leaves out (a Sentinel master's name); by default the
     workers' app's, read from this process's environment."""
+    if redis_publish.handles(url):
+        client = _broker_client(url)
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise QueueUnreachable(f"broker {redact(url)} is unreachable: "
+                                   f"{_scrub(exc, url, settings)}") from None
+        finally:
+            client.close()
+        return
     app = _celery_app()
     try:
         with app.connection_for_write(url, connect_timeout=_CONNECT_TIMEOUT,
@@ -96,32 +107,63 @@ def queue_settings(env: Mapping[str, str], broker_url: str | None = None) -> Wor
 
 
 
+def _task_id(release_id: str, task: Mapping[str, Any]) -> str:
+    # Readable in Flower; unique because release ids are (and generations).
+    generation = task.get("generation", 0)
+    return f"{release_id}:{task['destination']}" + (f":{generation}" if generation else "")
+
+
+def _broker_client(url: str) -> redis.Redis[Any]:
+    return connections.redis_client(url, socket_connect_timeout=_CONNECT_TIMEOUT,
+                                    socket_timeout=30.0)
+
+
 def send(ledger: Ledger, settings: WorkerSettings, release_id: str,
           tasks: Sequence[dict[str, Any]]) -> None:
     """Publish the tasks of one release; those that could not be are failed in the ledger."""
-    app = _celery_app()
     pending = [str(task["destination"]) for task in tasks]
+    if redis_publish.handles(settings.broker_url):
+        messages = []
+        for task in tasks:
+            queue = queue_for(str(task["destination"]), by_registry=settings.route_by_registry)
+            messages.append((queue, redis_publish.task_message(
+                TASK_NAME, _task_id(release_id, task), task, queue)))
+        client = _broker_client(settings.broker_url)
+        try:
+            refused = redis_publish.publish(client, messages)
+        except (redis.RedisError, OSError) as exc:
+            _not_sent(ledger, settings, release_id, pending, len(tasks), exc)
+        finally:
+            client.close()
+        if refused:
+            queues = sorted({messages[i][0] for i in refused})
+            _not_sent(ledger, settings, release_id, [pending[i] for i in refused], len(tasks),
+                      RuntimeError(f"Redis refused LPUSH onto {', '.join(queues)} (not a list)"))
+        return
+    app = _celery_app()
     try:
         with app.connection_for_write(settings.broker_url,
                                       **_transport(settings.broker_url, settings)) as connection:
             for task in tasks:
                 destination = str(task["destination"])
-                generation = task.get("generation", 0)
                 app.send_task(
                     TASK_NAME,
                     kwargs=task,
-                    # Readable in Flower; unique because release ids are (and generations).
-                    task_id=f"{release_id}:{destination}"
-                            + (f":{generation}" if generation else ""),
+                    task_id=_task_id(release_id, task),
                     queue=queue_for(destination, by_registry=settings.route_by_registry),
                     connection=connection,
                 )
                 pending.remove(destination)
     except Exception as exc:  # noqa: BLE001 - any failure to publish leaves the same state
-        reason = f"not enqueued: broker {redact(settings.broker_url)}: " \
-                 f"{_scrub(exc, settings.broker_url, settings)}"
-        for destination in pending:
-            ledger.mark_failed(release_id, destination, error=reason, error_type="EnqueueError")
-        done = len(tasks) - len(pending)
-        raise QueueUnreachable(f"release {release_id}: {done} of {len(tasks)} destinations "
-                           f"enqueued; {reason}") from None
+        _not_sent(ledger, settings, release_id, pending, len(tasks), exc)
+
+
+def _not_sent(ledger: Ledger, settings: WorkerSettings, release_id: str, pending: list[str],
+              total: int, exc: BaseException) -> NoReturn:
+    """Fail in the ledger the destinations whose task was not published, and say so."""
+    reason = f"not enqueued: broker {redact(settings.broker_url)}: " \
+             f"{_scrub(exc, settings.broker_url, settings)}"
+    for destination in pending:
+        ledger.mark_failed(release_id, destination, error=reason, error_type="EnqueueError")
+    raise QueueUnreachable(f"release {release_id}: {total - len(pending)} of {total} "
+                           f"destinations enqueued; {reason}") from None
