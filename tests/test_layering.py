@@ -200,3 +200,11 @@ def test_registry_modules_stay_small() -> None:
     sizes = {path.name: len(path.read_text().splitlines())
              for path in (ROOT / "registry").glob("*.py")}
     assert not {name: n for name, n in sizes.items() if n > 420}
+
+
+def test_enqueue_on_a_redis_broker_loads_no_celery() -> None:
+    # producer/redis_publish.py writes the message itself; Celery and kombu load only for the
+    # brokers it does not handle (RabbitMQ, Sentinel).
+    loaded = _loaded_by("import producer.api, producer.broker, producer.enqueue_cmd")
+    assert "producer.redis_publish" in loaded
+    assert not _packages(loaded) & {"celery", "kombu", "billiard"}
