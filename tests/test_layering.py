@@ -204,7 +204,18 @@ def test_registry_modules_stay_small() -> None:
 
 def test_enqueue_on_a_redis_broker_loads_no_celery() -> None:
     # producer/redis_publish.py writes the message itself; Celery and kombu load only for the
-    # brokers it does not handle (RabbitMQ, Sentinel).
-    loaded = _loaded_by("import producer.api, producer.broker, producer.enqueue_cmd")
+    # brokers it does not handle (RabbitMQ, Sentinel). The tasks are really sent (to fakeredis).
+    code = ("import fakeredis\n"
+            "from producer import broker\n"
+            "from workers.ledger import Ledger\n"
+            "server = fakeredis.FakeRedis()\n"
+            "broker._broker_client = lambda url: server\n"
+            "ledger = Ledger(server)\n"
+            "source = 'src.example/app@sha256:' + 'a' * 64\n"
+            "rid = ledger.create_release(source, [('dst.example/app', ())])\n"
+            "broker.send(ledger, broker.queue_settings({}), rid, [{'release_id': rid, "
+            "'source': source, 'destination': 'dst.example/app', 'tags': []}])\n"
+            "assert server.llen('fanout') == 1")
+    loaded = _loaded_by(code)
     assert "producer.redis_publish" in loaded
     assert not _packages(loaded) & {"celery", "kombu", "billiard"}
