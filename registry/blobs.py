@@ -4,6 +4,7 @@
     blob_head ──present──▶ done
        │ absent
     another destination on this registry uploading it? ──▶ wait, then mount from there
+    another worker uploading it (its claim in the index)? ──▶ wait, then mount from there
     blob_mount (from the source, then repositories this run or the index saw it in) ──201──▶ done
        │ 202: an upload session to use  /  refused: upload
     upload: whole-blob PUT ──refused as unsupported──▶ chunks (and the host is remembered)
@@ -47,6 +48,7 @@ from .results import CopyStats, ProgressSink
 from .retry import RetryPolicy, retry_async
 from .session import Registries
 from .singleflight import SingleFlight
+from .upload_claims import claimant_for, holding, wait_for_release
 
 T = TypeVar("T")
 log = logging.getLogger("fanout.copy")
@@ -115,8 +117,23 @@ class BlobMover:
                 if session is not None:
                     await upload_cancel(client, session)
                     session = None
-            def upload() -> Awaitable[str]:
-                return self._upload(client, source, target, blob, session)
+            claimant: str | None = None
+            if session is None and _may_mount(client):
+                # Another worker (process or host) sending these bytes to this registry.
+                landed, claimant, session = await self._take_turn(
+                    client, source, target, blob, stats)
+                if landed:
+                    return
+
+            async def upload() -> str:
+                if claimant is None:
+                    return await self._upload(client, source, target, blob, session)
+                locations = self.registries.locations
+                async with holding(locations, target.registry, blob.digest, claimant):
+                    path = await self._upload(client, source, target, blob, session)
+                    # In the index before the claim is given up: a waiter then finds it.
+                    await locations.record(target.registry, blob.digest, target.path)
+                    return path
 
             if self._uploads.running(key):
                 await upload()  # still racing after every round: send our own
@@ -125,6 +142,38 @@ class BlobMover:
                 await self._uploads.do(key, upload)
             stats.blobs_uploaded += 1
             stats.bytes_transferred += blob.size
+
+    async def _take_turn(
+        self, client: RegistryClient, source: Repository, target: Repository,
+        blob: Descriptor, stats: CopyStats,
+    ) -> tuple[bool, str | None, UploadSession | None]:
+        """Claim this blob's upload to the registry, or wait for the worker holding the claim
+        and mount from where its upload landed (registry/upload_claims.py).
+
+        Returns (landed here, our claim if we hold one, an upload session the registry opened
+        instead of mounting)."""
+        locations = self.registries.locations
+        claimant = claimant_for(target.path)
+        for _ in range(_MAX_ROUNDS):
+            holder = await locations.claim_upload(target.registry, blob.digest, claimant)
+            if holder is None:
+                return False, claimant, None
+            log.debug("%s is being uploaded to %s by %s: waiting to mount it",
+                      blob.digest[:19], target.registry, holder)
+            await wait_for_release(locations, target.registry, blob.digest, holder)
+            size = await self._retry(
+                lambda: blob_head(client, target.path, blob.digest, for_push=True),
+                f"check blob {blob.digest[:19]} at {target}")
+            if size is not None:  # another copy to this very repository landed it
+                stats.blobs_skipped += 1
+                self._landed_at(target, blob.digest)
+                return True, None, None
+            session = await self._try_mounts(client, source, target, blob, stats)
+            if session is None and self._is_landed(target, blob):
+                return True, None, None
+            if session is not None:  # the registry opened an upload instead: use it
+                return False, None, session
+        return False, None, None
 
     def _landed_at(self, repository: Repository, digest: str) -> None:
         self._landed.setdefault((repository.registry, digest), set()).add(repository.path)
@@ -297,6 +346,11 @@ class BlobMover:
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.retry, operation, what=what)
+
+
+def _may_mount(client: RegistryClient) -> bool:
+    caps = client.capabilities
+    return not caps.mounts_refused and caps.mounts is not False
 
 
 async def _abandon(client: RegistryClient, start: asyncio.Future[UploadSession]) -> None:

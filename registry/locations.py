@@ -23,6 +23,9 @@ from typing import Protocol
 PER_BLOB = 16
 # Blobs remembered by one process: with PER_BLOB repositories each, a few tens of MiB at most.
 CAPACITY = 50_000
+# An upload claim lapses this long after its last renewal: a worker killed mid-upload holds the
+# others back no longer than this (registry/upload_claims.py renews it well within).
+UPLOAD_CLAIM_SECONDS = 10.0
 
 
 class BlobLocations(Protocol):
@@ -40,6 +43,25 @@ class BlobLocations(Protocol):
 
     async def forget(self, registry: str, digest: str, repository: str) -> None:
         """``repository`` proved not to hold ``digest``: stop offering it."""
+        ...
+
+    async def claim_upload(self, registry: str, digest: str, claimant: str) -> str | None:
+        """Claim, for ``claimant``, the upload of ``digest`` to ``registry``: None when it is
+        ours (or the index cannot tell: then everyone uploads), else the claimant in force,
+        whose upload to mount from once it has landed. A claim lapses
+        ``UPLOAD_CLAIM_SECONDS`` after it was taken or last renewed."""
+        ...
+
+    async def upload_claimant(self, registry: str, digest: str) -> str | None:
+        """Who holds the claim on uploading ``digest`` to ``registry`` now (None: nobody)."""
+        ...
+
+    async def renew_upload(self, registry: str, digest: str, claimant: str) -> None:
+        """Keep ``claimant``'s claim for another ``UPLOAD_CLAIM_SECONDS`` (if still its)."""
+        ...
+
+    async def release_upload(self, registry: str, digest: str, claimant: str) -> None:
+        """Give ``claimant``'s claim up (if still its): the upload has ended, either way."""
         ...
 
 
@@ -76,6 +98,20 @@ class MemoryLocations:
     async def holders(self, registry: str, digest: str) -> list[str]:
         with self._lock:
             return list(reversed(self._blobs.get((registry, digest), {})))
+
+    # One process needs no claims: its BlobMover's own single-flight waits on its uploads.
+
+    async def claim_upload(self, registry: str, digest: str, claimant: str) -> str | None:
+        return None
+
+    async def upload_claimant(self, registry: str, digest: str) -> str | None:
+        return None
+
+    async def renew_upload(self, registry: str, digest: str, claimant: str) -> None:
+        return None
+
+    async def release_upload(self, registry: str, digest: str, claimant: str) -> None:
+        return None
 
     async def forget(self, registry: str, digest: str, repository: str) -> None:
         key = (registry, digest)

@@ -29,7 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from registry.locations import PER_BLOB
+from registry.locations import PER_BLOB, UPLOAD_CLAIM_SECONDS
 
 from .connections import SentinelOptions, error_text, redis_client, scrub
 
@@ -40,6 +40,8 @@ log = logging.getLogger("fanout.locations")
 T = TypeVar("T")
 
 KEY_PREFIX = "fanout:blob:"
+# An upload's claim (registry/upload_claims.py): the claimant, expiring unless renewed.
+CLAIM_PREFIX = "fanout:uploading:"
 DEFAULT_TTL = 86400.0
 # As for holds: Redis on the workers' network answers in a millisecond; one that takes this
 # long is as good as down for a hint.
@@ -55,12 +57,13 @@ class RedisLocations:
 
     def __init__(
         self, client: redis.Redis[Any], prefix: str = KEY_PREFIX, *, ttl: float = DEFAULT_TTL,
-        per_blob: int = PER_BLOB, url: str = "",
+        per_blob: int = PER_BLOB, url: str = "", claim_prefix: str = CLAIM_PREFIX,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = client
         self._prefix = prefix
+        self._claim_prefix = claim_prefix
         self._ttl = ttl
         self._per_blob = max(1, per_blob)
         self._url = url  # only to keep its password out of a logged error
@@ -97,6 +100,22 @@ class RedisLocations:
     async def forget(self, registry: str, digest: str, repository: str) -> None:
         await self._ask(self._forget, None, self.key(registry, digest), repository)
 
+    def claim_key(self, registry: str, digest: str) -> str:
+        return f"{self._claim_prefix}{registry}/{digest}"
+
+    async def claim_upload(self, registry: str, digest: str, claimant: str) -> str | None:
+        # A Redis that fails says "yours": every copy uploads, as without claims.
+        return await self._ask(self._claim, None, self.claim_key(registry, digest), claimant)
+
+    async def upload_claimant(self, registry: str, digest: str) -> str | None:
+        return await self._ask(self._claimant, None, self.claim_key(registry, digest))
+
+    async def renew_upload(self, registry: str, digest: str, claimant: str) -> None:
+        await self._ask(self._if_ours, None, self.claim_key(registry, digest), claimant, "renew")
+
+    async def release_upload(self, registry: str, digest: str, claimant: str) -> None:
+        await self._ask(self._if_ours, None, self.claim_key(registry, digest), claimant, "drop")
+
     # -- the Redis commands (in a thread) ------------------------------------------------------
 
     def _record(self, key: str, repository: str) -> None:
@@ -115,6 +134,34 @@ class RedisLocations:
 
     def _forget(self, key: str, repository: str) -> None:
         self._redis.zrem(key, repository)
+
+    def _claim(self, key: str, claimant: str) -> str | None:
+        ms = round(UPLOAD_CLAIM_SECONDS * 1000)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, claimant, nx=True, px=ms)
+            pipe.get(key)
+            taken, holder = pipe.execute()
+        if taken or holder is None:  # ours, or lapsed between the two: upload
+            return None
+        return str(holder)
+
+    def _claimant(self, key: str) -> str | None:
+        found = self._redis.get(key)
+        return None if found is None else str(found)
+
+    def _if_ours(self, key: str, claimant: str, action: str) -> None:
+        """Renew or drop the claim only while it is ``claimant``'s: one that lapsed and was
+        taken by another copy stays theirs."""
+        def apply(pipe: Any) -> None:
+            if pipe.get(key) != claimant:
+                return
+            pipe.multi()
+            if action == "renew":
+                pipe.pexpire(key, round(UPLOAD_CLAIM_SECONDS * 1000))
+            else:
+                pipe.delete(key)
+
+        self._redis.transaction(apply, key)  # type: ignore[no-untyped-call]
 
     async def _ask(self, command: Callable[..., T], otherwise: T, *args: str) -> T:
         """``command(*args)`` off the loop; ``otherwise`` when Redis fails or was just failing."""

@@ -20,7 +20,7 @@ import redis
 from producer import api
 from tests.support.checks import assert_same_image
 from tests.support.cli import write_docker_config
-from tests.support.fault_proxy import FaultProxy
+from tests.support.fault_proxy import Delay, FaultProxy, Rule
 from tests.support.images import push_oci_image
 from tests.support.queue import (
     Process,
@@ -33,7 +33,7 @@ from tests.support.queue import (
 from tests.support.registries import RegistryServer, RegistrySet
 from tests.support.registry_client import RepoClient
 from workers.ledger import Ledger, Release
-from workers.locations import KEY_PREFIX
+from workers.locations import CLAIM_PREFIX, KEY_PREFIX
 
 pytestmark = [
     pytest.mark.integration,
@@ -101,3 +101,46 @@ def test_a_blob_one_worker_landed_is_mounted_by_another_worker_process(
         assert_same_image(src, dst, [image.digest], tags={"v1": image.digest})
     assert sorted(index.zrange(keys[0], 0, -1)) == [a, b]
     index.close()
+
+
+def test_two_workers_copying_to_one_registry_send_each_blob_once(
+    redis_server: RedisServer, registries: RegistrySet,
+    fresh_registry: Callable[..., RegistryServer], tmp_path: Path, unique_repo: str,
+) -> None:
+    # One release to two repositories of a registry, its two tasks on two worker processes at
+    # once. Each upload is held a second at its final PUT, so the other task surely arrives
+    # while it is under way: it must wait for the claim and mount, not send the bytes too.
+    image = push_oci_image(registries.source, unique_repo, "v1", layers=3)
+    env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []))
+    ledger = ledger_for(env["FANOUT_BROKER_URL"])
+    registry = fresh_registry()
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Rule(Delay(1.0), method="PUT", path="/blobs/uploads/", query="digest="))
+        targets = [f"{proxy.host}/{unique_repo}/a", f"{proxy.host}/{unique_repo}/b"]
+        workers = [start_worker(f"claims{i}", env, tmp_path, loglevel="DEBUG") for i in (1, 2)]
+        try:
+            [release_id] = api.enqueue(image.reference, targets, tags=["v1"], referrers=False,
+                                       ledger=ledger, env=env)
+            release = wait_until(
+                lambda: (r := api.status(release_id, ledger=ledger)).done and r, 60,
+                "release done", lambda: "\n".join(w.log()[-2000:] for w in workers))
+        finally:
+            for worker in workers:
+                worker.stop()
+        seen = proxy.seen
+
+    assert isinstance(release, Release) and release.ok, release
+    records = [release.destinations[t] for t in targets]
+    assert {(r.worker or "").split("@")[0] for r in records} == {"claims1", "claims2"}
+    puts = [parse_qs(s.query)["digest"][0] for s in seen
+            if s.method == "PUT" and "digest=" in s.query]
+    assert sorted(puts) == sorted(image.blobs), "a blob's bytes went to the registry twice"
+    assert sum(r.stats["blobs_uploaded"] for r in records) == len(image.blobs)
+    assert sum(r.stats["blobs_mounted"] for r in records) == len(image.blobs)
+    for target in targets:
+        with RepoClient.at(registries.source, unique_repo) as src, \
+                RepoClient.at(registry, target.split("/", 1)[1]) as dst:
+            assert_same_image(src, dst, [image.digest], tags={"v1": image.digest})
+    # Every claim was given up once its upload had landed.
+    claims = redis.Redis.from_url(env["FANOUT_BROKER_URL"]).keys(f"{CLAIM_PREFIX}*")
+    assert claims == []

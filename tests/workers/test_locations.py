@@ -13,15 +13,16 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from registry import upload_claims
 from registry.envconfig import ConfigError
-from registry.locations import BlobLocations, MemoryLocations
+from registry.locations import UPLOAD_CLAIM_SECONDS, BlobLocations, MemoryLocations
 from tests.support.ports import free_port
 from tests.workers.conftest import FakeClock
 from tests.workers.engine_fakes import CapturingRegistries, NoCopier
 from workers import engine as engine_module
 from workers.engine import CopyEngine
 from workers.job import CopyJob
-from workers.locations import DEFAULT_TTL, KEY_PREFIX, RedisLocations
+from workers.locations import CLAIM_PREFIX, DEFAULT_TTL, KEY_PREFIX, RedisLocations
 from workers.settings import WorkerSettings
 
 T = TypeVar("T")
@@ -217,3 +218,66 @@ def test_real_redis_keeps_hints_for_the_ttl(real: tuple[redis.Redis[Any], str]) 
     key = index.key(HOST, DIGEST)
     assert key.startswith(prefix) and client.zcard(key) == 16
     assert 25 < client.ttl(key) <= 30
+
+
+def test_an_upload_is_claimed_once_renewed_and_given_up_only_by_its_claimant(
+    index: RedisLocations, redis_client: Any,
+) -> None:
+    claim = f"{CLAIM_PREFIX}{HOST}/{DIGEST}"
+    assert run(index.claim_upload(HOST, DIGEST, "team/a#1")) is None  # ours
+    assert run(index.claim_upload(HOST, DIGEST, "team/b#2")) == "team/a#1"  # theirs: wait
+    assert run(index.upload_claimant(HOST, DIGEST)) == "team/a#1"
+    assert 0 < redis_client.pttl(claim) <= UPLOAD_CLAIM_SECONDS * 1000
+    redis_client.pexpire(claim, 500)
+    run(index.renew_upload(HOST, DIGEST, "team/b#2"))  # not b's: left alone
+    assert redis_client.pttl(claim) <= 500
+    run(index.renew_upload(HOST, DIGEST, "team/a#1"))
+    assert redis_client.pttl(claim) > 500
+    run(index.release_upload(HOST, DIGEST, "team/b#2"))
+    assert run(index.upload_claimant(HOST, DIGEST)) == "team/a#1"
+    run(index.release_upload(HOST, DIGEST, "team/a#1"))
+    assert run(index.upload_claimant(HOST, DIGEST)) is None
+    assert run(index.claim_upload(HOST, DIGEST, "team/b#2")) is None  # free again: b's now
+
+
+def test_a_redis_that_is_down_makes_every_upload_its_own() -> None:
+    index = RedisLocations.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    assert run(index.claim_upload(HOST, DIGEST, "team/a#1")) is None
+    assert run(index.upload_claimant(HOST, DIGEST)) is None
+    run(index.release_upload(HOST, DIGEST, "team/a#1"))  # raises nothing
+
+
+def test_a_waiter_returns_when_the_claim_is_given_up_and_a_holder_renews_it(
+    index: RedisLocations, redis_client: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(upload_claims, "RENEW_EVERY", 0.02)
+    renewals: list[str] = []
+    renew = index.renew_upload
+
+    async def counted(registry: str, digest: str, claimant: str) -> None:
+        renewals.append(claimant)
+        await renew(registry, digest, claimant)
+
+    monkeypatch.setattr(index, "renew_upload", counted)
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        assert await index.claim_upload(HOST, DIGEST, "team/a#1") is None
+
+        async def uploader() -> None:
+            async with upload_claims.holding(index, HOST, DIGEST, "team/a#1"):
+                await asyncio.sleep(0.15)
+                order.append("landed")
+
+        async def waiter() -> None:
+            holder = await index.claim_upload(HOST, DIGEST, "team/b#2")
+            assert holder == "team/a#1"
+            await upload_claims.wait_for_release(index, HOST, DIGEST, holder, poll=0.01)
+            order.append("waited")
+
+        await asyncio.gather(uploader(), waiter())
+        return order
+
+    assert run(main()) == ["landed", "waited"]
+    assert renewals and set(renewals) == {"team/a#1"}
+    assert redis_client.keys(f"{CLAIM_PREFIX}*") == []
