@@ -281,3 +281,22 @@ def test_a_waiter_returns_when_the_claim_is_given_up_and_a_holder_renews_it(
     assert run(main()) == ["landed", "waited"]
     assert renewals and set(renewals) == {"team/a#1"}
     assert redis_client.keys(f"{CLAIM_PREFIX}*") == []
+
+
+def test_a_claim_whose_worker_died_lapses_and_the_waiter_goes_on(
+    index: RedisLocations, redis_client: Any,
+) -> None:
+    # The claimant never renews (killed mid-upload): the lease runs out and the waiter,
+    # polling, sees nobody holding it; its next claim is its own.
+    assert run(index.claim_upload(HOST, DIGEST, "team/a#dead")) is None
+    redis_client.pexpire(f"{CLAIM_PREFIX}{HOST}/{DIGEST}", 150)
+
+    async def main() -> str | None:
+        holder = await index.claim_upload(HOST, DIGEST, "team/b#2")
+        assert holder == "team/a#dead"
+        await upload_claims.wait_for_release(index, HOST, DIGEST, holder, poll=0.02,
+                                             max_wait=30)
+        return await index.claim_upload(HOST, DIGEST, "team/b#2")
+
+    assert run(main()) is None
+    assert run(index.upload_claimant(HOST, DIGEST)) == "team/b#2"
