@@ -54,6 +54,7 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(redis.RedisError, _ledger_down)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.add_api_route("/healthz", _healthz, methods=["GET"], tags=["health"],
                       summary="Is the ledger reachable", response_model=None)
@@ -104,6 +105,15 @@ def _unparsed(exc: RequestValidationError) -> bool:
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
+
+
+async def _ledger_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+    # Whatever the handler was doing, Redis (the ledger, the dedup window) failed under it:
+    # try again later. Not the driver's words: they may name the URL.
+    log.warning("%s %s: the ledger is unreachable: %s", request.method, request.url.path,
+                type(exc).__name__)
+    return JSONResponse({"detail": f"the ledger is unreachable ({type(exc).__name__}); "
+                                   "nothing was changed, try again"}, status_code=503)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ import base64
 import json
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from tests.service.conftest import CI_TOKEN, READER_TOKEN, SOURCE, bearer
@@ -158,3 +159,21 @@ def test_the_openapi_document_describes_the_request(client: TestClient) -> None:
     assert schema["required"] == ["source"]
     assert {"source", "to", "destinations", "tags", "optional", "referrers"} <= set(
         schema["properties"])
+
+
+def test_a_ledger_that_is_down_is_503_not_a_server_error(config: object) -> None:
+    from service.app import create_app
+    from service.config import ServeConfig
+    from tests.support.ports import free_port
+    assert isinstance(config, ServeConfig)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    down = Ledger(redis.Redis(port=free_port(), socket_connect_timeout=0.5,
+                              retry=Retry(NoBackoff(), 0)))
+    with TestClient(create_app(config, {}, ledger=down),
+                    raise_server_exceptions=False) as client:
+        for answer in (client.get("/v1/releases", headers=bearer(READER_TOKEN)),
+                       client.get("/v1/releases/rel-x", headers=bearer(READER_TOKEN)),
+                       client.get("/healthz")):
+            assert answer.status_code == 503, answer.text
+            assert "unreachable" in answer.json()["detail"]
