@@ -26,6 +26,7 @@ _SCHEMES = ("redis://", "rediss://")
 # Celery's saferepr bound for the argsrepr/kwargsrepr headers Flower shows.
 _REPR_MAX = 1024
 _REPLY_TO = str(uuid.uuid4())
+_SEP = "\x06\x16"  # kombu's separator in a binding: routing key, pattern, queue
 
 
 def handles(url: str) -> bool:
@@ -76,5 +77,10 @@ def publish(client: Any, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> l
     with client.pipeline(transaction=True) as pipe:
         for queue, message in messages:
             pipe.lpush(queue, json.dumps(message))
+        for queue in dict.fromkeys(queue for queue, _ in messages):
+            # The binding Celery declares with its queue (exchange and routing key named after
+            # it): how `fanout metrics` finds a routed queue, empty or not.
+            pipe.sadd(f"_kombu.binding.{queue}", f"{queue}{_SEP}{_SEP}{queue}")
         results = pipe.execute(raise_on_error=False)
-    return [i for i, result in enumerate(results) if isinstance(result, Exception)]
+    return [i for i, result in enumerate(results[:len(messages)])
+            if isinstance(result, Exception)]

@@ -43,13 +43,16 @@ def test_the_message_is_the_one_celery_sends(redis_server: RedisServer, queue: s
     app = celery_client({"FANOUT_BROKER_URL": url})
     app.send_task(TASK_NAME, kwargs=TASK, task_id="rel-1:dst.example/app:2", queue=queue)
     [celery_sent] = client.lrange(queue, 0, -1)
-    client.delete(queue)
+    bindings = {key: client.smembers(key) for key in client.keys("_kombu.binding.*")}
+    client.flushdb()
 
     redis_publish.publish(client, [(queue, redis_publish.task_message(
         TASK_NAME, "rel-1:dst.example/app:2", TASK, queue))])
 
     [ours] = client.lrange(queue, 0, -1)
     assert _normal(ours) == _normal(celery_sent)
+    # The queue's binding too: `fanout metrics` finds routed queues by it.
+    assert {key: client.smembers(key) for key in client.keys("_kombu.binding.*")} == bindings
 
 
 def test_a_queue_redis_refuses_is_reported_and_failed_in_the_ledger(
