@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 def list_recent(ledger: Ledger, limit: int, *, as_json: bool, out: TextIO) -> int:
     """The newest releases, a line each: what an operator looks at first."""
     check_limit(limit)
-    print_list([r for r in (ledger.get(i) for i in ledger.recent(limit)) if r is not None],
+    print_list(ledger.recent_releases(limit),
                as_json=as_json, out=out)
     return 0
 

@@ -63,7 +63,7 @@ def page(request: Request) -> HTMLResponse:
         return _answer(401, "Sign in", "<p>No valid token: give a token as the password (the "
                                        "user name is ignored).</p>", CHALLENGE)
     try:
-        releases = [r for r in map(state.ledger.get, state.ledger.recent(RECENT)) if r]
+        releases = state.ledger.recent_releases(RECENT)
     except (redis.RedisError, OSError) as exc:
         return _answer(503, "Unavailable", f"<p>The ledger is unreachable "
                                            f"({escape(type(exc).__name__)}).</p>")

@@ -65,7 +65,7 @@ def recent(request: Request,
            limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict[str, list[dict[str, Any]]]:
     state = state_of(request)
     authenticate(request, state.config)
-    releases = [r for r in (state.ledger.get(i) for i in state.ledger.recent(limit)) if r]
+    releases = state.ledger.recent_releases(limit)
     return {"releases": [release_document(r) for r in releases]}
 
 

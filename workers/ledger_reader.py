@@ -75,6 +75,10 @@ class LedgerReader:
             return []
         return [text(i) for i in self._redis.zrevrange(RELEASES_KEY, 0, limit - 1)]
 
+    def recent_releases(self, limit: int = 20) -> list[Release]:
+        """The newest releases, newest first; one expired between the two reads is left out."""
+        return [r for r in (self.get(i) for i in self.recent(limit)) if r is not None]
+
     def since(self, timestamp: float) -> list[str]:
         """Release ids created at or after ``timestamp`` (wall clock), oldest first."""
         return [text(i) for i in self._redis.zrangebyscore(RELEASES_KEY, timestamp, "+inf")]
