@@ -300,11 +300,13 @@ def _enqueue_release(
     targets: Sequence[tuple[Repository, tuple[str, ...]]], referrers: dict[str, Any],
     optional: frozenset[str] = frozenset(),
 ) -> str:
+    # Its place in the order of releases, fixed now: the tag order rule (workers/tag_order.py).
+    order = ledger.next_order()
     tasks = {str(repo): {"source": str(source), "destination": str(repo), "tags": list(tags),
-                         "referrers": referrers} for repo, tags in targets}
+                         "referrers": referrers, "order": order} for repo, tags in targets}
     # The ledger keeps each task's arguments, so that `fanout retry` sends exactly these again.
     release_id = ledger.create_release(str(source), [(str(repo), tags) for repo, tags in targets],
-                                       optional=optional, tasks=tasks)
+                                       optional=optional, tasks=tasks, order=order)
     send(ledger, settings, release_id,
           [{"release_id": release_id, **task} for task in tasks.values()])
     return release_id

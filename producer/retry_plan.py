@@ -58,6 +58,9 @@ def task_for(ledger: Ledger, release: Release, destination: str,
         "referrers": {"enabled": True, "types": []},
     }
     task.update({key: sent[key] for key in _KEPT if key in sent})
+    if release.order:
+        # A retry keeps the release's place in the order: it never undoes a newer one.
+        task["order"] = release.order
     return {"release_id": release.id, "destination": destination, **task,
             "generation": generation}
 

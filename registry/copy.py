@@ -38,7 +38,7 @@ from .blobs import BlobMover
 from .client import RegistryClient
 from .errors import InternalError, InvalidManifest, RegistryError, SizeMismatch
 from .fetch import ManifestInfo, manifest_get, manifest_head
-from .gather import run_all
+from .gather import all_of, run_all
 from .manifest import Descriptor, Manifest
 from .options import CopyOptions
 from .push import manifest_put
@@ -49,6 +49,8 @@ from .results import CopyResult, CopyStats, ProgressSink
 from .retry import retry_async
 from .session import Registries
 from .singleflight import SingleFlight
+from .tag_gate import TagGate
+from .tag_writer import DestinationTag
 
 T = TypeVar("T")
 log = logging.getLogger("fanout.copy")
@@ -164,9 +166,12 @@ class Copier:
 
     async def copy_image(
         self, source: Reference, destination: Repository, tags: Sequence[str] = (),
-        *, stats: CopyStats | None = None,
+        *, stats: CopyStats | None = None, tag_gate: TagGate | None = None,
     ) -> CopyStats:
-        """Copy ``source`` (pinned by digest) to ``destination`` and tag it; raise on failure."""
+        """Copy ``source`` (pinned by digest) to ``destination`` and tag it; raise on failure.
+
+        ``tag_gate``: where the root's tags are ordered against other copies' (the workers'
+        release order); without one, each tag is written whenever it names another digest."""
         if not source.digest:
             raise InvalidManifest(f"source {source} is not pinned by digest")
         walk = _Walk(
@@ -192,7 +197,10 @@ class Copier:
             if self.options.referrers and root.subject is not None:
                 # Copied on its own, not as someone's referrer: still make it findable.
                 await self._register(walk, root.subject.digest, [referrer_descriptor(root)])
-            await self._write_tags(walk, root, tags)
+            if tag_gate is None:
+                await self._write_tags(walk, root, tags)
+            else:
+                await self._gated_tags(walk, root, tags, tag_gate)
         except BaseException:
             # Shared work outlives the awaits that were cancelled; stop it too, so a failed
             # destination leaves nothing running against its registry.
@@ -334,6 +342,20 @@ class Copier:
             walk.stats.tags_written += 1
 
         await run_all(write(tag) for tag in dict.fromkeys(tags))
+
+    async def _gated_tags(self, walk: _Walk, manifest: Manifest, tags: Sequence[str],
+                          gate: TagGate) -> None:
+        """The root's tags through ``gate``, all at once: each is written, or left to the
+        newer release that holds it (the gate keeps which)."""
+        destination, client = walk.destination, walk.client
+
+        def writer(tag: str) -> DestinationTag:
+            return DestinationTag(client, destination, tag, manifest,
+                                  early=lambda: walk.checks.do(tag, self._check(walk, tag)),
+                                  retry=self.options.retry, stats=walk.stats)
+
+        await all_of(gate.write(destination, tag, manifest.digest, writer(tag))
+                     for tag in dict.fromkeys(tags))
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.options.retry, operation, what=what)

@@ -26,6 +26,7 @@ from registry.holds import HoldStore
 from registry.locations import BlobLocations
 from registry.reference import parse_reference, parse_repository
 from registry.session import Registries
+from registry.tag_gate import TagGate
 
 from .access import AccessPolicy
 from .holds import RedisHolds
@@ -49,7 +50,8 @@ class Engine(Protocol):
     """What the task needs from the engine: copy one job, return its counters, raise on failure."""
 
     def copy(self, job: CopyJob, *, timeout: float | None,
-             abort: threading.Event | None = None) -> dict[str, int]: ...
+             abort: threading.Event | None = None,
+             tag_gate: TagGate | None = None) -> dict[str, int]: ...
 
 
 class CopyEngine:
@@ -85,13 +87,15 @@ class CopyEngine:
         self._registries: Registries | None = None
 
     def copy(self, job: CopyJob, *, timeout: float | None,
-             abort: threading.Event | None = None) -> dict[str, int]:
+             abort: threading.Event | None = None,
+             tag_gate: TagGate | None = None) -> dict[str, int]:
         """Copy ``job``; ``abort`` set from another thread (a lost lease) stops it at once
         with :class:`LeaseLost`; a job outside the worker's allowed sources and destinations
-        fails with :class:`~workers.access.PolicyDenied` before any request is sent."""
+        fails with :class:`~workers.access.PolicyDenied` before any request is sent.
+        ``tag_gate`` orders the tag writes against other releases' (``workers/tag_order``)."""
         self._access.check(job)
         try:
-            return self._loop.run(self._copy(job, timeout), abort)
+            return self._loop.run(self._copy(job, timeout, tag_gate), abort)
         except Stopped:
             raise LeaseLost(f"copy to {job.destination} stopped: its lease was lost") from None
 
@@ -107,7 +111,8 @@ class CopyEngine:
             self._registries.renew_credentials(credentials, older_than=CREDENTIAL_MAX_AGE)
         return self._registries
 
-    async def _copy(self, job: CopyJob, timeout: float | None) -> dict[str, int]:
+    async def _copy(self, job: CopyJob, timeout: float | None,
+                    tag_gate: TagGate | None) -> dict[str, int]:
         options = copy_options_from_env(self._env, referrers=job.referrers,
                                         referrer_types=job.referrer_types)
         source = parse_reference(job.source)
@@ -116,7 +121,8 @@ class CopyEngine:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                stats = await copier.copy_image(source, destination, job.tags)
+                stats = await copier.copy_image(source, destination, job.tags,
+                                                tag_gate=tag_gate)
         except TimeoutError:
             if not deadline.expired():
                 raise

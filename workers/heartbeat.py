@@ -61,6 +61,13 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
 
+    def valid(self) -> bool:
+        """Whether the lease is still safe to act on: not given up, and renewed recently by
+        this process's own clock (a process stopped for longer wakes up to False, before its
+        heartbeat thread has even run)."""
+        silent = self._monotonic() - self._last_renewed
+        return not self.abort.is_set() and silent <= self.lock.ttl * STOP_FRACTION
+
     def beat(self) -> None:
         """One renewal; sets ``abort`` when the lease is lost or has gone silent too long."""
         try:

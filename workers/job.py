@@ -15,7 +15,7 @@ from registry.reference import parse_reference, parse_repository, validate_tag
 
 TASK_NAME = "fanout.copy"
 _REQUIRED = ("release_id", "source", "destination", "tags")
-_OPTIONAL = ("referrers", "generation")
+_OPTIONAL = ("referrers", "generation", "order")
 _REFERRER_KEYS = frozenset({"enabled", "types"})
 _RELEASE_ID_MAX = 200
 
@@ -46,6 +46,9 @@ class CopyJob:
     # over, or an operator's retry, sends it again under a higher generation, and a message
     # of an older one (a late redelivery) does nothing.
     generation: int = 0
+    # The release's place in the order of releases, as the producer sent it; the ledger's
+    # word wins where it has one (0: not sent).
+    order: int = 0
 
 
 def parse_job(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> CopyJob:
@@ -79,9 +82,11 @@ def parse_job(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> C
         raise fail("tags must be a list of strings")
     referrers, referrer_types = _referrers(kwargs.get("referrers"), fail)
     generation = kwargs.get("generation", 0)
-    if (not isinstance(generation, int) or isinstance(generation, bool)
-            or not 0 <= generation < 2**31):
+    if not _whole(generation, 2**31):
         raise fail("generation must be a whole number from 0")
+    order = kwargs.get("order", 0)
+    if not _whole(order, 2**63):
+        raise fail("order must be a whole number from 0")
     try:
         source = parse_reference(kwargs["source"])
         parse_repository(kwargs["destination"])
@@ -96,8 +101,12 @@ def parse_job(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> C
     return CopyJob(
         release_id=str(release_id), source=str(source.pinned()), destination=kwargs["destination"],
         digest=source.digest, tags=tuple(dict.fromkeys(tags)), referrers=referrers,
-        referrer_types=referrer_types, generation=generation,
+        referrer_types=referrer_types, generation=generation, order=order,
     )
+
+
+def _whole(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
 
 
 def _is_id(value: Any) -> bool:

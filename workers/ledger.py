@@ -25,6 +25,7 @@ from .ledger_reader import LedgerReader
 from .records import (
     FINAL_STATES,
     HISTORY_LIMIT,
+    ORDER_KEY,
     RELEASES_KEY,
     RUNNING_KEY,
     STATES,
@@ -71,29 +72,35 @@ class Ledger(LedgerReader):
     def create_release(
         self, source: str, targets: Sequence[tuple[str, Sequence[str]]], *,
         release_id: str | None = None, optional: Iterable[str] = (),
-        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None, order: int | None = None,
     ) -> str:
         """Record a release with every destination ``queued``; return its id.
 
         ``source`` must be pinned by digest (``InvalidReference``, a ``ValueError``, if not).
         ``optional`` names destinations whose failure does not fail the release. ``tasks``: per
-        destination, the arguments its copy task is sent with (``release_id`` is filled in
-        here), kept for :meth:`task_of` so that a retry sends exactly what was sent.
+        destination, the arguments its copy task is sent with (``release_id`` and ``order``
+        are filled in here), kept for :meth:`task_of` so that a retry sends exactly what was
+        sent. ``order``: its place in the order of releases, from :meth:`next_order` (taken
+        here when not given).
         """
         digest = parse_reference(source).digest
         if digest is None:
             raise ValueError(f"source {source} is not pinned by digest")
         optional = set(optional)
+        if order is None:
+            order = self.next_order()
         now = self._clock()
         release_id = release_id or self._new_id(now)
         with self._redis.pipeline() as pipe:  # MULTI/EXEC: the release appears whole
             pipe.hset(release_key(release_id), mapping={
-                "source": source, "digest": digest, "created_at": repr(now), "epoch": "0"})
+                "source": source, "digest": digest, "created_at": repr(now), "epoch": "0",
+                "order": str(order)})
             for index, (destination, tags) in enumerate(targets):
                 row = new_record(destination, tags, now, optional=destination in optional)
                 task = (tasks or {}).get(destination)
                 if task is not None:
-                    row["task"] = json.dumps({**task, "release_id": release_id}, sort_keys=True)
+                    row["task"] = json.dumps({**task, "release_id": release_id, "order": order},
+                                             sort_keys=True)
                 pipe.zadd(dests_key(release_id), {destination: index}, nx=True)
                 pipe.hset(dest_key(release_id, destination), mapping=_fields(row))
             pipe.zadd(RELEASES_KEY, {release_id: now})
@@ -102,19 +109,30 @@ class Ledger(LedgerReader):
             pipe.execute()
         return release_id
 
+    def next_order(self) -> int:
+        """The next release's place in the order of releases: one counter for every producer,
+        so it is the order releases were created in, whatever the clocks say."""
+        return int(self._redis.incr(ORDER_KEY))
+
     def ensure_destination(
-        self, release_id: str, source: str, destination: str, tags: Sequence[str],
+        self, release_id: str, source: str, destination: str, tags: Sequence[str], *,
+        order: int = 0,
     ) -> None:
         """Create the release and destination if missing (a task sent without the producer,
-        or a ledger entry expired or flushed); never changes an existing record."""
+        or a ledger entry expired or flushed); never changes an existing record. ``order``:
+        the release's place as its task message gave it (0: none, so a new one is taken)."""
         if self._redis.exists(dest_key(release_id, destination)):
             return
         now = self._clock()
         digest = parse_reference(source).digest or ""
+        if not order and not self._redis.hexists(release_key(release_id), "order"):
+            order = self.next_order()
         with self._redis.pipeline() as pipe:
             pipe.hsetnx(release_key(release_id), "source", source)
             pipe.hsetnx(release_key(release_id), "digest", digest)
             pipe.hsetnx(release_key(release_id), "created_at", repr(now))
+            if order:
+                pipe.hsetnx(release_key(release_id), "order", str(order))
             pipe.zadd(dests_key(release_id), {destination: math.inf}, nx=True)
             for name, value in new_record(destination, tags, now).items():
                 pipe.hsetnx(dest_key(release_id, destination), name, value)
@@ -166,11 +184,13 @@ class Ledger(LedgerReader):
 
     def mark_succeeded(
         self, release_id: str, destination: str, *, stats: Mapping[str, int], seconds: float,
-        attempt: int | None = None,
+        attempt: int | None = None, superseded: Mapping[str, str] | None = None,
     ) -> None:
-        """Done; ``last_error`` keeps the error of an earlier attempt, if there was one."""
+        """Done; ``last_error`` keeps the error of an earlier attempt, if there was one.
+        ``superseded``: the tags left to a newer release, each with that release's id."""
         self._transition(release_id, destination, {
             "state": "succeeded", "stats": json.dumps(dict(stats), sort_keys=True),
+            "superseded": json.dumps(dict(superseded or {}), sort_keys=True),
             "bytes": str(int(stats.get("bytes_transferred", 0))), "seconds": repr(seconds),
             "finished_at": repr(self._clock()), "next_retry_at": "",
         }, outcome="succeeded", expect_attempt=attempt)

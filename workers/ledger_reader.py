@@ -61,6 +61,11 @@ class LedgerReader:
                                                        0, -1)]
         return parse_record(destination, row, history)
 
+    def order_of(self, release_id: str) -> int:
+        """The release's place in the order of releases; 0 when it has none (from before
+        releases had one: the oldest of all)."""
+        return int(self._redis.hget(release_key(release_id), "order") or 0)
+
     def task_of(self, release_id: str, destination: str) -> dict[str, Any] | None:
         """The arguments the destination's copy task was last sent with, if recorded."""
         raw = self._redis.hget(dest_key(release_id, destination), "task")
@@ -105,7 +110,7 @@ class LedgerReader:
         return Release(
             id=release_id, source=head.get("source", ""), digest=head.get("digest", ""),
             created_at=to_float(head.get("created_at")) or 0.0, destinations=destinations,
-            epoch=int(head.get("epoch") or 0),
+            epoch=int(head.get("epoch") or 0), order=int(head.get("order") or 0),
         )
 
     @staticmethod

@@ -30,21 +30,20 @@ def canonical_repository(destination: str) -> str:
         return destination
 
 
-class DestinationLock:
-    """A non-blocking lock on one (destination, digest); the caller decides what to do if held."""
+class Lease:
+    """A non-blocking lock on one key, held for ``ttl`` unless renewed; the caller decides
+    what to do if it is held."""
 
     def __init__(
-        self, client: redis.Redis[Any], destination: str, digest: str, ttl: float,
-        *, owner: str = "", token: str | None = None,
+        self, client: redis.Redis[Any], key: str, ttl: float, *, owner: str = "",
+        token: str | None = None,
     ) -> None:
         """``token``: act on a lock another instance took (the heartbeat renews the copy's
         lock through a client of its own)."""
         if ttl <= 0:
             raise ValueError(f"lock ttl must be positive, not {ttl}")
         self._redis = client
-        # The canonical name: "Docker.io/x", "index.docker.io/library/x" and "docker.io/x"
-        # are one repository, and two copies to it must not both think they hold the lock.
-        self.key = f"{KEY_PREFIX}{canonical_repository(destination)}@{digest}"
+        self.key = key
         self.ttl = ttl
         # The owner (e.g. the task id) is only for people reading the key; the random part
         # is what makes the token unique.
@@ -108,7 +107,20 @@ class DestinationLock:
         return _text(self._redis.get(self.key))
 
     def __repr__(self) -> str:
-        return f"DestinationLock({self.key!r}, held={self.held})"
+        return f"{type(self).__name__}({self.key!r}, held={self.held})"
+
+
+class DestinationLock(Lease):
+    """At most one copy of a (destination, digest) at a time."""
+
+    def __init__(
+        self, client: redis.Redis[Any], destination: str, digest: str, ttl: float,
+        *, owner: str = "", token: str | None = None,
+    ) -> None:
+        # The canonical name: "Docker.io/x", "index.docker.io/library/x" and "docker.io/x"
+        # are one repository, and two copies to it must not both think they hold the lock.
+        super().__init__(client, f"{KEY_PREFIX}{canonical_repository(destination)}@{digest}",
+                         ttl, owner=owner, token=token)
 
 
 def _text(value: Any) -> str | None:

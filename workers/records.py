@@ -2,12 +2,19 @@
 
 Keys in Redis (each expires ``retention`` seconds after its release's last update)::
 
-    fanout:release:<id>                      hash: source, digest, created_at, epoch, notified_epoch
+    fanout:release:<id>                      hash: source, digest, created_at, order, epoch,
+                                             notified_epoch
     fanout:release:<id>:dests                sorted set: destinations, in the order given
     fanout:release:<id>:dest:<dest>          hash: one DestinationRecord
     fanout:release:<id>:dest:<dest>:history  list: one JSON Attempt per finished attempt
     fanout:releases                          sorted set: release ids by creation time
     fanout:running                           sorted set: "<id> <dest>" by heartbeat deadline
+    fanout:release-order                     counter: the last release's place in the order
+
+A release's ``order`` is its place among all releases, from one counter, fixed when it is
+created: a retry keeps it, so a tag at a destination ends on the newest release that reached it
+(``workers/tag_order.py``), whatever order the attempts finish in. A destination's
+``superseded`` names, per tag, the newer release that held it when this one came to write it.
 
 A destination's ``generation`` goes up each time its copy is sent again from outside Celery's own
 retries (a lost worker's destination handed over, an operator's retry); a task carrying an older
@@ -19,13 +26,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 STATES = ("queued", "running", "retrying", "succeeded", "failed")
 FINAL_STATES = frozenset({"succeeded", "failed"})
 RELEASES_KEY = "fanout:releases"
 RUNNING_KEY = "fanout:running"
+ORDER_KEY = "fanout:release-order"
 PREFIX = "fanout:release:"
 # How much history one destination keeps: a destination retried for a day stays readable.
 HISTORY_LIMIT = 100
@@ -92,6 +100,8 @@ class DestinationRecord:
     round_at: float | None = None
     heartbeat_at: float | None = None
     history: tuple[Attempt, ...] = ()
+    # Tags this release did not write because a newer release held them there: tag -> its id.
+    superseded: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -130,6 +140,7 @@ class DestinationRecord:
             heartbeat_at=f.number_or_none("heartbeat_at", None),
             history=tuple(Attempt.from_dict(item, f"{where}.history[{i}]")
                           for i, item in enumerate(f.items("history", []))),
+            superseded=f.mapping("superseded", str, {}),
         )
 
 
@@ -143,6 +154,8 @@ class Release:
     created_at: float
     destinations: dict[str, DestinationRecord]
     epoch: int = 0
+    # Its place in the order of releases (0: from before releases had one, the oldest).
+    order: int = 0
 
     @property
     def required(self) -> list[DestinationRecord]:
@@ -166,6 +179,7 @@ class Release:
             "source": self.source,
             "digest": self.digest,
             "created_at": self.created_at,
+            "order": self.order,
             "done": self.done,
             "ok": self.ok,
             "destinations": {name: d.to_dict() for name, d in self.destinations.items()},
@@ -184,7 +198,7 @@ class Release:
             created_at=f.number("created_at"),
             destinations={name: DestinationRecord.from_dict(record, f"{where}.destinations.{name}")
                           for name, record in f.mapping("destinations", Mapping).items()},
-            epoch=f.integer("epoch", 0))
+            epoch=f.integer("epoch", 0), order=f.integer("order", 0))
 
 
 def release_key(release_id: str) -> str:
@@ -249,7 +263,18 @@ def parse_record(destination: str, row: Mapping[str, str],
         round_at=to_float(row.get("round_at")),
         heartbeat_at=to_float(row.get("heartbeat_at")),
         history=tuple(a for a in (Attempt.from_json(t) for t in history) if a is not None),
+        superseded=_superseded(row.get("superseded")),
     )
+
+
+def _superseded(raw: str | None) -> dict[str, str]:
+    try:
+        doc = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {str(k): str(v) for k, v in doc.items()}
 
 
 def text(value: Any) -> str:
@@ -317,8 +342,9 @@ class _Fields:
     def items(self, key: str, default: list[Any] = _REQUIRED) -> list[Any]:
         return list(self._get(key, (list,), default, nullable=False))
 
-    def mapping(self, key: str, values: type) -> dict[str, Any]:
-        found: Mapping[str, Any] = self._get(key, (Mapping,), _REQUIRED, nullable=False)
+    def mapping(self, key: str, values: type,
+                default: Mapping[str, Any] = _REQUIRED) -> dict[str, Any]:
+        found: Mapping[str, Any] = self._get(key, (Mapping,), default, nullable=False)
         return {str(name): _checked(value, (values,), f"{self.where}.{key}.{name}")
                 for name, value in found.items()}
 

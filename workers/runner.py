@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -33,6 +33,7 @@ from .job import CopyJob, JobError, parse_job
 from .ledger import Ledger
 from .locks import DestinationLock
 from .policy import TaskRetryPolicy
+from .tag_order import TagOrdering
 
 log = logging.getLogger("fanout.worker")
 _ERROR_MAX = 1000
@@ -44,6 +45,8 @@ _USERINFO = re.compile(r"://[^/@\s]+@")
 class Succeeded:
     stats: dict[str, int]
     seconds: float
+    # Tags left to a newer release that held them at the destination: tag -> its id.
+    superseded: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ class CopyRunner:
         timeout: float | None = None,
         transient: tuple[type[BaseException], ...] = (),
         finished: Callable[[str, str], None] | None = None,
+        tag_order: TagOrdering | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -104,6 +108,8 @@ class CopyRunner:
         # Told (release, destination) after a destination ends for good: the release may be
         # final now (the notifications, workers/notifications.py). Never raises.
         self.finished = finished
+        # Orders the tag writes of every release (workers/tag_order.py); None: unordered.
+        self.tag_order = tag_order
         self._clock = clock
         self._monotonic = monotonic
         self._rand = rand
@@ -122,7 +128,8 @@ class CopyRunner:
                                         error_type="InvalidTask")
                 self._settle(exc.release_id, exc.destination)
             return Failed(exc.reason, "InvalidTask")
-        self.ledger.ensure_destination(job.release_id, job.source, job.destination, job.tags)
+        self.ledger.ensure_destination(job.release_id, job.source, job.destination, job.tags,
+                                       order=job.order)
         stale = self._stale(job)
         if stale is not None:
             return stale
@@ -211,20 +218,29 @@ class CopyRunner:
                                 self.lock_ttl, token=lock.token)
         with Heartbeat(lease, self.ledger, job.release_id, job.destination,
                        interval=self.heartbeat_interval) as heartbeat:
+            gate = None
+            if self.tag_order is not None:
+                order = self.ledger.order_of(job.release_id) or job.order
+                gate = self.tag_order.gate(job.release_id, order, heartbeat.valid)
             try:
-                stats = self.engine.copy(job, timeout=self.timeout, abort=heartbeat.abort)
+                stats = self.engine.copy(job, timeout=self.timeout, abort=heartbeat.abort,
+                                         tag_gate=gate)
             except LeaseLost:
                 # Whoever took over owns the record now; the reaper records this attempt.
                 return Superseded(f"{job.destination}: {heartbeat.reason}")
             except Exception as exc:  # noqa: BLE001 - every failure is recorded, then classified
                 return self._failed_attempt(job, exc, attempt)
         seconds = self._monotonic() - started
+        superseded = dict(gate.superseded) if gate is not None else {}
         self.ledger.mark_succeeded(job.release_id, job.destination, stats=stats, seconds=seconds,
-                                   attempt=attempt)
+                                   attempt=attempt, superseded=superseded)
         self._settle(job.release_id, job.destination)
         log.info("%s: %s copied to %s in %.2fs: %s", job.release_id, job.source,
                  job.destination, seconds, stats)
-        return Succeeded(stats, seconds)
+        for tag, newer in superseded.items():
+            log.info("%s: tag %s at %s left to the newer release %s", job.release_id, tag,
+                     job.destination, newer)
+        return Succeeded(stats, seconds, superseded)
 
     def _failed_attempt(self, job: CopyJob, exc: Exception, attempt: int | None = None,
                         ) -> Outcome:

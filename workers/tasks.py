@@ -31,6 +31,7 @@ from .policy import TaskRetryPolicy
 from .reaper import Reaper, ReaperThread
 from .routing import queue_for
 from .runner import CopyRunner, Failed, RetryLater, Succeeded, Superseded
+from .tag_order import TagOrdering
 
 log = logging.getLogger("fanout.worker")
 # Ride out a Redis restart (~30 s of backoff) rather than fail the ledger write or the lock
@@ -66,6 +67,10 @@ def runner() -> CopyRunner:
         timeout=settings.soft_time_limit,
         transient=(SoftTimeLimitExceeded,),
         finished=finals_hook(client),
+        # An owner record outlives every release that could still write its tag (a retry
+        # needs the release in the ledger), with a day to spare.
+        tag_order=TagOrdering(client, lock_ttl=settings.lock_ttl,
+                              owner_ttl=settings.retention + 86400),
     )
 
 
@@ -121,7 +126,11 @@ def copy(self: CopyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # max_retries=None: the runner bounds retries (attempts and age, from the ledger).
         raise self.retry(countdown=outcome.countdown, max_retries=None)
     if isinstance(outcome, Succeeded):
-        return {"state": "succeeded", "seconds": round(outcome.seconds, 3), **outcome.stats}
+        done: dict[str, Any] = {"state": "succeeded", "seconds": round(outcome.seconds, 3),
+                                **outcome.stats}
+        if outcome.superseded:
+            done["superseded"] = outcome.superseded
+        return done
     if isinstance(outcome, Superseded):
         return {"state": "superseded", "reason": outcome.reason}
     assert isinstance(outcome, Failed)

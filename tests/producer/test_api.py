@@ -104,11 +104,15 @@ def test_tag_is_pinned_and_one_task_per_destination(registry: FakeRegistry,
         assert args == []
         assert message.headers["id"] == f"{release_id}:{kwargs['destination']}"
         bodies.append(kwargs)
+    # Every task carries the release's place in the order, the one the ledger holds.
+    assert release.order >= 1
     assert sorted(bodies, key=lambda b: b["destination"]) == [
         {"release_id": release_id, "source": f"{SRC}@{DIGEST}", "destination": "a.example/app",
-         "tags": ["1.2.3"], "referrers": {"enabled": True, "types": []}},
+         "tags": ["1.2.3"], "referrers": {"enabled": True, "types": []},
+         "order": release.order},
         {"release_id": release_id, "source": f"{SRC}@{DIGEST}", "destination": "b.example/app",
-         "tags": ["prod", "1.2.3"], "referrers": {"enabled": True, "types": []}},
+         "tags": ["prod", "1.2.3"], "referrers": {"enabled": True, "types": []},
+         "order": release.order},
     ]
     # one request pins the tag (after the ping); nothing else touches the registry
     assert [r for r in registry.requests if r != "GET /v2/"] == ["GET /v2/acme/app/manifests/v1"]
@@ -356,7 +360,8 @@ def test_retry_rebuilds_a_task_the_ledger_did_not_keep(ledger: Ledger) -> None:
     [(_, kwargs)] = _bodies()
     assert kwargs == {"release_id": release_id, "source": f"{SRC}@{DIGEST}",
                       "destination": "a.example/app", "tags": ["v1"],
-                      "referrers": {"enabled": True, "types": []}, "generation": 1}
+                      "referrers": {"enabled": True, "types": []}, "generation": 1,
+                      "order": ledger.order_of(release_id)}
 
 
 def test_replay_sends_each_digest_once_with_every_tag(registry: FakeRegistry) -> None:

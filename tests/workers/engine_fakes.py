@@ -23,5 +23,6 @@ class NoCopier:
     def __init__(self, registries: Any, options: Any) -> None:
         pass
 
-    async def copy_image(self, source: Any, destination: Any, tags: Any) -> Any:
+    async def copy_image(self, source: Any, destination: Any, tags: Any,
+                         tag_gate: Any = None) -> Any:
         return CopyStats()

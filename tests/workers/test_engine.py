@@ -28,7 +28,8 @@ class FakeCopier:
         FakeCopier.seen.append(options)
         FakeCopier.registries.append(registries)
 
-    async def copy_image(self, source: Any, destination: Any, tags: Any) -> CopyStats:
+    async def copy_image(self, source: Any, destination: Any, tags: Any,
+                         tag_gate: Any = None) -> CopyStats:
         FakeCopier.seen.append((str(source), str(destination), tuple(tags)))
         await asyncio.sleep(self.delay)
         return CopyStats(bytes_transferred=5, blobs_uploaded=1)
@@ -66,7 +67,8 @@ def test_every_task_of_a_process_shares_one_pool_and_one_loop() -> None:
     loops: list[asyncio.AbstractEventLoop] = []
 
     class LoopCopier(FakeCopier):
-        async def copy_image(self, source: Any, destination: Any, tags: Any) -> CopyStats:
+        async def copy_image(self, source: Any, destination: Any, tags: Any,
+                             tag_gate: Any = None) -> CopyStats:
             loops.append(asyncio.get_running_loop())
             return await super().copy_image(source, destination, tags)
 
@@ -88,7 +90,8 @@ def test_a_lost_lease_stops_the_copy_and_lets_it_unwind() -> None:
     unwound = threading.Event()
 
     class SlowCopier(FakeCopier):
-        async def copy_image(self, source: Any, destination: Any, tags: Any) -> CopyStats:
+        async def copy_image(self, source: Any, destination: Any, tags: Any,
+                             tag_gate: Any = None) -> CopyStats:
             try:
                 await asyncio.sleep(30)
             finally:

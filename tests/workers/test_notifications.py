@@ -416,7 +416,8 @@ class Engine:
     def __init__(self, result: Any) -> None:
         self.result = result
 
-    def copy(self, job: CopyJob, *, timeout: float | None, abort: Any = None) -> dict[str, int]:
+    def copy(self, job: CopyJob, *, timeout: float | None, abort: Any = None,
+             tag_gate: Any = None) -> dict[str, int]:
         if isinstance(self.result, BaseException):
             raise self.result
         return dict(self.result)

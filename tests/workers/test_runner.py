@@ -35,7 +35,7 @@ class FakeEngine:
         self.redis: Any = None
 
     def copy(self, job: CopyJob, *, timeout: float | None,
-             abort: Any = None) -> dict[str, int]:
+             abort: Any = None, tag_gate: Any = None) -> dict[str, int]:
         self.calls.append((job, timeout))
         if self.redis is not None:
             self.lock_seen.append(self.redis.get(f"fanout:lock:{job.destination}@{job.digest}"))
