@@ -95,6 +95,24 @@ class Delay:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Hold the request until :meth:`release` (or ``seconds``), then forward it as usual: a
+    write held in the network, reaching the registry late. ``arrived`` is set once it is
+    held; released separately from ``clear()``, so a test can order two writers' requests."""
+
+    seconds: float = 60.0
+    arrived: threading.Event = field(default_factory=threading.Event, compare=False)
+    _go: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def release(self) -> None:
+        self._go.set()
+
+    def wait_arrived(self, timeout: float = 30.0) -> None:
+        if not self.arrived.wait(timeout):
+            raise AssertionError(f"no request reached the hold within {timeout:g}s")
+
+
+@dataclass(frozen=True)
 class FlipBytes:
     """Invert ``count`` bytes of the response body from offset ``at``; the length stays."""
 
@@ -131,8 +149,8 @@ class TooManyRequests:
     retry_after: str | None = None
 
 
-Action = (Status | Refuse | CutRequest | CutResponse | Stall | Delay | FlipBytes | WrongDigest
-          | Redirect | DropLocation | TooManyRequests)
+Action = (Status | Refuse | CutRequest | CutResponse | Stall | Delay | Hold | FlipBytes
+          | WrongDigest | Redirect | DropLocation | TooManyRequests)
 
 
 @dataclass
@@ -242,6 +260,9 @@ class FaultProxy(LoopbackProxy[Seen]):
             return
         if isinstance(action, Delay):
             release.wait(action.seconds)
+        if isinstance(action, Hold):
+            action.arrived.set()
+            action._go.wait(action.seconds)
         if isinstance(action, TooManyRequests):
             told = hit == 1 and action.retry_after is not None
             action = Status(429, {"Retry-After": action.retry_after or ""} if told else {},
