@@ -141,6 +141,7 @@ class _Held:
     # set or renewed it was sent, so it errs early.
     deadline: float
     renewer: asyncio.Task[None] | None = None
+    kept: bool | None = None  # once given back: whether it was ours throughout
 
 
 class TagOrder:
@@ -173,39 +174,57 @@ class TagOrder:
     async def write(self, destination: Repository, tag: str, digest: str,
                     writer: TagWriter) -> str | None:
         repository = str(destination)
-        trust_early = True
+        sent = _Sent()
+        held = await self._acquire(repository, tag)
+        raced = False
+        try:
+            outcome = await self._write(held, repository, tag, digest, writer,
+                                        trust_early=True, sent=sent)
+        except _Raced:
+            raced = True
+        except asyncio.CancelledError:
+            # Stopped (a lost lease, a time limit) with our PUT perhaps on the wire: it may
+            # land over a newer release's write, so settle the tag before going. Shielded, on
+            # the worker's long-lived loop: the copy's cancellation must not cut the fix short.
+            if sent.put:
+                await self._release(held)  # the settling takes a lease of its own
+                await asyncio.shield(self._settle(repository, tag, digest, writer))
+            raise
+        finally:
+            kept = await self._release(held)
+        if kept and not raced:
+            return outcome
+        log.warning("%s: another writer wrote tag %s:%s beside this one (its lease lapsed "
+                    "mid-write); settling it", self.release_id, repository, tag)
+        return await asyncio.shield(self._settle(repository, tag, digest, writer))
+
+    async def _settle(self, repository: str, tag: str, digest: str,
+                      writer: TagWriter) -> str | None:
+        """Steps 1-3 again under a fresh lease, trusting no earlier look at the registry."""
         for _ in range(_PASSES):
             held = await self._acquire(repository, tag)
-            raced = False
             try:
-                outcome = await self._write(held, repository, tag, digest, writer,
-                                            trust_early=trust_early)
+                return await self._write(held, repository, tag, digest, writer,
+                                         trust_early=False, sent=_Sent())
             except _Raced:
-                raced = True
+                continue
             finally:
-                kept = await self._release(held)
-            if kept and not raced:
-                return outcome
-            log.warning("%s: lost the lease on tag %s:%s while writing it; looking again",
-                        self.release_id, repository, tag)
-            # Whatever the copy saw at its start may be older than another writer's PUT.
-            trust_early = False
-        raise TagOrderUnavailable(f"could not keep the lease on tag {repository}:{tag} "
-                                  f"through its write ({_PASSES} tries)")
+                await self._release(held)
+        raise TagOrderUnavailable(f"tag {repository}:{tag}: its owner kept changing while "
+                                  f"this release wrote it ({_PASSES} tries)")
 
     async def _write(self, held: _Held, repository: str, tag: str, digest: str,
-                     writer: TagWriter, *, trust_early: bool) -> str | None:
+                     writer: TagWriter, *, trust_early: bool, sent: _Sent) -> str | None:
         owner = await self._call(self._owners.get, repository, tag)
-
-        def fence() -> None:
-            self._fence(held, repository, tag)
-
         if owner is not None and owner.order > self.order:
             if not trust_early and await writer.head() != owner.digest:
-                # This release's own write may have landed over the newer one: undo it.
+                # This release's own write may have landed over the newer one: give the tag
+                # back. Never a move backwards, so only the tag's lease fences it, not the
+                # copy's (a copy whose lease was lost still undoes its own late write).
                 log.warning("%s: giving tag %s:%s back to %s", self.release_id, repository,
                             tag, owner.release)
-                await writer.restore(owner.digest, fence)
+                await writer.restore(owner.digest,
+                                     lambda: self._fence(held, repository, tag, copy=False))
             self.superseded[tag] = owner.release
             return owner.release
         ours = owner is not None and (owner.order, owner.release, owner.digest) == (
@@ -215,6 +234,10 @@ class TagOrder:
             # The early HEAD may predate another writer's PUT; ask again before relying on it.
             current = await writer.head()
         if current != digest:
+            def fence() -> None:
+                self._fence(held, repository, tag)
+                sent.put = True
+
             await writer.put(fence)
         if not ours:
             mine = TagOwner(self.order, self.release_id, digest, self._clock())
@@ -223,8 +246,8 @@ class TagOrder:
         self.superseded.pop(tag, None)
         return None
 
-    def _fence(self, held: _Held, repository: str, tag: str) -> None:
-        if not self._lease():
+    def _fence(self, held: _Held, repository: str, tag: str, *, copy: bool = True) -> None:
+        if copy and not self._lease():
             raise TagOrderUnavailable(f"the copy's lease ran out before writing tag "
                                       f"{repository}:{tag}; not written")
         if self._monotonic() > held.deadline - self._margin:
@@ -263,7 +286,14 @@ class TagOrder:
                 log.warning("could not renew lease %s: %s", held.lease.key, exc)
 
     async def _release(self, held: _Held) -> bool:
-        """Give the lease back; True when it was ours throughout."""
+        """Give the lease back (once; later calls repeat the answer); True when it was ours
+        throughout."""
+        if held.kept is not None:
+            return held.kept
+        held.kept = await self._give_back(held)
+        return held.kept
+
+    async def _give_back(self, held: _Held) -> bool:
         if held.renewer is not None:
             held.renewer.cancel()
             await asyncio.gather(held.renewer, return_exceptions=True)
@@ -294,6 +324,11 @@ class TagOrdering:
     def gate(self, release_id: str, order: int, lease: Callable[[], bool]) -> TagOrder:
         return TagOrder(self._redis, release_id=release_id, order=order,
                         owner_ttl=self._owner_ttl, lock_ttl=self._lock_ttl, lease=lease)
+
+
+@dataclass
+class _Sent:
+    put: bool = False
 
 
 class _Raced(Exception):

@@ -282,6 +282,38 @@ def test_a_put_that_lands_after_its_lease_lapsed_is_undone(client: redis.Redis[A
     assert found is not None and found.release == "rel-2"
 
 
+def test_a_copy_stopped_while_its_put_was_on_the_wire_still_settles_the_tag(
+    client: redis.Redis[Any],
+) -> None:
+    # As above, but the copy is cancelled (its lease lost) before the PUT's answer arrives:
+    # the tag is settled before the cancellation goes on.
+    tag = Tag()
+    key = lock_key(str(DEST), TAG)
+
+    async def lands_late_then_stopped() -> None:
+        client.delete(key)
+        assert await write(gate(client, 2), tag, 2, early=None) is None
+        tag.value = digest(1)  # the held PUT lands over release 2's
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()
+        await asyncio.sleep(5)
+
+    # The copy's lease holds when its PUT leaves and is gone after: the restore is fenced
+    # by the tag's lease alone.
+    leases = iter([True])
+    older = gate(client, 1, lease=lambda: next(leases, False))
+    writer = Writer(tag, digest(1), during_put=lands_late_then_stopped)
+
+    async def main() -> None:
+        await older.write(DEST, TAG, digest(1), writer)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(main())
+    assert writer.restored == [digest(2)] and tag.value == digest(2)
+    assert older.superseded == {TAG: "rel-2"}
+
+
 def test_redis_down_is_a_transient_failure_before_any_put() -> None:
     broken = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     tag = Tag()
