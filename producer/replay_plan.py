@@ -1,7 +1,9 @@
 """What ``fanout replay`` sends: a backfill of recent releases to new destinations.
 
 Every release created within the window that reached at least one destination counts; its
-source digest is copied once, however many releases carried it, with every tag they carried.
+source digest is copied once, however many releases carried it, with every tag they carried
+that no newer release of the window carried too: a tag goes with the release it had last, as
+the tag order rule says, whatever order the replayed copies finish in.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def plan(ledger: Ledger, since: float, *, source_repo: str | None = None) -> lis
     (wall clock) that succeeded somewhere; ``source_repo`` keeps only that repository's.
     In the order the digests were first released."""
     wanted = _repository(source_repo) if source_repo else None
-    found: dict[str, list[Release]] = {}
+    landed: list[tuple[Release, str]] = []  # with its source repository
     for release_id in ledger.since(since):
         release = ledger.get(release_id)
         if release is None or not _landed(release):
@@ -62,15 +64,29 @@ def plan(ledger: Ledger, since: float, *, source_repo: str | None = None) -> lis
             continue
         if wanted is not None and repository != wanted:
             continue
-        found.setdefault(release.digest, []).append(release)
-    return [_replay(digest, releases) for digest, releases in found.items()]
+        landed.append((release, repository))
+    last: dict[tuple[str, str], str] = {}  # (repository, tag) -> the digest it had last
+    # In release order, not the clocks' (releases from before it had one keep their place).
+    for release, repository in sorted(landed, key=lambda p: (p[0].order, p[0].created_at)):
+        for tag in _tags(release):
+            last[(repository, tag)] = release.digest
+    found: dict[str, list[tuple[Release, str]]] = {}
+    for release, repository in landed:
+        found.setdefault(release.digest, []).append((release, repository))
+    return [_replay(digest, releases, last) for digest, releases in found.items()]
 
 
-def _replay(digest: str, releases: Sequence[Release]) -> Replay:
-    tags = [tag for release in releases for record in release.destinations.values()
-            for tag in record.tags]
-    return Replay(source=releases[-1].source, digest=digest, tags=tuple(dict.fromkeys(tags)),
-                  releases=tuple(r.id for r in releases))
+def _tags(release: Release) -> list[str]:
+    return list(dict.fromkeys(tag for record in release.destinations.values()
+                              for tag in record.tags))
+
+
+def _replay(digest: str, releases: Sequence[tuple[Release, str]],
+            last: dict[tuple[str, str], str]) -> Replay:
+    tags = [tag for release, repository in releases for tag in _tags(release)
+            if last[(repository, tag)] == digest]
+    return Replay(source=releases[-1][0].source, digest=digest,
+                  tags=tuple(dict.fromkeys(tags)), releases=tuple(r.id for r, _ in releases))
 
 
 def _landed(release: Release) -> bool:
