@@ -96,9 +96,10 @@ class Delay:
 
 @dataclass(frozen=True)
 class Hold:
-    """Hold the request until :meth:`release` (or ``seconds``), then forward it as usual: a
-    write held in the network, reaching the registry late. ``arrived`` is set once it is
-    held; released separately from ``clear()``, so a test can order two writers' requests."""
+    """Take the whole request (head and body: the client has sent it all), hold it until
+    :meth:`release` (or ``seconds``), then forward it as usual: a write held in the network,
+    reaching the registry late. ``arrived`` is set once it is held; released separately from
+    ``clear()``, so a test can order two writers' requests. For small bodies (manifests)."""
 
     seconds: float = 60.0
     arrived: threading.Event = field(default_factory=threading.Event, compare=False)
@@ -260,7 +261,9 @@ class FaultProxy(LoopbackProxy[Seen]):
             return
         if isinstance(action, Delay):
             release.wait(action.seconds)
+        body: list[bytes] | None = None
         if isinstance(action, Hold):
+            body = list(body_pieces(conn.reader, headers, is_response=False))
             action.arrived.set()
             action._go.wait(action.seconds)
         if isinstance(action, TooManyRequests):
@@ -273,19 +276,23 @@ class FaultProxy(LoopbackProxy[Seen]):
             _answer(conn.client, action, target, record)
             return
         upstream = self._connect_upstream(conn)
-        self._forward(conn.client, conn.reader, upstream, method, target, headers, action, record)
+        self._forward(conn.client, conn.reader, upstream, method, target, headers, action, record,
+                      body)
 
     def _forward(
         self, client: socket.socket, client_in: BufferedReader, upstream: socket.socket,
         method: str, target: str, headers: Headers, action: Action | None, record: Seen,
+        body: list[bytes] | None = None,
     ) -> None:
-        """Relay one exchange, applying ``action``; record the status before the client sees it."""
+        """Relay one exchange, applying ``action``; record the status before the client sees it.
+        ``body``: the request's body, already taken from the client (a held request)."""
         chunked_request = is_chunked(headers)
         upstream.sendall(forwarded_request_head(
             method, target, self.upstream_host, headers,
             extra=["Transfer-Encoding: chunked"] if chunked_request else []))
         sent = 0
-        for piece in body_pieces(client_in, headers, is_response=False):
+        pieces = body if body is not None else body_pieces(client_in, headers, is_response=False)
+        for piece in pieces:
             if isinstance(action, CutRequest) and sent + len(piece) >= action.after:
                 upstream.sendall(frame(piece[: action.after - sent], chunked_request))
                 raise Cut
