@@ -54,6 +54,7 @@ from .broker import (
 )
 from .common import UsageError
 from .inputs import credentials, parse_source, parse_targets
+from .pool import RegistryPool
 
 __all__ = [
     "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "QueueUnreachable",
@@ -87,19 +88,22 @@ def enqueue(
     insecure_registries: Sequence[str] = (),
     ledger: Ledger | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    pool: RegistryPool | None = None,
 ) -> list[str]:
     """Enqueue one copy task per destination for each source; return the release ids in order.
 
     ``optional`` destinations are copied too, but their failure does not fail the release (one
     already among ``destinations`` is only marked optional). ``ledger`` and ``transport`` are
-    seams for tests and for callers holding their own clients.
+    seams for tests and for callers holding their own clients. ``pool``: a long-lived process's
+    registry clients (``fanout serve``'s) to check the sources with, instead of a pool of their
+    own; its own settings (``insecure``, ``transport``) apply then.
     """
     sources = [source] if isinstance(source, str) else list(source)
     return _enqueue_each(
         [(text, tags) for text in sources], destinations, optional=optional,
         referrers={"enabled": referrers, "types": list(referrer_types)},
         env=os.environ if env is None else env, broker_url=broker_url,
-        insecure_registries=insecure_registries, ledger=ledger, transport=transport)
+        insecure_registries=insecure_registries, ledger=ledger, transport=transport, pool=pool)
 
 
 def retry(
@@ -236,8 +240,12 @@ async def _resolve_all(
 ) -> list[Reference]:
     options = transport_options_from_env(env, insecure=list(insecure))
     async with Registries(credentials(env), options, transport=transport) as registries:
-        copier = Copier(registries, CopyOptions(retry=_RESOLVE_RETRY))
-        return list(await asyncio.gather(*(_resolve(copier, ref) for ref in sources)))
+        return await _resolve_with(registries, sources)
+
+
+async def _resolve_with(registries: Registries, sources: Sequence[Reference]) -> list[Reference]:
+    copier = Copier(registries, CopyOptions(retry=_RESOLVE_RETRY))
+    return list(await asyncio.gather(*(_resolve(copier, ref) for ref in sources)))
 
 
 async def _resolve(copier: Copier, source: Reference) -> Reference:
@@ -266,7 +274,7 @@ def _enqueue_each(
     sources: Sequence[tuple[str, Sequence[str]]], destinations: Sequence[str], *,
     optional: Sequence[str], referrers: dict[str, Any], env: Mapping[str, str],
     broker_url: str | None, insecure_registries: Sequence[str], ledger: Ledger | None,
-    transport: httpx.AsyncBaseTransport | None,
+    transport: httpx.AsyncBaseTransport | None, pool: RegistryPool | None = None,
 ) -> list[str]:
     """One release per (source, tags), everything checked before anything is enqueued."""
     if not sources:
@@ -283,8 +291,11 @@ def _enqueue_each(
             plans.append((ref, parse_targets(destinations, optional, ref, tags)))
         except UsageError as exc:
             raise EnqueueError(str(exc)) from None
-    pinned = asyncio.run(_resolve_all([ref for ref, _ in plans], env, insecure_registries,
-                                      transport))
+    refs = [ref for ref, _ in plans]
+    if pool is not None:
+        pinned = pool.run(lambda registries: _resolve_with(registries, refs))
+    else:
+        pinned = asyncio.run(_resolve_all(refs, env, insecure_registries, transport))
     settings = queue_settings(env, broker_url)
     if ledger is None:
         ledger = connect_ledger(settings)

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.broker import queue_settings
+from producer.pool import RegistryPool
 from workers import connections
 from workers.ledger import Ledger
 
@@ -41,12 +43,23 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
         client = connections.redis_client(settings.ledger_url, settings.sentinel,
                                           socket_connect_timeout=5.0, socket_timeout=30.0)
         ledger = Ledger(client, retention=settings.retention)
+    # One pool of registry clients for the app's lifetime, as a worker keeps one per process:
+    # each request that pins a source would otherwise pay a TLS context, a probe and a token.
+    pool = RegistryPool(env, insecure=config.fanout.insecure_registries)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Blocking (it waits for the pool's loop and thread to stop): off the server's loop.
+        await anyio.to_thread.run_sync(pool.close)
+
     # No /docs or /redoc: they load their JavaScript from a CDN, which an air-gapped site has
     # not got; /openapi.json is the document, for any viewer.
     app = FastAPI(title="fanout", version=_version(), docs_url=None, redoc_url=None,
+                  lifespan=lifespan,
                   description="Enqueue and follow releases: one image, pinned by digest, copied "
                               "to many registries by fanout's workers.")
-    app.state.fanout = ServiceState(config, env, ledger, ledger.client)
+    app.state.fanout = ServiceState(config, env, ledger, ledger.client, pool)
     app.include_router(releases.router)
     app.include_router(events.router)
     app.include_router(hooks.router)

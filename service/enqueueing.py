@@ -50,8 +50,7 @@ def create_release(
     try:
         [release_id] = api.enqueue(
             source, destinations, tags=tags, optional=[*set_optional, *optional],
-            referrers=referrers, env=state.env, ledger=state.ledger,
-            insecure_registries=config.fanout.insecure_registries)
+            referrers=referrers, env=state.env, ledger=state.ledger, pool=state.pool)
     except api.QueueUnreachable as exc:
         raise ApiError(503, str(exc)) from None
     except api.SourceUnavailable as exc:

@@ -2,18 +2,18 @@
 
 Done before deduplication, so the window keys on what was pushed, not on a tag: ``latest``
 pushed twice with new content is two releases, a redelivery of one push is one. One request
-per tag, with the server's own source credentials, as ``fanout enqueue`` pins a source.
+per tag, with the server's own source credentials, as ``fanout enqueue`` pins a source, over
+the server's one pool of registry clients (:mod:`producer.pool`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from producer.inputs import credentials
+from producer.pool import RegistryPool
 from registry.copy import Copier
-from registry.envconfig import transport_options_from_env
 from registry.errors import NotFound, RegistryError
 from registry.options import CopyOptions
 from registry.reference import Reference, parse_reference
@@ -29,23 +29,20 @@ __all__ = ["pin"]
 _RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0, max_hold=5.0)
 
 
-def pin(pushes: Sequence[Push], env: Mapping[str, str],
-        insecure: Sequence[str] = ()) -> list[Push]:
+def pin(pushes: Sequence[Push], pool: RegistryPool) -> list[Push]:
     """``pushes`` with each tag-only one given the digest its tag points at now; blocking."""
     wanted = sorted({str(p) for p in pushes if p.digest is None and p.tag is not None})
     if not wanted:
         return list(pushes)
-    digests = asyncio.run(_resolve([parse_reference(text) for text in wanted], env, insecure))
+    refs = [parse_reference(text) for text in wanted]
+    digests = pool.run(lambda registries: _resolve(registries, refs))
     return [dataclasses.replace(p, digest=digests[str(p)]) if str(p) in digests else p
             for p in pushes]
 
 
-async def _resolve(refs: Sequence[Reference], env: Mapping[str, str],
-                   insecure: Sequence[str]) -> dict[str, str]:
-    options = transport_options_from_env(env, insecure=list(insecure))
-    async with Registries(credentials(env), options) as registries:
-        copier = Copier(registries, CopyOptions(retry=_RETRY))
-        pinned = await asyncio.gather(*(_one(copier, ref) for ref in refs))
+async def _resolve(registries: Registries, refs: Sequence[Reference]) -> dict[str, str]:
+    copier = Copier(registries, CopyOptions(retry=_RETRY))
+    pinned = await asyncio.gather(*(_one(copier, ref) for ref in refs))
     return {str(ref): digest for ref, digest in zip(refs, pinned, strict=True)}
 
 

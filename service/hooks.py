@@ -78,7 +78,7 @@ def _release(state: ServiceState, grant: TokenGrant | None, events: Events) -> J
         # Every release this delivery would make must be the token's to make, or none is made.
         for to, push in matched:
             authorize(grant, config, source=str(push), set_name=to)
-    pinned = pin([push for _, push in matched], state.env, config.fanout.insecure_registries)
+    pinned = pin([push for _, push in matched], state.pool)
     planned = group((to, push) for (to, _), push in zip(matched, pinned, strict=True))
     window = Window(state.redis, config.dedup_seconds)
     released: list[str] = []

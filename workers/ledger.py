@@ -39,6 +39,7 @@ from .records import (
     new_record,
     release_key,
     running_member,
+    text,
     to_float,
 )
 
@@ -280,16 +281,21 @@ class Ledger(LedgerReader):
         def apply(pipe: Pipeline) -> None:
             won.clear()
             names = self._dest_names(pipe, release_id)
-            for name in names:  # watched too: a destination changing under us means look again
-                pipe.watch(dest_key(release_id, name))
-            release = self._read(pipe, release_id, names, with_history=False)
-            if release is None or not release.destinations or not release.done:
-                pipe.multi()
-                return
-            head = decode_map(cast(Mapping[Any, Any], pipe.hgetall(head_key)))
-            epoch = head.get("epoch") or "0"
+            if names:  # watched too: a destination changing under us means look again
+                pipe.watch(*(dest_key(release_id, name) for name in names))
+            # Read after the WATCH, so that a change after the read fails the EXEC; in one
+            # round trip on a connection of its own (this one now sends each command alone).
+            with self._redis.pipeline(transaction=False) as reader:
+                self._ask(reader, release_id, names, with_history=False)
+                reader.hget(head_key, "notified_epoch")
+                replies = iter(reader.execute())
+            release = self._read(replies, release_id, names, with_history=False)
+            notified = next(replies)
             pipe.multi()
-            if head.get("notified_epoch") == epoch:
+            if release is None or not release.destinations or not release.done:
+                return
+            epoch = str(release.epoch)
+            if notified is not None and text(notified) == epoch:
                 return
             pipe.hset(head_key, "notified_epoch", epoch)
             won.append(release)

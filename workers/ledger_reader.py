@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from .records import (
+    FINAL_STATES,
     RELEASES_KEY,
     RUNNING_KEY,
     DestinationRecord,
@@ -30,6 +32,44 @@ from .records import (
 
 if TYPE_CHECKING:
     Pipeline = redis.client.Pipeline[Any]
+
+# The fields of a destination's hash that :class:`Standing` holds.
+_STANDING = ("state", "generation", "attempts", "round_base", "round_at", "created_at", "stats")
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a destination stands, as each delivery of its copy task needs to know: a few
+    fields of its record, without the history (up to a hundred attempts) a full read brings."""
+
+    state: str
+    generation: int
+    attempts: int
+    round_base: int
+    round_at: float | None
+    created_at: float
+    stats: dict[str, int]
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def round_attempts(self) -> int:
+        """Attempts in the current round (see :attr:`DestinationRecord.round_attempts`)."""
+        return self.attempts - self.round_base
+
+    @property
+    def round_started(self) -> float:
+        return self.round_at if self.round_at is not None else self.created_at
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, str]) -> Standing:
+        # Read as parse_record reads the whole hash, so the two never disagree.
+        record = parse_record("", row)
+        return cls(state=record.state, generation=record.generation, attempts=record.attempts,
+                   round_base=record.round_base, round_at=record.round_at,
+                   created_at=record.created_at, stats=record.stats)
 
 
 class LedgerReader:
@@ -48,18 +88,28 @@ class LedgerReader:
     # -- reading --------------------------------------------------------------------------
 
     def get(self, release_id: str) -> Release | None:
-        """The release and every destination's record, or None if unknown or expired."""
-        names = self._dest_names(self._redis, release_id)
-        return self._read(self._redis, release_id, names, with_history=True)
+        """The release and every destination's record, or None if unknown or expired; two
+        round trips, whatever the number of destinations."""
+        [release] = self._read_all(self._names_of([release_id]), with_history=True)
+        return release
 
     def record(self, release_id: str, destination: str) -> DestinationRecord | None:
-        """One destination's record, or None if unknown or expired."""
-        row = decode_map(self._redis.hgetall(dest_key(release_id, destination)))
+        """One destination's record, or None if unknown or expired; one round trip."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(dest_key(release_id, destination))
+            pipe.lrange(history_key(release_id, destination), 0, -1)
+            found, history = pipe.execute()
+        row = decode_map(found)
         if not row:
             return None
-        history = [text(h) for h in self._redis.lrange(history_key(release_id, destination),
-                                                       0, -1)]
-        return parse_record(destination, row, history)
+        return parse_record(destination, row, [text(h) for h in history])
+
+    def standing(self, release_id: str, destination: str) -> Standing | None:
+        """What a delivery of the destination's copy task decides on, or None if unknown or
+        expired: one HMGET, without the history or the task's arguments."""
+        values = self._redis.hmget(dest_key(release_id, destination), _STANDING)
+        row = {name: text(v) for name, v in zip(_STANDING, values, strict=True) if v is not None}
+        return Standing.from_row(row) if row else None
 
     def order_of(self, release_id: str) -> int:
         """The release's place in the order of releases; 0 when it has none (from before
@@ -81,8 +131,10 @@ class LedgerReader:
         return [text(i) for i in self._redis.zrevrange(RELEASES_KEY, 0, limit - 1)]
 
     def recent_releases(self, limit: int = 20) -> list[Release]:
-        """The newest releases, newest first; one expired between the two reads is left out."""
-        return [r for r in (self.get(i) for i in self.recent(limit)) if r is not None]
+        """The newest releases, newest first; one expired between the reads is left out.
+        Three round trips, whatever the number of releases and destinations."""
+        found = self._read_all(self._names_of(self.recent(limit)), with_history=True)
+        return [r for r in found if r is not None]
 
     def since(self, timestamp: float) -> list[str]:
         """Release ids created at or after ``timestamp`` (wall clock), oldest first."""
@@ -94,16 +146,36 @@ class LedgerReader:
         return [text(m) for m in self._redis.zrangebyscore(RUNNING_KEY, "-inf", deadline,
                                                            start=0, num=limit)]
 
-    def _read(self, client: Any, release_id: str, names: Sequence[str], *,
+    def _names_of(self, release_ids: Sequence[str]) -> list[tuple[str, list[str]]]:
+        """Each release with its destinations' names, in one round trip (none for none)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for release_id in release_ids:
+                pipe.zrange(dests_key(release_id), 0, -1)
+            found = pipe.execute()
+        return [(release_id, [text(n) for n in names])
+                for release_id, names in zip(release_ids, found, strict=True)]
+
+    def _read_all(self, releases: Sequence[tuple[str, Sequence[str]]], *,
+                  with_history: bool) -> list[Release | None]:
+        """Each (release, its destinations' names) read in one round trip; None for one gone.
+        Not a transaction: each key is as it was when read, as with one command per key."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for release_id, names in releases:
+                self._ask(pipe, release_id, names, with_history=with_history)
+            replies = iter(pipe.execute())
+        return [self._read(replies, release_id, names, with_history=with_history)
+                for release_id, names in releases]
+
+    def _read(self, replies: Iterator[Any], release_id: str, names: Sequence[str], *,
               with_history: bool) -> Release | None:
-        head = decode_map(client.hgetall(release_key(release_id)))
-        if not head:
-            return None
-        rows = [decode_map(client.hgetall(dest_key(release_id, n))) for n in names]
+        """The release from the replies to what :meth:`_ask` queued for it, taken in order."""
+        head = decode_map(next(replies))
+        rows = [decode_map(next(replies)) for _ in names]
         histories: list[list[str]] = [[] for _ in names]
         if with_history:
-            histories = [[text(h) for h in client.lrange(history_key(release_id, n), 0, -1)]
-                         for n in names]
+            histories = [[text(h) for h in next(replies)] for _ in names]
+        if not head:
+            return None
         destinations = {name: parse_record(name, row, history)
                         for name, row, history in zip(names, rows, histories, strict=True)
                         if row}
@@ -114,6 +186,19 @@ class LedgerReader:
         )
 
     @staticmethod
+    def _ask(pipe: Pipeline, release_id: str, names: Sequence[str], *,
+             with_history: bool) -> None:
+        """Queue the reads of one release: its head, each destination's hash, then (with
+        ``with_history``) each one's history; :meth:`_read` takes their replies."""
+        pipe.hgetall(release_key(release_id))
+        for name in names:
+            pipe.hgetall(dest_key(release_id, name))
+        if with_history:
+            for name in names:
+                pipe.lrange(history_key(release_id, name), 0, -1)
+
+    @staticmethod
     def _dest_names(client: redis.Redis[Any] | Pipeline, release_id: str) -> list[str]:
         names = cast(list[Any], client.zrange(dests_key(release_id), 0, -1))
         return [text(n) for n in names]
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Coroutine
@@ -37,6 +38,7 @@ class EngineLoop:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._pid = 0
 
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -44,10 +46,27 @@ class EngineLoop:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="fanout-engine-loop",
-                                 daemon=True).start()
-                self._loop, self._pid = loop, os.getpid()
+                thread = threading.Thread(target=loop.run_forever, name="fanout-engine-loop",
+                                          daemon=True)
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
             return self._loop
+
+    def close(self) -> None:
+        """Cancel what still runs on the loop, stop it and its thread; the next :meth:`run`
+        starts another. A worker never calls it (its loop ends with the process); a server
+        that shuts down while its process goes on (fanout serve's app, a test) does."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+            if loop is None or thread is None or self._pid != os.getpid():
+                return  # never started here (a forked child does not own its parent's)
+        # Stopped all the same if something does not unwind in time: it goes with the loop.
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(_cancel_others(), loop).result(_CANCEL_GRACE)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_CANCEL_GRACE)
+        if not thread.is_alive():
+            loop.close()
 
     def run(self, coroutine: Coroutine[Any, Any, T],
             abort: threading.Event | None = None) -> T:
@@ -87,3 +106,12 @@ class EngineLoop:
                 coroutine.close()
             raise
         return future.result()
+
+
+async def _cancel_others() -> None:
+    """Cancel every other task of the running loop and wait for them to unwind."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()

@@ -31,6 +31,7 @@ from .engine import Engine, LeaseLost
 from .heartbeat import Heartbeat
 from .job import CopyJob, JobError, parse_job
 from .ledger import Ledger
+from .ledger_reader import Standing
 from .locks import DestinationLock
 from .policy import TaskRetryPolicy
 from .tag_order import TagOrdering
@@ -128,11 +129,15 @@ class CopyRunner:
                                         error_type="InvalidTask")
                 self._settle(exc.release_id, exc.destination)
             return Failed(exc.reason, "InvalidTask")
-        self.ledger.ensure_destination(job.release_id, job.source, job.destination, job.tags,
-                                       order=job.order)
-        stale = self._stale(job)
-        if stale is not None:
-            return stale
+        # One read tells both whether the record exists and whether this message is stale.
+        standing = self.ledger.standing(job.release_id, job.destination)
+        if standing is None:
+            self.ledger.ensure_destination(job.release_id, job.source, job.destination,
+                                           job.tags, order=job.order)
+        else:
+            stale = self._stale(job, standing)
+            if stale is not None:
+                return stale
         lock = DestinationLock(self.locks, job.destination, job.digest, self.lock_ttl,
                                owner=owner)
         if not lock.acquire():
@@ -164,7 +169,7 @@ class CopyRunner:
             self.finished(release_id, destination)
 
     def _busy(self, job: CopyJob) -> Outcome:
-        record = self.ledger.record(job.release_id, job.destination)
+        record = self.ledger.standing(job.release_id, job.destination)
         now = self._clock()
         created = record.round_started if record else now
         # A lock is held at most lock_ttl: waiting longer than that past max_age means
@@ -187,12 +192,9 @@ class CopyRunner:
         log.info("%s: %s; again in %.1fs", job.release_id, reason, countdown)
         return RetryLater(countdown, reason)
 
-    def _stale(self, job: CopyJob) -> Outcome | None:
+    def _stale(self, job: CopyJob, record: Standing) -> Outcome | None:
         """A message that must do nothing: of an older generation than the destination's (it
         was handed over, or retried by an operator), or a redelivery after it ended."""
-        record = self.ledger.record(job.release_id, job.destination)
-        if record is None:
-            return None
         if job.generation < record.generation:
             reason = (f"{job.release_id}: {job.destination} was sent again since "
                       f"(generation {record.generation}); this message is stale")
@@ -255,7 +257,7 @@ class CopyRunner:
             self._settle(job.release_id, job.destination)
             log.warning("%s: %s failed for good: %s", job.release_id, job.destination, error)
             return Failed(error, error_type)
-        record = self.ledger.record(job.release_id, job.destination)
+        record = self.ledger.standing(job.release_id, job.destination)
         now = self._clock()
         # The bounds count from the current round (an operator's retry starts a new one).
         attempts = record.round_attempts if record else 1

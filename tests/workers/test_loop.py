@@ -96,3 +96,32 @@ def test_a_copy_stopped_before_it_started_is_closed_not_leaked() -> None:
     with pytest.raises(Stopped):
         engine_loop.run(never(), abort)
     assert engine_loop.run(asyncio.sleep(0, result=7)) == 7
+
+
+
+def test_close_cancels_what_runs_and_stops_the_loop_and_its_thread() -> None:
+    engine_loop = EngineLoop()
+    first = engine_loop.loop()
+    thread = engine_loop._thread
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def lingers() -> None:  # a task left behind, like a connection's spare ping
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    asyncio.run_coroutine_threadsafe(lingers(), first)
+    assert started.wait(5)
+    engine_loop.close()
+    assert cancelled.is_set() and first.is_closed()
+    assert thread is not None and not thread.is_alive()
+    engine_loop.close()  # twice is harmless
+
+    async def which() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    assert engine_loop.run(which()) is not first  # used again, it starts another
+    engine_loop.close()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from registry.errors import ConnectionFailed, Denied, RateLimited
+from tests.support.round_trips import CountingFakeRedis
 from tests.workers.conftest import FakeClock
 from workers.engine import LeaseLost
 from workers.job import CopyJob
@@ -278,3 +279,41 @@ def test_the_message_is_kept_for_handing_over(make: Any) -> None:
     task = h.ledger.task_of(h.release_id, DEST)
     assert task == {**h.kwargs(), "referrers": {"enabled": False, "types": []},
                     "generation": 0}
+
+
+# -- what a delivery costs, in round trips to Redis -------------------------------------------
+
+
+def counted(*results: Any) -> Harness:
+    client = CountingFakeRedis(decode_responses=True)
+    h = Harness(client, FakeClock(), FakeEngine(*results))
+    h.engine.redis = None  # the fake engine's look at the lock is no cost of the runner's
+    client.tally.reset()
+    return h
+
+
+def test_a_delivery_reads_its_record_once_and_without_the_history() -> None:
+    h = counted(STATS)
+    assert isinstance(h.run(), Succeeded)
+    # One HMGET decides whether the message is stale; then the lock, the attempt's running
+    # and succeeded transitions (WATCH, HGETALL, PTTL, MULTI/EXEC each), the lock's release.
+    assert h.redis.tally.commands == [
+        "HMGET", "SET", "WATCH", "HGETALL", "PTTL", "MULTI/EXEC",
+        "WATCH", "HGETALL", "PTTL", "MULTI/EXEC", "WATCH", "GET", "MULTI/EXEC"]
+
+
+def test_a_failed_attempt_reads_its_round_with_one_hmget() -> None:
+    h = counted(ConnectionFailed("refused"))
+    assert isinstance(h.run(), RetryLater)
+    commands = h.redis.tally.commands
+    assert commands.count("HMGET") == 2 and "LRANGE" not in commands
+    assert len(commands) == 14
+
+
+def test_a_busy_destination_reads_its_record_with_one_hmget() -> None:
+    h = counted(STATS)
+    assert DestinationLock(h.redis, DEST, DIGEST, 120, owner="other").acquire()
+    h.redis.tally.reset()
+    assert isinstance(h.run(), RetryLater)
+    assert h.redis.tally.commands == ["HMGET", "SET", "HMGET",
+                                      "WATCH", "HGETALL", "PTTL", "MULTI/EXEC"]
