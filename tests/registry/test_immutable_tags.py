@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import httpx
 import pytest
@@ -23,6 +24,8 @@ from registry.errors import (
     is_transient,
 )
 from registry.retry import RetryPolicy, retry_async
+from tests.registry.test_host_quirks import Handler, copy, pair, serve
+from tests.support.fake_registry import FakeRegistry, sha256
 
 DIGEST = "sha256:" + "a" * 64
 ECR_WORDS = ("The image tag 'v1' already exists in the 'acme/app' repository and cannot be "
@@ -136,3 +139,68 @@ def test_the_request_tier_does_not_retry_it() -> None:
     with pytest.raises(TagImmutable):
         asyncio.run(retry_async(policy, put, what="tag"))
     assert calls == 1
+
+
+# -- through the copy engine, against the in-memory registry --------------------------------
+
+def immutable(dst: FakeRegistry, status: int, code: str, words: str) -> Handler:
+    """``dst`` whose existing tags cannot move: a tag PUT onto another digest is refused."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "PUT" and path.endswith("/manifests/v1"):
+            current = dst.manifests.get("app", {}).get("v1")
+            if current is not None and sha256(current[0]) != sha256(request.content):
+                dst.requests.append(request)
+                return httpx.Response(status, json={"errors": [{"code": code,
+                                                                "message": words}]})
+        return dst.handle(request)
+
+    return handle
+
+
+def test_a_tag_on_another_digest_fails_at_once_with_the_advice_and_the_content_landed() -> None:
+    src, dst = pair(os.urandom(2048))
+    old = dst.push_image("app", [os.urandom(1024)], tag="v1")
+    new = sha256(src.manifests["app"]["v1"][0])
+
+    result = copy(serve(src, immutable(dst, 400, "TAG_INVALID", ECR_WORDS)))
+
+    assert isinstance(result.error, TagImmutable), result.error
+    assert dst.count("PUT", r"/manifests/v1$") == 1  # no retry at the request tier
+    assert f"names another digest ({old})" in str(result.error)
+    assert "release under a new tag" in str(result.error)
+    assert new in dst.manifests["app"]  # the manifest by digest, and its blobs, landed
+    assert sha256(dst.manifests["app"]["v1"][0]) == old  # the registry kept the tag
+
+
+def test_a_tag_already_on_the_digest_costs_no_put() -> None:
+    src, dst = pair(os.urandom(2048))
+    raw, media_type = src.manifests["app"]["v1"]
+    dst.put_manifest("app", raw, media_type, tag="v1")
+
+    result = copy(serve(src, immutable(dst, 400, "TAG_INVALID", ECR_WORDS)))
+
+    assert result.ok, result.error
+    assert dst.count("PUT", r"/manifests/") == 0
+    assert result.stats.tags_written == 0
+
+
+def test_a_refusal_of_a_tag_that_already_names_the_digest_is_success() -> None:
+    # Another writer of the same release got the tag in first; Harbor refuses even a PUT of
+    # the bytes the immutable tag already names. The tag is as asked: nothing to fail.
+    src, dst = pair(os.urandom(2048))
+    raw, media_type = src.manifests["app"]["v1"]
+
+    def harbor(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and request.url.path.endswith("/manifests/v1"):
+            dst.requests.append(request)
+            dst.put_manifest("app", raw, media_type, tag="v1")  # the other writer's
+            return httpx.Response(412, json={"errors": [{"code": "PRECONDITION",
+                                                         "message": HARBOR_WORDS}]})
+        return dst.handle(request)
+
+    result = copy(serve(src, harbor))
+
+    assert result.ok, result.error
+    assert dst.count("PUT", r"/manifests/v1$") == 1
