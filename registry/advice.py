@@ -15,7 +15,8 @@ def explain_refusal(exc: RegistryError, registry: str, repository: str) -> Regis
     advice = _advice(exc, registry, repository)
     if advice is None:
         return exc
-    return exc.reworded(f"{exc.message}. {advice}")
+    # The registry's words often end a sentence already (ECR's, Harbor's).
+    return exc.reworded(f"{exc.message.rstrip('.')}. {advice}")
 
 
 def _advice(exc: RegistryError, registry: str, repository: str) -> str | None:
