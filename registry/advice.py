@@ -7,7 +7,7 @@ CLI's output, so the message says what the registry said and what would make it 
 
 from __future__ import annotations
 
-from .errors import NotFound, RegistryError, Unauthorized, UnexpectedStatus
+from .errors import NotFound, RegistryError, TagImmutable, Unauthorized, UnexpectedStatus
 
 
 def explain_refusal(exc: RegistryError, registry: str, repository: str) -> RegistryError:
@@ -15,16 +15,14 @@ def explain_refusal(exc: RegistryError, registry: str, repository: str) -> Regis
     advice = _advice(exc, registry, repository)
     if advice is None:
         return exc
-    explained = type(exc)(
-        f"{exc.message}. {advice}", status=exc.status, codes=exc.codes, method=exc.method,
-        retry_after=exc.retry_after)
-    explained.url = exc.url  # already redacted
-    explained.range = exc.range
-    return explained
+    # The registry's words often end a sentence already (ECR's, Harbor's).
+    return exc.reworded(f"{exc.message.rstrip('.')}. {advice}")
 
 
 def _advice(exc: RegistryError, registry: str, repository: str) -> str | None:
     where = f"{registry}/{repository}"
+    if isinstance(exc, TagImmutable):
+        return _immutable(exc, where, repository)
     if isinstance(exc, NotFound) and "NAME_UNKNOWN" in exc.codes:
         if ".ecr." in registry or ".amazonaws.com" in registry or "registry with id" in exc.message:
             return (f"ECR repository {repository} does not exist: create it, or set up a "
@@ -38,3 +36,12 @@ def _advice(exc: RegistryError, registry: str, repository: str) -> str | None:
         return (f"the registry does not know the project of {where}, or the credentials may "
                 "not push to it: create the project, or grant the robot account push")
     return None
+
+
+def _immutable(exc: TagImmutable, where: str, repository: str) -> str:
+    # fanout never works around the rule (no delete-and-retag): the tag stays where it is.
+    names = (f"names another digest ({exc.current})" if exc.current
+             else "cannot be moved to this release")
+    lift = exc.answer.lift.format(image=f"{repository}:{exc.tag}")
+    return (f"tag {exc.tag} at {where} is immutable and {names}; {exc.answer.registry} keeps "
+            f"it there and fanout will not move it: release under a new tag, or {lift}")

@@ -15,6 +15,7 @@
         ├── UntrustedCertificate       TLS verification failed: a CA bundle is missing
         ├── Unauthorized               401 after a fresh token
         ├── Denied                     403 or DENIED
+        ├── TagImmutable               a tag PUT refused: the tag is immutable there (immutable.py)
         ├── NotFound                   404, NAME_UNKNOWN, MANIFEST_UNKNOWN, BLOB_UNKNOWN
         ├── DigestMismatch             bytes that do not hash to the digest asked for
         ├── SizeMismatch               bytes whose length is not the descriptor's size
@@ -33,10 +34,12 @@ import json
 import ssl
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+
+from .immutable import ImmutableAnswer, immutable_answer, tag_of_put
 
 # Query parameters safe to show: the protocol's own. Anything else (a storage backend's signed
 # URL, a token in a query string, an upload's opaque state) is masked: we cannot know it is safe.
@@ -94,6 +97,14 @@ class RegistryError(Exception):
         where = f" ({self.method} {self.url})" if self.method and self.url else ""
         status = f" [HTTP {self.status}]" if self.status else ""
         return f"{self.message}{status}{where}"
+
+    def reworded(self, message: str) -> Self:
+        """The same error (class, codes, request, everything it carries) saying ``message``."""
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        Exception.__init__(copy, message)
+        copy.message = message
+        return copy
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe summary for results, the ledger and ``--json`` output."""
@@ -158,6 +169,23 @@ class Denied(PermanentError):
     pass
 
 
+class TagImmutable(PermanentError):
+    """The registry will not move ``tag``: a rule there keeps it on the digest it names.
+
+    Not a :class:`Denied`: it says nothing about who we are, so it must not send the client
+    looking for fresh credentials as a refusal of our identity does. ``answer`` is whose
+    refusal it was (and how that registry's rule is lifted); ``current``, when known, the digest
+    the tag names.
+    """
+
+    def __init__(self, message: str, *, tag: str, answer: ImmutableAnswer,
+                 current: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.tag = tag
+        self.answer = answer
+        self.current = current
+
+
 class NotFound(PermanentError):
     pass
 
@@ -206,25 +234,25 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _error_codes(body: bytes) -> tuple[list[str], str]:
-    """The distribution error codes and first message of an error body, if it has any."""
+def _error_items(body: bytes) -> tuple[list[str], list[str]]:
+    """The distribution error codes and messages of an error body, if it has any."""
     try:
         doc = json.loads(body[:65536])
     except (ValueError, UnicodeDecodeError):
-        return [], ""
+        return [], []
     errors = doc.get("errors") if isinstance(doc, Mapping) else None
     if not isinstance(errors, list):
-        return [], ""
+        return [], []
     codes: list[str] = []
-    message = ""
+    messages: list[str] = []
     for item in errors:
         if isinstance(item, Mapping):
             code = item.get("code")
             if isinstance(code, str):
                 codes.append(code.upper())
-            if not message and isinstance(item.get("message"), str):
-                message = str(item["message"])[:200]
-    return codes, message
+            if isinstance(item.get("message"), str):
+                messages.append(str(item["message"]))
+    return codes, messages
 
 
 def error_from_response(response: httpx.Response, what: str = "") -> RegistryError:
@@ -237,15 +265,21 @@ def error_from_response(response: httpx.Response, what: str = "") -> RegistryErr
         body = response.content
     except httpx.ResponseNotRead:
         body = b""
-    codes, detail = _error_codes(body)
+    codes, messages = _error_items(body)
     request = response.request
     summary = what or "registry request failed"
-    if detail:
-        summary = f"{summary}: {detail}"
+    if messages:
+        summary = f"{summary}: {messages[0][:200]}"
     kwargs: dict[str, Any] = {
         "status": status, "codes": codes, "method": request.method, "url": request.url,
     }
-    error = _classify(response, summary, codes, kwargs)
+    # Before the status decides: an immutable tag's refusal reuses 400, 403, 405 and 412.
+    tag = tag_of_put(request.method, request.url.path)
+    answer = immutable_answer(status, codes, messages) if tag else None
+    if tag and answer:
+        error: RegistryError = TagImmutable(summary, tag=tag, answer=answer, **kwargs)
+    else:
+        error = _classify(response, summary, codes, kwargs)
     error.range = response.headers.get("range")
     return error
 

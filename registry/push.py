@@ -21,10 +21,11 @@ from .errors import (
     RegistryError,
     ServerError,
     SizeMismatch,
+    TagImmutable,
     UnexpectedStatus,
 )
 from .fetch import manifest_path
-from .manifest import Descriptor, Manifest, new_hasher
+from .manifest import ACCEPT_MANIFESTS, Descriptor, Manifest, new_hasher
 
 log = logging.getLogger("fanout.push")
 
@@ -160,7 +161,11 @@ async def upload_stream(
 async def manifest_put(
     client: RegistryClient, repository: str, identifier: str, manifest: Manifest,
 ) -> httpx.Response:
-    """PUT the manifest's exact bytes with its media type, by digest or by tag."""
+    """PUT the manifest's exact bytes with its media type, by digest or by tag.
+
+    Under an immutable tag that already names these bytes (another writer got there first),
+    the tag is as asked: the answer is then the ``HEAD`` that shows it.
+    """
     what = (f"put manifest {repository}:{identifier}" if ":" not in identifier
             else f"put manifest {repository}@{identifier[:19]}")
     try:
@@ -169,6 +174,13 @@ async def manifest_put(
             headers={"Content-Type": manifest.media_type}, content=manifest.raw, what=what,
             scopes=scopes.push(repository),
         )
+    except TagImmutable as exc:
+        found = await _tag_head(client, repository, identifier)
+        if found is not None and found.headers.get("docker-content-digest") == manifest.digest:
+            return found
+        if found is not None:
+            exc.current = found.headers.get("docker-content-digest") or None
+        raise explain_refusal(exc, client.registry, repository) from None
     except UnexpectedStatus as exc:
         if "DIGEST_INVALID" not in exc.codes:
             raise explain_refusal(exc, client.registry, repository) from None
@@ -188,6 +200,16 @@ async def manifest_put(
             method="PUT", url=response.request.url,
         )
     return response
+
+
+async def _tag_head(client: RegistryClient, repository: str, tag: str) -> httpx.Response | None:
+    """What an immutable tag names now, for the refusal's message; None if it cannot be told."""
+    with contextlib.suppress(RegistryError):
+        return await client.request(
+            "HEAD", manifest_path(repository, tag), expected=(200,),
+            headers={"Accept": ACCEPT_MANIFESTS}, what=f"check immutable tag {tag}",
+            scopes=scopes.push(repository))
+    return None
 
 
 # Answers to a whole-blob PUT that mean "not like that": a chunk-only registry's refusal.

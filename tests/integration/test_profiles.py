@@ -3,14 +3,16 @@
 Every profile takes the same release (a three-platform index over an 11 MiB layer, a cosign
 ``.sig`` tag and an SBOM referrer) copied in one run to two of its repositories, so a mount is
 asked for; the result is checked on the registry behind the proxy. Then: sources behind
-profiles (a rate-limited Docker Hub, an ECR whose SBOM exists only in its referrers API), and the
+profiles (a rate-limited Docker Hub, an ECR whose SBOM exists only in its referrers API), the
 two failures that must fail for good at once with the registry's reason, other destinations
-unaffected.
+unaffected, and each registry's immutable tags: moved, they fail at once; already there, they
+cost nothing.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from tests.support.quirks.harness import (
     push_multiarch,
 )
 from tests.support.quirks.manifests import DockerHubRateLimit
+from tests.support.quirks.profiles import Profile
 from tests.support.quirks.referrers import ReferrersAPI
 from tests.support.registries import RegistryServer
 from tests.support.signing import SBOM_TYPE, referrers_index
@@ -168,3 +171,65 @@ def test_quay_refuses_oci_index_of_docker_manifests_for_good(
         index_puts = proxy.requests("PUT", rf"^/v2/acme/app/manifests/({image.digest}|v1)$")
         assert 1 <= len(index_puts) <= 2, f"{len(index_puts)} PUTs of the refused index"
         assert "v1" not in images.list_tags(behind, "acme/app")
+
+
+# Every tag immutable, and the words of each registry's refusal (tests/support/quirks/tags.py).
+IMMUTABLE: dict[str, tuple[Callable[[], Profile], str]] = {
+    "ecr": (lambda: profiles.ecr(existing={"acme/app"}, immutable_tags=("*",)),
+            "cannot be overwritten because the tag is immutable"),
+    "harbor": (lambda: profiles.harbor(immutable_tags=("*",)), "configured as immutable"),
+    "acr": (lambda: profiles.acr(immutable_tags=("*",)),
+            "The operation is disallowed on this registry, repository or image"),
+    "artifact-registry": (lambda: profiles.artifact_registry(immutable_tags=("*",)),
+                          "immutable tags enabled"),
+}
+TAG_PUTS = r"^/v2/acme/app/manifests/v1$"
+
+
+@pytest.mark.parametrize("name", sorted(IMMUTABLE))
+def test_an_immutable_tag_on_another_digest_fails_at_once_with_what_to_do(
+    name: str, plain: RegistryServer, proxies: StartProxy, tmp_path: Path,
+) -> None:
+    image = push_multiarch(plain, f"acme/imm-{name}")
+    factory, words = IMMUTABLE[name]
+    behind, proxy = proxies(factory())
+    old = images.push_oci_image(behind, "acme/app", "v1", layers=1, layer_size=256)
+    destination = f"{proxy.host}/acme/app"
+
+    run = copy(tmp_path, image.tagged_reference or "", [destination], proxies=[proxy])
+
+    with run.expect(1):
+        row = run.row(destination)
+        assert row["status"] == "failed"
+        error = row["error"]
+        assert (error["type"], error["transient"]) == ("TagImmutable", False)
+        assert words in error["message"]  # the registry's own words
+        assert (f"tag v1 at {destination} is immutable and names another digest "
+                f"({old.digest})") in error["message"]
+        assert "release under a new tag" in error["message"]
+        # At once: one tag PUT, asked neither again nor by the task tier.
+        assert proxy.count("PUT", TAG_PUTS) == 1
+        # Everything but the tag landed, and the registry kept the tag where it was.
+        assert_same_graph(behind, "acme/app", plain, f"acme/imm-{name}", [image.digest])
+        assert images.get_manifest(behind, "acme/app:v1")[0] == old.manifest
+
+
+@pytest.mark.parametrize("name", sorted(IMMUTABLE))
+def test_an_immutable_tag_already_on_the_digest_succeeds_with_no_put(
+    name: str, plain: RegistryServer, proxies: StartProxy, tmp_path: Path,
+) -> None:
+    image = push_multiarch(plain, f"acme/same-{name}")
+    behind, proxy = proxies(IMMUTABLE[name][0]())
+    destination = f"{proxy.host}/acme/app"
+    first = copy(tmp_path, image.tagged_reference or "", [destination], proxies=[proxy])
+    with first.expect(0):
+        assert proxy.count("PUT", TAG_PUTS, status=201) == 1  # creating a tag: never refused
+    proxy.reset_seen()
+
+    again = copy(tmp_path, image.tagged_reference or "", [destination], proxies=[proxy])
+
+    with again.expect(0):
+        assert again.row(destination)["status"] == "succeeded"
+        # ECR, Harbor and ACR refuse even a PUT of the digest the tag names: none is sent.
+        assert proxy.count("PUT") == 0
+        assert images.get_manifest(behind, "acme/app:v1")[0] == image.manifest

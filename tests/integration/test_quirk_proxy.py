@@ -15,6 +15,7 @@ from tests.support.quirks import QuirkProxy, ReferrersAPI, profiles
 from tests.support.quirks.harness import MiB, push_multiarch
 from tests.support.quirks.manifests import DockerHubRateLimit
 from tests.support.quirks.profiles import Profile
+from tests.support.quirks.tags import ImmutableTags
 from tests.support.registries import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -263,3 +264,53 @@ def test_artifactory_distribution3_and_chunk_only(plain: RegistryServer) -> None
         assert chunk.status_code == 202
         done = httpx.put(f"{chunk.headers['location']}&digest={_sha(data)}")
         assert done.status_code == 201
+
+
+# Each registry with immutable tags: its answer to a tag moved, whether it refuses even the digest
+# the tag names, and how a client gets push rights there (a token realm, or Basic for ECR).
+IMMUTABLE = {
+    "ecr": (profiles.ecr, 400, "TAG_INVALID", "cannot be overwritten because the tag is immutable",
+            True, None),
+    "harbor": (profiles.harbor, 412, "PRECONDITION", "configured as immutable", True,
+               "/service/token"),
+    "acr": (profiles.acr, 405, "REGISTRY_DISALLOWED_OPERATION",
+            "The operation is disallowed on this registry, repository or image", True,
+            "/oauth2/token"),
+    "artifact-registry": (profiles.artifact_registry, 403, "DENIED", "immutable tags", False,
+                          "/v2/token"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMMUTABLE))
+def test_immutable_tags(name: str, plain: RegistryServer) -> None:
+    factory, status, code, words, same_refused, realm = IMMUTABLE[name]
+    profile = factory(immutable_tags=("v*",))
+    repo = f"acme/imm-{name}"
+    old = images.push_oci_image(plain, repo, "v1", layers=1, layer_size=256)
+    new = images.push_oci_image(plain, repo, None, layers=1, layer_size=256)
+    with _proxy(plain, profile) as proxy:
+        if realm is None:
+            auth: dict[str, str] = {}
+            client = httpx.Client(base_url=proxy.url, auth=_creds(profile))
+        else:
+            auth = _bearer(_token(proxy, realm, f"repository:{repo}:pull,push",
+                                  auth=_creds(profile)))
+            client = httpx.Client(base_url=proxy.url)
+
+        def put(reference: str, image: images.PushedImage) -> httpx.Response:
+            return client.put(f"/v2/{repo}/manifests/{reference}", content=image.manifest,
+                              headers={**auth, "Content-Type": image.media_type})
+
+        with client:
+            moved = put("v1", new)
+            assert moved.status_code == status, moved.text
+            error = moved.json()["errors"][0]
+            assert error["code"] == code and words in error["message"]
+            assert put("v1", old).status_code == (status if same_refused else 201)
+            assert put(new.digest, new).status_code == 201  # by digest: never refused
+            assert put("v2", new).status_code == 201  # a new tag: created
+            assert put("latest", new).status_code == 201  # not matched by the rule
+            assert put("latest", old).status_code == 201  # and so it moves
+        assert [(r.tag, r.current) for r in proxy.behaviour(ImmutableTags).refused] == [
+            ("v1", old.digest)] * (2 if same_refused else 1)
+    assert images.get_manifest(plain, f"{repo}:v1")[0] == old.manifest  # the tag stayed

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from registry.errors import ConnectionFailed, Denied, RateLimited
+from registry.errors import ConnectionFailed, Denied, RateLimited, TagImmutable
+from registry.immutable import ANSWERS
 from tests.support.round_trips import CountingFakeRedis
 from tests.workers.conftest import FakeClock
 from workers.engine import LeaseLost
@@ -107,6 +108,14 @@ def test_a_permanent_error_fails_at_once(make: Any) -> None:
     assert (record.state, record.attempts, record.error_type) == ("failed", 1, "Denied")
     assert record.last_error == "push denied [HTTP 403]"
     assert h.lock_free()
+
+
+def test_an_immutable_tag_fails_at_once_and_is_never_sent_again(make: Any) -> None:
+    h = make(TagImmutable("tag v1 is immutable", tag="v1", answer=ANSWERS[0], status=400), STATS)
+    outcome = h.run()
+    assert outcome == Failed("tag v1 is immutable [HTTP 400]", "TagImmutable")
+    assert (h.record().state, h.record().attempts) == ("failed", 1)
+    assert len(h.engine.calls) == 1
 
 
 def test_a_transient_error_retries_with_jittered_backoff(make: Any) -> None:

@@ -19,12 +19,15 @@ a test builds its own with ``Profile("mine", [BearerAuth(...), PatchAnswers(201)
 - ``artifactory``: Bearer; HEAD of a missing manifest 403; mounts declined.
 - ``distribution3``: Content-Range checked against the offset and the length.
 - ``chunk_only``: whole-blob uploads refused.
+
+ECR, Harbor, Artifact Registry and ACR take ``immutable_tags``: tag patterns that do not move
+once they exist, refused with that registry's answer (``tags.py``).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -41,6 +44,14 @@ from .manifests import (
     TagsPageLimit,
 )
 from .referrers import NoReferrersAPI, ReferrersAPI, ReferrersSignInPage
+from .tags import (
+    ImmutableTags,
+    Refusal,
+    acr_refusal,
+    artifact_registry_refusal,
+    ecr_refusal,
+    harbor_refusal,
+)
 from .uploads import (
     AcrContentRange,
     ChunkMaximum,
@@ -86,12 +97,20 @@ def _password(password: str | None) -> str:
     return password or secrets.token_urlsafe(18)
 
 
-def ecr(existing: Iterable[str] | None = None, *, password: str | None = None) -> Profile:
-    """Amazon ECR. ``existing``: the repositories that exist (None: every one)."""
+def _immutable(patterns: Sequence[str], refusal: Refusal, *,
+               same_digest_too: bool) -> list[Behaviour]:
+    return [ImmutableTags(refusal, patterns, same_digest_too=same_digest_too)] if patterns else []
+
+
+def ecr(existing: Iterable[str] | None = None, *, password: str | None = None,
+        immutable_tags: Sequence[str] = ()) -> Profile:
+    """Amazon ECR. ``existing``: the repositories that exist (None: every one);
+    ``immutable_tags``: tag mutability IMMUTABLE (``("*",)``), or with exclusions."""
     password = _password(password)
     items: list[Behaviour] = [BasicAuth({"AWS": password}, service="ecr.amazonaws.com")]
     if existing is not None:
         items.append(RepositoriesExist(existing))
+    items += _immutable(immutable_tags, ecr_refusal, same_digest_too=True)
     items += [TagsPageLimit(1000), MountDeclined(), ChunkMinimum(5 * MiB), PatchAnswers(201),
               ReferrersAPI()]
     return Profile("ecr", items, "AWS", password, referrers_api=True)
@@ -111,14 +130,18 @@ def ghcr(*, password: str | None = None) -> Profile:
                    password)
 
 
-def artifact_registry(*, password: str | None = None, lifetime: float = 3600.0) -> Profile:
-    """Google Artifact Registry (and gcr.io, which it serves now)."""
+def artifact_registry(*, password: str | None = None, lifetime: float = 3600.0,
+                      immutable_tags: Sequence[str] = ()) -> Profile:
+    """Google Artifact Registry (and gcr.io, which it serves now); ``immutable_tags``: the
+    repository's immutable image tags (``("*",)``: every tag, as the setting means)."""
     password = _password(password)
     auth = BearerAuth(realm_path="/v2/token", service="us-docker.pkg.dev",
                       users={"oauth2accesstoken": password}, challenge_everywhere=False,
                       lifetime=lifetime)
-    return Profile("artifact-registry", [ReferrersSignInPage(), auth, NoChunkedUploads()],
-                   "oauth2accesstoken", password)
+    return Profile("artifact-registry", [
+        ReferrersSignInPage(), auth, NoChunkedUploads(),
+        *_immutable(immutable_tags, artifact_registry_refusal, same_digest_too=False)],
+        "oauth2accesstoken", password)
 
 
 def docker_hub(*, password: str | None = None) -> Profile:
@@ -140,8 +163,9 @@ def quay(*, password: str | None = None) -> Profile:
 
 
 def harbor(projects: Iterable[str] = ("acme",), *, refresh_tokens: bool = False,
-           password: str | None = None) -> Profile:
-    """Harbor 2.x with the given projects.
+           password: str | None = None, immutable_tags: Sequence[str] = ()) -> Profile:
+    """Harbor 2.x with the given projects; ``immutable_tags``: the tags a tag immutability rule
+    matches.
 
     ``refresh_tokens``: the realm answers ``offline_token=true`` with a refresh token, as
     distribution's token spec lets a token server do (we know of no Harbor that does). A client
@@ -152,19 +176,24 @@ def harbor(projects: Iterable[str] = ("acme",), *, refresh_tokens: bool = False,
     auth = BearerAuth(realm_path="/service/token", service="harbor-registry",
                       users={"robot$acme+ci": password}, token_methods=("GET",),
                       refresh_tokens=refresh_tokens)
-    return Profile("harbor", [auth, HarborProjects(projects),
-                              ReferrersAPI(content_type="application/json")],
-                   "robot$acme+ci", password, referrers_api=True)
+    return Profile("harbor", [
+        auth, HarborProjects(projects),
+        *_immutable(immutable_tags, harbor_refusal, same_digest_too=True),
+        ReferrersAPI(content_type="application/json")],
+        "robot$acme+ci", password, referrers_api=True)
 
 
-def acr(*, password: str | None = None) -> Profile:
-    """Azure Container Registry."""
+def acr(*, password: str | None = None, immutable_tags: Sequence[str] = ()) -> Profile:
+    """Azure Container Registry; ``immutable_tags``: the tags locked with
+    ``az acr repository update --image REPO:TAG --write-enabled false``."""
     password = _password(password)
     user = "00000000-0000-0000-0000-000000000000"  # what `az acr login --expose-token` uses
     auth = BearerAuth(realm_path="/oauth2/token", service="fanout.azurecr.io",
                       users={user: password})
-    return Profile("acr", [auth, AcrContentRange(), ManifestSizeLimit(4 * MiB), ReferrersAPI()],
-                   user, password, referrers_api=True)
+    return Profile("acr", [
+        auth, AcrContentRange(), ManifestSizeLimit(4 * MiB),
+        *_immutable(immutable_tags, acr_refusal, same_digest_too=True), ReferrersAPI()],
+        user, password, referrers_api=True)
 
 
 def gitlab(*, lifetime: float = 2.0, upload_rate: float | None = None,
