@@ -127,7 +127,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory,
             registries: RegistrySet) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("tag-order")
     server = RedisServer(tmp / "redis", persistent=False).start()
-    env = queue_env(f"{server.url}/0", write_docker_config(tmp / "docker", registries.all()))
+    # Few quick request-tier retries: an outage goes to the task tier at once, and a case that
+    # fails leaves nothing retrying long enough to slow the next one.
+    env = queue_env(f"{server.url}/0", write_docker_config(tmp / "docker", registries.all()),
+                    FANOUT_REQUEST_ATTEMPTS="2", FANOUT_REQUEST_MAX_ELAPSED="2")
     workers = {name: start_worker(name, env, tmp, loglevel="INFO", wait=False)
                for name in ("w1", "w2")}
     try:
