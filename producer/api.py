@@ -52,8 +52,9 @@ from .broker import (
     redact,
     send,
 )
-from .common import UsageError
+from .common import ReleaseNotFound, UsageError
 from .inputs import credentials, parse_source, parse_targets
+from .resend import resend
 
 __all__ = [
     "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "QueueUnreachable",
@@ -68,10 +69,6 @@ EXIT_TIMEOUT = 3
 
 # Resolving the source happens while a CI job waits: a blip is retried, an outage is reported.
 _RESOLVE_RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0, max_hold=5.0)
-
-
-class ReleaseNotFound(UsageError):
-    """No release with this id in the ledger: never created, or past its retention."""
 
 
 def enqueue(
@@ -120,14 +117,7 @@ def retry(
     if ledger is None:
         ledger = connect_ledger(settings)
     release = status(release_id, ledger=ledger)
-    names = retry_plan.pick(release, destinations)
-    if not names:
-        return []
-    check_broker(settings.broker_url, settings)
-    generation = ledger.reset_for_retry(release_id, names)
-    send(ledger, settings, release_id,
-          [retry_plan.task_for(ledger, release, name, generation) for name in names])
-    return names
+    return resend(ledger, settings, release, retry_plan.pick(release, destinations))
 
 
 def replay(
@@ -171,8 +161,7 @@ def status(release_id: str, *, env: Mapping[str, str] | None = None,
         ledger = connect_ledger(queue_settings(os.environ if env is None else env))
     release = ledger.get(release_id)
     if release is None:
-        raise ReleaseNotFound(f"no release {release_id!r} in the ledger (unknown id, or older "
-                              "than the retention period)")
+        raise ReleaseNotFound.of(release_id)
     return release
 
 
