@@ -1,5 +1,5 @@
-"""The Python API behind ``fanout enqueue``, ``status``, ``retry``, ``replay`` and ``check``:
-for CI tooling in Python.
+"""The Python API behind ``fanout enqueue``, ``status``, ``retry``, ``replay``, ``verify`` and
+``check``: for CI tooling in Python.
 
 ::
 
@@ -11,8 +11,10 @@ for CI tooling in Python.
 Everything is checked before anything is enqueued: the references, the source (a tag is pinned to
 its digest here, once; a digest must exist), the destinations, the broker and the ledger.
 ``retry(release_id)`` sends a release's failed destinations again; ``replay("7d", [mirror])``
-copies every digest released in the last seven days to ``mirror``. ``check(destinations)`` is
-the preflight of destinations, as ``fanout check`` runs it.
+copies every digest released in the last seven days to ``mirror``. ``verify(release_ids)``
+(or ``verify(since="7d")``) checks that what landed is still there, ``repair=True`` sends what
+drifted again (``producer/verification.py``). ``check(destinations)`` is the preflight of
+destinations, as ``fanout check`` runs it.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ from .broker import (
 from .common import ReleaseNotFound, UsageError
 from .inputs import credentials, parse_source, parse_targets
 from .resend import resend
+from .verification import verify
 
 __all__ = [
     "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "QueueUnreachable",
     "ReleaseNotFound", "SourceUnavailable",
     "check", "check_broker", "connect_ledger", "enqueue", "exit_code", "queue_settings",
-    "redact", "replay", "retry", "status", "wait",
+    "redact", "replay", "retry", "status", "verify", "wait",
 ]
 
 EXIT_OK = 0
