@@ -23,7 +23,7 @@ from producer.broker import queue_settings
 from workers import connections
 from workers.ledger import Ledger
 
-from . import events, hooks, page, releases
+from . import events, hooks, page, releases, verify
 from .config import ServeConfig
 from .errors import ApiError
 from .limits import READ_TIMEOUT, BodyLimits
@@ -48,6 +48,7 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
                               "to many registries by fanout's workers.")
     app.state.fanout = ServiceState(config, env, ledger, ledger.client)
     app.include_router(releases.router)
+    app.include_router(verify.router)
     app.include_router(events.router)
     app.include_router(hooks.router)
     app.include_router(page.router)
