@@ -63,7 +63,7 @@ class TagVerdict:
             where = f"names {self.found}" if self.found else "is gone"
             return f"tag {self.tag} {where}"
         if self.state == UNREACHABLE:
-            return f"tag {self.tag}: {self.error}"
+            return f"tag {self.tag} not checked: {self.error}"
         return f"tag {self.tag}"
 
 
@@ -194,9 +194,15 @@ def _detail(digest: str, state: str, present: str, error: object,
     parts = []
     if present == "absent":
         parts.append(f"{short_digest(digest)} is gone")
-    elif present == "unknown":
-        parts.append(f"{short_digest(digest)}: {error}")
-    parts += [t.text() for t in tags if t.state != IN_PLACE]
+    parts += [t.text() for t in tags if t.state not in (IN_PLACE, UNREACHABLE)]
+    # What could not be checked, each error once: a registry that is down fails every check.
+    unchecked: dict[str, list[str]] = {}
+    if present == "unknown":
+        unchecked.setdefault(str(error), []).append(short_digest(digest))
+    for tag in tags:
+        if tag.state == UNREACHABLE:
+            unchecked.setdefault(str(tag.error), []).append(f"tag {tag.tag}")
+    parts += [f"{', '.join(what)} not checked: {why}" for why, what in unchecked.items()]
     if state == IN_PLACE or not parts:
         placed = [t.tag for t in tags if t.state == IN_PLACE]
         parts.insert(0, short_digest(digest) + (f" tagged {', '.join(placed)}" if placed else ""))
