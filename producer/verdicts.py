@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .output import short_digest
 
 if TYPE_CHECKING:
+    from registry.errors import RegistryError
     from workers.records import DestinationRecord, Release
     from workers.tag_order import TagOwner
 
@@ -174,8 +175,15 @@ def _tag(release: Release, record: DestinationRecord, tag: str, answer: Answer,
     if holder is not None:
         return TagVerdict(tag, SUPERSEDED, answer.digest, holder=holder)
     if answer.error is not None:
-        return TagVerdict(tag, UNREACHABLE, error=str(answer.error))
+        return TagVerdict(tag, UNREACHABLE, error=unchecked(answer.error))
     return TagVerdict(tag, TAG_MOVED, answer.digest)
+
+
+def unchecked(error: RegistryError) -> str:
+    """Why a check could not be made, worded alike for every check one cause stopped (a
+    registry down, a credential refused): the kind of error, and its status or message."""
+    kind = type(error).__name__
+    return f"{kind} (HTTP {error.status})" if error.status else f"{kind}: {error.message}"
 
 
 def _newer_holder(release: Release, record: DestinationRecord, tag: str,
@@ -189,20 +197,20 @@ def _newer_holder(release: Release, record: DestinationRecord, tag: str,
     return None
 
 
-def _detail(digest: str, state: str, present: str, error: object,
+def _detail(digest: str, state: str, present: str, error: RegistryError | None,
             tags: Sequence[TagVerdict]) -> str:
     parts = []
     if present == "absent":
         parts.append(f"{short_digest(digest)} is gone")
     parts += [t.text() for t in tags if t.state not in (IN_PLACE, UNREACHABLE)]
     # What could not be checked, each error once: a registry that is down fails every check.
-    unchecked: dict[str, list[str]] = {}
-    if present == "unknown":
-        unchecked.setdefault(str(error), []).append(short_digest(digest))
+    stopped: dict[str, list[str]] = {}
+    if present == "unknown" and error is not None:
+        stopped.setdefault(unchecked(error), []).append(short_digest(digest))
     for tag in tags:
         if tag.state == UNREACHABLE:
-            unchecked.setdefault(str(tag.error), []).append(f"tag {tag.tag}")
-    parts += [f"{', '.join(what)} not checked: {why}" for why, what in unchecked.items()]
+            stopped.setdefault(str(tag.error), []).append(f"tag {tag.tag}")
+    parts += [f"{', '.join(what)} not checked: {why}" for why, what in stopped.items()]
     if state == IN_PLACE or not parts:
         placed = [t.tag for t in tags if t.state == IN_PLACE]
         parts.insert(0, short_digest(digest) + (f" tagged {', '.join(placed)}" if placed else ""))

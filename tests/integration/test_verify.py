@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from producer import api
-from tests.support.cli import run_fanout
+from tests.support.cli import run_fanout, write_docker_config
 from tests.support.fault_proxy import FaultProxy
 from tests.support.images import (
     PushedImage,
@@ -185,11 +185,36 @@ def test_a_registry_that_is_down_is_unreachable_exit_3(
     assert code == 3
     assert states(document) == {(release_id, up): "in place", (release_id, gone): "unreachable"}
     detail = document["destinations"][1]["detail"]
-    assert detail.startswith(f"{image.digest[:19]}, tag v1 not checked: ping {down.host}")
+    assert detail.startswith(f"{image.digest[:19]}, tag v1 not checked: ConnectionFailed: "
+                             f"ping {down.host}")
     assert detail.count("not checked") == 1  # one error, said once
     # Drift elsewhere outranks it: exit 1.
     delete_manifest(registries.dest1, unique_repo, image.digest)
     assert queue.verify(release_id)[0] == 1
+
+
+def test_a_registry_that_refuses_the_credentials_is_unreachable_and_never_shows_them(
+    queue: Queue, registries: RegistrySet, unique_repo: str, tmp_path: Path,
+) -> None:
+    basic = registries.basic
+    assert basic.username is not None and basic.password is not None
+    image = push_oci_image(basic, unique_repo, "v1", layers=1)
+    target = f"{basic.host}/{unique_repo}"
+    release_id = _landed(queue.ledger, image, [(target, ("v1",))])
+    wrong = write_docker_config(tmp_path / "wrong", [basic], wrong_password=[basic.host])
+    right = write_docker_config(tmp_path / "right", [basic])
+
+    refused = run_fanout(["verify", release_id], {**queue.env, "DOCKER_CONFIG": str(wrong)})
+    allowed = run_fanout(["verify", release_id], {**queue.env, "DOCKER_CONFIG": str(right)})
+
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "unreachable" in refused.stdout
+    assert "not checked: Unauthorized (HTTP 401)" in refused.stdout
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "in place" in allowed.stdout
+    for done in (refused, allowed):
+        assert basic.password not in done.stdout + done.stderr
+        assert "not-the-password" not in done.stdout + done.stderr
 
 
 # -- bad input contacts nothing -------------------------------------------------------------------
