@@ -94,7 +94,9 @@ def verify(
         async with Registries(credentials(env), options, transport=transport,
                               retry=retry) as registries:
             heads = Heads(registries, concurrency=concurrency, retry=retry)
-            return await check(targets, heads, TagOwners(ledger.client, ttl=1).get_many)
+            # Only read here: the ttl is for the workers' writes.
+            owners = TagOwners(ledger.client, ttl=1)
+            return await check(targets, heads, owners.get_many)
 
     verdicts = asyncio.run(run()) if targets else []
     report = Report(verdicts, checked_at=clock(), held=held)
