@@ -1,5 +1,5 @@
-"""The Python API behind ``fanout enqueue``, ``status``, ``retry``, ``replay`` and ``check``:
-for CI tooling in Python.
+"""The Python API behind ``fanout enqueue``, ``status``, ``retry``, ``replay``, ``verify`` and
+``check``: for CI tooling in Python.
 
 ::
 
@@ -11,8 +11,10 @@ for CI tooling in Python.
 Everything is checked before anything is enqueued: the references, the source (a tag is pinned to
 its digest here, once; a digest must exist), the destinations, the broker and the ledger.
 ``retry(release_id)`` sends a release's failed destinations again; ``replay("7d", [mirror])``
-copies every digest released in the last seven days to ``mirror``. ``check(destinations)`` is
-the preflight of destinations, as ``fanout check`` runs it.
+copies every digest released in the last seven days to ``mirror``. ``verify(release_ids)``
+(or ``verify(since="7d")``) checks that what landed is still there, ``repair=True`` sends what
+drifted again (``producer/verification.py``). ``check(destinations)`` is the preflight of
+destinations, as ``fanout check`` runs it.
 """
 
 from __future__ import annotations
@@ -52,15 +54,17 @@ from .broker import (
     redact,
     send,
 )
-from .common import UsageError
+from .common import ReleaseNotFound, UsageError
 from .inputs import credentials, parse_source, parse_targets
 from .pool import RegistryPool
+from .resend import resend
+from .verification import verify
 
 __all__ = [
     "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "TASK_NAME", "EnqueueError", "QueueUnreachable",
     "ReleaseNotFound", "SourceUnavailable",
     "check", "check_broker", "connect_ledger", "enqueue", "exit_code", "queue_settings",
-    "redact", "replay", "retry", "status", "wait",
+    "redact", "replay", "retry", "status", "verify", "wait",
 ]
 
 EXIT_OK = 0
@@ -69,10 +73,6 @@ EXIT_TIMEOUT = 3
 
 # Resolving the source happens while a CI job waits: a blip is retried, an outage is reported.
 _RESOLVE_RETRY = RetryPolicy(attempts=3, initial=0.5, maximum=2.0, max_elapsed=10.0, max_hold=5.0)
-
-
-class ReleaseNotFound(UsageError):
-    """No release with this id in the ledger: never created, or past its retention."""
 
 
 def enqueue(
@@ -124,14 +124,7 @@ def retry(
     if ledger is None:
         ledger = connect_ledger(settings)
     release = status(release_id, ledger=ledger)
-    names = retry_plan.pick(release, destinations)
-    if not names:
-        return []
-    check_broker(settings.broker_url, settings)
-    generation = ledger.reset_for_retry(release_id, names)
-    send(ledger, settings, release_id,
-          [retry_plan.task_for(ledger, release, name, generation) for name in names])
-    return names
+    return resend(ledger, settings, release, retry_plan.pick(release, destinations))
 
 
 def replay(
@@ -175,8 +168,7 @@ def status(release_id: str, *, env: Mapping[str, str] | None = None,
         ledger = connect_ledger(queue_settings(os.environ if env is None else env))
     release = ledger.get(release_id)
     if release is None:
-        raise ReleaseNotFound(f"no release {release_id!r} in the ledger (unknown id, or older "
-                              "than the retention period)")
+        raise ReleaseNotFound.of(release_id)
     return release
 
 

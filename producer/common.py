@@ -14,6 +14,15 @@ class UsageError(Exception):
     """Bad input from the user: printed as is, exit status 2."""
 
 
+class ReleaseNotFound(UsageError):
+    """No release with this id in the ledger: never created, or past its retention."""
+
+    @classmethod
+    def of(cls, release_id: str) -> ReleaseNotFound:
+        return cls(f"no release {release_id!r} in the ledger (unknown id, or older than the "
+                   "retention period)")
+
+
 def add_tag_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag", "-t", action="append", default=[], metavar="T",
                         help="tag every destination with T (repeatable); default: the "

@@ -25,7 +25,7 @@ from producer.pool import RegistryPool
 from workers import connections
 from workers.ledger import Ledger
 
-from . import events, hooks, page, releases
+from . import events, hooks, page, releases, verify
 from .config import ServeConfig
 from .errors import ApiError
 from .limits import READ_TIMEOUT, BodyLimits
@@ -61,6 +61,7 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
                               "to many registries by fanout's workers.")
     app.state.fanout = ServiceState(config, env, ledger, ledger.client, pool)
     app.include_router(releases.router)
+    app.include_router(verify.router)
     app.include_router(events.router)
     app.include_router(hooks.router)
     app.include_router(page.router)

@@ -79,7 +79,8 @@ def _packages(modules: set[str]) -> set[str]:
 # What `fanout --help` must not load: the engine's HTTP stack, the queue, the exporter, the display.
 HEAVY = {"httpx", "httpcore", "tenacity", "celery", "kombu", "redis", "prometheus_client", "rich",
          "fastapi", "starlette", "uvicorn", "pydantic", "service"}
-COMMANDS = ["copy", "enqueue", "status", "retry", "replay", "check", "metrics", "serve"]
+COMMANDS = ["copy", "enqueue", "status", "retry", "replay", "verify", "check", "metrics",
+            "serve"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in COMMANDS)],

@@ -12,6 +12,7 @@ that went back to zero, after a ``FLUSHDB``, is a reset Prometheus understands):
     fanout:metrics:seconds   hash: "<registry> le=<bound>" -> attempts that took at most
                              <bound> (and more than the bound before it); "<registry> sum",
                              "<registry> count"
+    fanout:metrics:verify    hash: the last verification's findings (workers/verify_metrics.py)
 
 :class:`LedgerCollector` turns those, the broker's queues and the ledger's recent releases into
 metric families when Prometheus scrapes.
@@ -36,6 +37,7 @@ from prometheus_client.core import (
 from registry.errors import InvalidReference
 from registry.reference import parse_repository
 
+from . import verify_metrics
 from .records import RELEASES_KEY, Release, decode_map, dest_key, dests_key, parse_record, text
 from .routing import DEFAULT_QUEUE
 
@@ -134,9 +136,10 @@ class LedgerCollector:
             pipe.hgetall(COPIES_KEY)
             pipe.hgetall(BYTES_KEY)
             pipe.hgetall(SECONDS_KEY)
-            copies, nbytes, seconds = (decode_map(m) for m in pipe.execute())
+            pipe.hgetall(verify_metrics.VERIFY_KEY)
+            copies, nbytes, seconds, verified = (decode_map(m) for m in pipe.execute())
         return [*_copy_families(copies), _bytes_family(nbytes), _seconds_family(seconds),
-                self._releases_family()]
+                self._releases_family(), *verify_metrics.families(verified)]
 
     def _releases_family(self) -> Metric:
         family = GaugeMetricFamily("fanout_releases", "Releases in the ledger by state (the "

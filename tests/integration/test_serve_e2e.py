@@ -28,6 +28,7 @@ from tests.support.queue import (
     start_worker,
 )
 from tests.support.registries import RegistrySet
+from tests.support.registry_client import RepoClient
 from tests.support.serve import Served, serving, token_toml
 from workers.ledger import Ledger
 
@@ -152,6 +153,35 @@ def test_a_failed_release_is_retried_over_http(front: Front) -> None:
     history = events[-2][1]["destinations"][f"{regs.basic.host}/{REPO}"]["history"]
     assert [h["outcome"] for h in history] == ["failed", "succeeded"]
     assert images.manifest_exists(regs.basic, f"{REPO}@{image.digest}")
+
+
+def test_a_release_is_verified_and_repaired_over_http(front: Front) -> None:
+    regs = front.registries
+    image = images.push_oci_image(regs.source, REPO, "v3", layers=1)
+    created = front.post("/v1/releases", {"source": f"{regs.source.host}/{REPO}:v3",
+                                          "to": "release", "tags": ["9.9.9"]}).json()
+    assert front.events(created["id"])[-1] == ("end", {"id": created["id"], "ok": True})
+    moved = images.push_oci_image(regs.dest1, REPO, "9.9.9", layers=1)  # by hand
+    target = f"{regs.dest1.host}/{REPO}"
+
+    found = front.post(f"/v1/releases/{created['id']}/verify", {}, token=READER_TOKEN)
+    stranger = front.post(f"/v1/releases/{created['id']}/verify", {"repair": True},
+                          token=READER_TOKEN)
+    repaired = front.post(f"/v1/releases/{created['id']}/verify", {"repair": True})
+
+    assert found.status_code == 200, found.text
+    verdicts = {d["destination"]: d for d in found.json()["destinations"]}
+    assert verdicts[target]["state"] == "tag moved" and found.json()["exit_code"] == 1
+    assert verdicts[target]["tags"]["9.9.9"]["found"] == moved.digest
+    assert stranger.status_code == 403
+    assert repaired.status_code == 200, repaired.text
+    assert repaired.json()["repaired"] == {created["id"]: [target]}
+    assert front.events(created["id"])[-1] == ("end", {"id": created["id"], "ok": True})
+    with RepoClient.at(regs.dest1, REPO) as client:
+        assert client.manifest_head("9.9.9").headers["Docker-Content-Digest"] == image.digest
+    again = front.post(f"/v1/releases/{created['id']}/verify", {}, token=READER_TOKEN).json()
+    assert again["exit_code"] == 0, again
+    _no_tokens_in(front.served.log(), front.worker.log())
 
 
 @pytest.mark.parametrize(("token", "body", "status", "names"), [

@@ -177,3 +177,34 @@ def test_a_ledger_that_is_down_is_503_not_a_server_error(config: object) -> None
                        client.get("/healthz")):
             assert answer.status_code == 503, answer.text
             assert "unreachable" in answer.json()["detail"]
+
+
+def test_any_token_may_verify_and_a_repair_needs_the_grants(client: TestClient,
+                                                           ledger: Ledger) -> None:
+    # Nothing landed: verified without contacting a registry.
+    release_id = _release(ledger, "quay.io/acme/app")
+    ledger.mark_failed(release_id, "quay.io/acme/app", error="boom", error_type="X")
+    answer = client.post(f"/v1/releases/{release_id}/verify", headers=bearer(READER_TOKEN))
+    assert answer.status_code == 200, answer.text
+    document = answer.json()
+    assert document["id"] == release_id and document["exit_code"] == 0
+    assert [d["state"] for d in document["destinations"]] == ["not landed"]
+    assert document["release"]["id"] == release_id
+    assert client.post(f"/v1/releases/{release_id}/verify").status_code == 401
+    assert client.post("/v1/releases/rel-nope/verify",
+                       headers=bearer(READER_TOKEN)).status_code == 404
+
+    refused = client.post(f"/v1/releases/{release_id}/verify", headers=bearer(READER_TOKEN),
+                          json={"repair": True})
+    assert refused.status_code == 403 and "reader" in refused.json()["detail"]
+    assert client.post(f"/v1/releases/{release_id}/verify", headers=bearer(CI_TOKEN),
+                       json={"repair": "yes please"}).status_code == 422
+
+
+def test_a_repair_of_a_release_under_way_is_409(client: TestClient, ledger: Ledger) -> None:
+    release_id = _release(ledger, "quay.io/acme/app", "ghcr.io/acme/app")
+    ledger.mark_running(release_id, "quay.io/acme/app", worker="w1")
+    answer = client.post(f"/v1/releases/{release_id}/verify", headers=bearer(CI_TOKEN),
+                         json={"repair": True})
+    assert answer.status_code == 409
+    assert "still under way" in answer.json()["detail"]

@@ -17,6 +17,7 @@ from redis.retry import Retry
 
 from tests.support.ports import free_port
 from tests.workers.conftest import FakeClock
+from workers import verify_metrics
 from workers.ledger import Ledger
 from workers.metrics import (
     COPIES_KEY,
@@ -26,6 +27,7 @@ from workers.metrics import (
     bucket_of,
     registry_of,
 )
+from workers.verify_metrics import VERIFY_KEY, RegistryFindings
 
 DIGEST = "sha256:" + "d" * 64
 SOURCE = f"src.example/app@{DIGEST}"
@@ -210,10 +212,32 @@ def test_the_grafana_dashboard_uses_only_exported_metrics(
     release = ledger.create_release(SOURCE, [(GHCR, [])])
     ledger.mark_running(release, GHCR, worker="w1")
     ledger.mark_succeeded(release, GHCR, stats={"bytes_transferred": 1}, seconds=1)
+    verify_metrics.record(redis_client, {"ghcr.io": RegistryFindings(1, 0, 2)}, clock())
     exported = {name for name, _ in scrape(redis_client, clock, fakeredis.FakeRedis())}
     dashboard = json.loads((ROOT / "docs/grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\bfanout_[a-z_]+", e)}
     assert used and used <= exported, used - exported
     assert {"fanout_copies_total", "fanout_copy_seconds_bucket", "fanout_bytes_total",
-            "fanout_queue_depth", "fanout_releases", "fanout_lost_workers_total"} <= used
+            "fanout_queue_depth", "fanout_releases", "fanout_lost_workers_total",
+            "fanout_verify_drift"} <= used
+
+
+def test_the_last_verification_per_registry(redis_client: Any, clock: FakeClock) -> None:
+    verify_metrics.record(redis_client, {"ghcr.io": RegistryFindings(2, 0, 5),
+                                         "localhost:5000": RegistryFindings(0, 1, 3)}, 100.0)
+    # A later, narrower run overwrites only the registry it checked.
+    verify_metrics.record(redis_client, {"ghcr.io": RegistryFindings(0, 0, 1)}, 200.0)
+    redis_client.hset(VERIFY_KEY, "quay.io drift", "not a number")
+
+    samples = scrape(redis_client, clock)
+
+    def gauge(name: str, registry: str) -> float:
+        return samples[(name, (("registry", registry),))]
+
+    assert gauge("fanout_verify_drift", "ghcr.io") == 0
+    assert gauge("fanout_verify_last_timestamp_seconds", "ghcr.io") == 200.0
+    assert gauge("fanout_verify_drift", "localhost:5000") == 0
+    assert gauge("fanout_verify_unreachable", "localhost:5000") == 1
+    assert gauge("fanout_verify_last_timestamp_seconds", "localhost:5000") == 100.0
+    assert ("fanout_verify_drift", (("registry", "quay.io"),)) not in samples
