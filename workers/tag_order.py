@@ -7,7 +7,9 @@ Per (destination repository, tag), two keys beside the ledger::
                                    wrote the tag there (a landed write: recorded after its PUT)
     fanout:tag-lock:<repo>:<tag>   a lease: one writer of that tag at a time, across hosts
 
-A copy's write of a tag (:meth:`TagOrder.write`), under the tag's lease:
+A copy's write of a tag (:meth:`TagOrder.write`): a read of the owner first, which settles a tag
+a newer release holds (skip it) or one this release already wrote and finds in place (nothing to
+do), at one Redis command and no registry request. Otherwise, under the tag's lease:
 
 1. read the owner; one newer than this release → skip the write, report it superseded;
 2. else make the registry's tag name this digest (a PUT unless it does already), fenced;
@@ -174,6 +176,15 @@ class TagOrder:
     async def write(self, destination: Repository, tag: str, digest: str,
                     writer: TagWriter) -> str | None:
         repository = str(destination)
+        # Read first, without the lease: a tag a newer release holds, or one this release has
+        # written already and still in place (a redelivery, a no-op copy), needs no write, so
+        # costs one read and no request to the registry.
+        owner = await self._call(self._owners.get, repository, tag)
+        if owner is not None and owner.order > self.order:
+            self.superseded[tag] = owner.release
+            return owner.release
+        if self._is_mine(owner, digest) and await writer.known() == digest:
+            return None
         sent = _Sent()
         held = await self._acquire(repository, tag)
         raced = False
@@ -227,8 +238,7 @@ class TagOrder:
                                      lambda: self._fence(held, repository, tag, copy=False))
             self.superseded[tag] = owner.release
             return owner.release
-        ours = owner is not None and (owner.order, owner.release, owner.digest) == (
-            self.order, self.release_id, digest)
+        ours = self._is_mine(owner, digest)
         current = await writer.known() if trust_early else await writer.head()
         if current == digest and trust_early and not ours:
             # The early HEAD may predate another writer's PUT; ask again before relying on it.
@@ -245,6 +255,10 @@ class TagOrder:
                 raise _Raced
         self.superseded.pop(tag, None)
         return None
+
+    def _is_mine(self, owner: TagOwner | None, digest: str) -> bool:
+        return owner is not None and (owner.order, owner.release, owner.digest) == (
+            self.order, self.release_id, digest)
 
     def _fence(self, held: _Held, repository: str, tag: str, *, copy: bool = True) -> None:
         if copy and not self._lease():

@@ -18,6 +18,7 @@ import redis
 
 from registry.reference import parse_repository
 from registry.tag_gate import Fence
+from tests.support.round_trips import CountingFakeRedis
 from workers.tag_order import (
     TagOrder,
     TagOrderUnavailable,
@@ -78,8 +79,13 @@ class Writer:
 
 
 @pytest.fixture
-def client() -> redis.Redis[Any]:
-    return fakeredis.FakeRedis(decode_responses=True)
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def client(server: fakeredis.FakeServer) -> redis.Redis[Any]:
+    return fakeredis.FakeRedis(server=server, decode_responses=True)
 
 
 def gate(client: redis.Redis[Any], n: int, **kwargs: Any) -> TagOrder:
@@ -140,13 +146,27 @@ def test_a_deliberate_rollback_is_a_new_release_and_wins(client: redis.Redis[Any
     assert found is not None and (found.release, found.digest) == ("rel-3", digest(1))
 
 
-def test_the_no_op_path_adds_no_registry_request(client: redis.Redis[Any]) -> None:
+def test_the_no_op_path_adds_no_registry_request_and_one_redis_read(
+    client: redis.Redis[Any], server: fakeredis.FakeServer,
+) -> None:
     tag = Tag()
     asyncio.run(write(gate(client, 4), tag, 4))
     tag.heads = 0
-    again = gate(client, 4)  # a redelivery or a retry of the same release
+    counting = CountingFakeRedis(server=server, decode_responses=True)
+    again = gate(counting, 4)  # a redelivery or a retry of the same release
     assert asyncio.run(write(again, tag, 4, early=digest(4))) is None
     assert tag.puts == [digest(4)] and tag.heads == 0
+    assert counting.tally.count == 1 and not client.exists(lock_key(str(DEST), TAG))
+
+
+def test_a_superseded_tag_costs_one_redis_read(
+    client: redis.Redis[Any], server: fakeredis.FakeServer,
+) -> None:
+    tag = Tag()
+    asyncio.run(write(gate(client, 5), tag, 5))
+    counting = CountingFakeRedis(server=server, decode_responses=True)
+    assert asyncio.run(write(gate(counting, 3), tag, 3, early=digest(5))) == "rel-5"
+    assert counting.tally.count == 1 and tag.puts == [digest(5)]
 
 
 def test_a_tag_already_in_place_is_checked_again_before_it_is_claimed(
