@@ -54,6 +54,12 @@ def rows(release: Release, now: float) -> list[tuple[str, ...]]:
     ]
 
 
+def superseded_lines(record: DestinationRecord) -> list[str]:
+    """The tags this release left to a newer one there (the tag order rule), a line each."""
+    return [f"    tag {tag}: superseded by {newer}"
+            for tag, newer in sorted(record.superseded.items())]
+
+
 def history_lines(record: DestinationRecord) -> list[str]:
     """Every finished attempt of a destination, oldest first: number, worker, start and end,
     outcome, error. An operator's retry is marked where its round began."""
@@ -89,6 +95,10 @@ def summary(release: Release) -> str:
         counts[record.state] = counts.get(record.state, 0) + 1
     order = ("succeeded", "failed", "retrying", "running", "queued")
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
+    superseded = sum(len(record.superseded) for record in release.destinations.values())
+    if superseded:
+        parts.append(f"{superseded} tag{'' if superseded == 1 else 's'} superseded by newer "
+                     "releases")
     count = len(release.destinations)
     optional = sum(1 for record in release.destinations.values() if record.optional)
     kinds = f" ({optional} optional)" if optional else ""
@@ -109,6 +119,7 @@ def render(release: Release, *, now: float | None = None) -> str:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
         if record is not None:
+            lines += superseded_lines(record)
             lines += history_lines(record)
     lines += ["", summary(release)]
     return "\n".join(lines)

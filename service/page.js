@@ -58,6 +58,11 @@
     const label = el("td", {class: "name"}, name);
     if (d.tags.length) label.append(el("span", {class: "tags"}, ":" + d.tags.join(", :")));
     if (d.optional) label.append(" ", el("span", {class: "optional"}, "optional"));
+    const superseded = Object.entries(d.superseded || {}).sort(([a], [b]) => (a < b ? -1 : 1));
+    if (superseded.length) {
+      label.append(" ", el("span", {class: "superseded"},
+                           superseded.map(([tag, newer]) => ":" + tag + " → " + newer).join(", ")));
+    }
     const error = d.last_error ? (d.error_type ? d.error_type + ": " : "") + d.last_error : "";
     return el("tr", {class: "destination", "data-destination": name, "data-state": d.state},
               label, el("td", {class: "state"}, d.state),

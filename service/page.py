@@ -123,6 +123,8 @@ def _destination(name: str, record: DestinationRecord) -> str:
         label += f"<span class=\"tags\">:{_e(', :'.join(record.tags))}</span>"
     if record.optional:
         label += " <span class=\"optional\">optional</span>"
+    if record.superseded:
+        label += f" <span class=\"superseded\">{_e(superseded_text(record.superseded))}</span>"
     error = ""
     if record.last_error:
         error = f"{record.error_type}: {record.last_error}" if record.error_type \
@@ -134,6 +136,11 @@ def _destination(name: str, record: DestinationRecord) -> str:
         f"<td class=\"attempts\">{record.attempts}</td>"
         f"<td class=\"bytes\">{_e(human_bytes(record.bytes))}</td>"
         f"<td class=\"error\">{_e(error)}</td></tr>")
+
+
+def superseded_text(superseded: dict[str, str]) -> str:
+    """``latest → rel-…`` per tag left to a newer release: as the script writes it."""
+    return ", ".join(f":{tag} → {newer}" for tag, newer in sorted(superseded.items()))
 
 
 def age(seconds: float) -> str:

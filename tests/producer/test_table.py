@@ -83,3 +83,16 @@ def test_every_attempt_is_shown_under_its_destination() -> None:
     assert lines[8].endswith("(2.0s)  succeeded")
     assert lines[9].startswith("b.io/app (optional)  queued")
     assert lines[-1] == "2 destinations (1 optional): 1 succeeded, 1 queued"
+
+
+def test_tags_left_to_a_newer_release_are_shown_and_counted() -> None:
+    text = render(release(
+        record("a.io/app", "succeeded", attempts=1, tags=("v1", "latest"),
+               superseded={"latest": "rel-9"}),
+        record("b.io/app", "succeeded", attempts=1),
+    ), now=NOW)
+    lines = text.splitlines()
+
+    row = next(i for i, line in enumerate(lines) if line.startswith("a.io/app"))
+    assert lines[row + 1] == "    tag latest: superseded by rel-9"
+    assert lines[-1] == "2 destinations: 2 succeeded, 1 tag superseded by newer releases"

@@ -267,3 +267,15 @@ def test_an_unreachable_ledger_is_a_503_page(config: ServeConfig) -> None:
         answer = client.get("/", headers=basic(READER_TOKEN))
     assert answer.status_code == 503 and "ledger is unreachable" in answer.text
     assert answer.headers["cache-control"] == "no-store"
+
+
+def test_tags_left_to_a_newer_release_are_named(client: TestClient, ledger: Ledger) -> None:
+    release_id = ledger.create_release(SOURCE, [("quay.io/acme/app", ("v1", "latest"))])
+    ledger.mark_running(release_id, "quay.io/acme/app", worker="w1")
+    ledger.mark_succeeded(release_id, "quay.io/acme/app", stats={}, seconds=1.0,
+                          superseded={"latest": "rel-newer"})
+
+    [section] = parse(client.get("/", headers=basic(READER_TOKEN)).text).find("section")
+    [row] = section.find("tr", **{"class": "destination"})
+
+    assert row.cell("superseded") == ":latest → rel-newer"
