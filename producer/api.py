@@ -142,7 +142,8 @@ def replay(
 ) -> list[str]:
     """Copy to ``destinations`` every source digest of the releases of the last ``since``
     seconds (or a duration, ``"7d"``) that reached a destination: one release per digest, with
-    every tag its releases carried that no newer one of them carried too. Returns the new release ids (none: nothing to replay).
+    every tag its releases carried that no newer one of them carried too. Returns the new
+    release ids (none: nothing to replay).
 
     ``source_repo`` keeps only the sources of that repository.
     """

@@ -49,6 +49,8 @@ class Standing:
     round_at: float | None
     created_at: float
     stats: dict[str, int]
+    # The release's place in the order of releases (0: none recorded).
+    order: int = 0
 
     @property
     def done(self) -> bool:
@@ -64,12 +66,12 @@ class Standing:
         return self.round_at if self.round_at is not None else self.created_at
 
     @classmethod
-    def from_row(cls, row: Mapping[str, str]) -> Standing:
+    def from_row(cls, row: Mapping[str, str], order: int = 0) -> Standing:
         # Read as parse_record reads the whole hash, so the two never disagree.
         record = parse_record("", row)
         return cls(state=record.state, generation=record.generation, attempts=record.attempts,
                    round_base=record.round_base, round_at=record.round_at,
-                   created_at=record.created_at, stats=record.stats)
+                   created_at=record.created_at, stats=record.stats, order=order)
 
 
 class LedgerReader:
@@ -106,10 +108,14 @@ class LedgerReader:
 
     def standing(self, release_id: str, destination: str) -> Standing | None:
         """What a delivery of the destination's copy task decides on, or None if unknown or
-        expired: one HMGET, without the history or the task's arguments."""
-        values = self._redis.hmget(dest_key(release_id, destination), _STANDING)
+        expired: one round trip (an HMGET, and the release's place in the order), without the
+        history or the task's arguments."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(dest_key(release_id, destination), _STANDING)
+            pipe.hget(release_key(release_id), "order")
+            values, order = pipe.execute()
         row = {name: text(v) for name, v in zip(_STANDING, values, strict=True) if v is not None}
-        return Standing.from_row(row) if row else None
+        return Standing.from_row(row, int(order or 0)) if row else None
 
     def order_of(self, release_id: str) -> int:
         """The release's place in the order of releases; 0 when it has none (from before

@@ -143,7 +143,10 @@ class CopyRunner:
         if not lock.acquire():
             return self._busy(job)
         try:
-            return self._copy(job, worker, lock, kwargs)
+            # The release's place in the order, for its tag writes: as the ledger has it, else
+            # as the message carried it (ensure_destination recorded that).
+            order = standing.order if standing is not None and standing.order else None
+            return self._copy(job, worker, lock, kwargs, order)
         finally:
             try:
                 if not lock.release():
@@ -211,7 +214,7 @@ class CopyRunner:
         return None
 
     def _copy(self, job: CopyJob, worker: str | None, lock: DestinationLock,
-              kwargs: Mapping[str, Any]) -> Outcome:
+              kwargs: Mapping[str, Any], order: int | None = None) -> Outcome:
         attempt = self.ledger.mark_running(
             job.release_id, job.destination, worker=worker, lease=self.lock_ttl,
             task={**kwargs, "generation": job.generation})
@@ -222,7 +225,8 @@ class CopyRunner:
                        interval=self.heartbeat_interval) as heartbeat:
             gate = None
             if self.tag_order is not None:
-                order = self.ledger.order_of(job.release_id) or job.order
+                if order is None:
+                    order = self.ledger.order_of(job.release_id) or job.order
                 gate = self.tag_order.gate(job.release_id, order, heartbeat.valid)
             try:
                 stats = self.engine.copy(job, timeout=self.timeout, abort=heartbeat.abort,

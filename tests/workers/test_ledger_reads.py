@@ -109,12 +109,13 @@ def test_one_record_costs_one_round_trip(ledger: Ledger, client: Any) -> None:
     assert ledger.record(release_id, "nowhere.example/app") is None
 
 
-def test_where_a_destination_stands_is_one_hmget(ledger: Ledger, client: Any) -> None:
+def test_where_a_destination_stands_is_one_round_trip(ledger: Ledger, client: Any) -> None:
     release_id = release_of(ledger, 3)
     ledger.reset_for_retry(release_id, ["r0.example/app"])
     client.tally.reset()
     standing = ledger.standing(release_id, "r0.example/app")
-    assert client.tally.commands == ["HMGET"]
+    assert client.tally.commands == ["PIPELINE"]  # HMGET, and the release's order
+    assert standing is not None and standing.order == ledger.order_of(release_id) > 0
     record = ledger.record(release_id, "r0.example/app")
     assert standing is not None and record is not None
     assert (standing.state, standing.generation, standing.attempts, standing.stats) == (

@@ -304,10 +304,11 @@ def counted(*results: Any) -> Harness:
 def test_a_delivery_reads_its_record_once_and_without_the_history() -> None:
     h = counted(STATS)
     assert isinstance(h.run(), Succeeded)
-    # One HMGET decides whether the message is stale; then the lock, the attempt's running
-    # and succeeded transitions (WATCH, HGETALL, PTTL, MULTI/EXEC each), the lock's release.
+    # One read (an HMGET and the release's order, pipelined) decides whether the message is
+    # stale; then the lock, the attempt's running and succeeded transitions (WATCH, HGETALL,
+    # PTTL, MULTI/EXEC each), the lock's release.
     assert h.redis.tally.commands == [
-        "HMGET", "SET", "WATCH", "HGETALL", "PTTL", "MULTI/EXEC",
+        "PIPELINE", "SET", "WATCH", "HGETALL", "PTTL", "MULTI/EXEC",
         "WATCH", "HGETALL", "PTTL", "MULTI/EXEC", "WATCH", "GET", "MULTI/EXEC"]
 
 
@@ -315,7 +316,7 @@ def test_a_failed_attempt_reads_its_round_with_one_hmget() -> None:
     h = counted(ConnectionFailed("refused"))
     assert isinstance(h.run(), RetryLater)
     commands = h.redis.tally.commands
-    assert commands.count("HMGET") == 2 and "LRANGE" not in commands
+    assert commands.count("PIPELINE") == 2 and "LRANGE" not in commands
     assert len(commands) == 14
 
 
@@ -324,5 +325,41 @@ def test_a_busy_destination_reads_its_record_with_one_hmget() -> None:
     assert DestinationLock(h.redis, DEST, DIGEST, 120, owner="other").acquire()
     h.redis.tally.reset()
     assert isinstance(h.run(), RetryLater)
-    assert h.redis.tally.commands == ["HMGET", "SET", "HMGET",
+    assert h.redis.tally.commands == ["PIPELINE", "SET", "PIPELINE",
                                       "WATCH", "HGETALL", "PTTL", "MULTI/EXEC"]
+
+
+class RecordingGates:
+    """A ``TagOrdering`` that hands the engine a gate reporting one superseded tag, and
+    remembers the order each copy was given."""
+
+    def __init__(self) -> None:
+        self.orders: list[int] = []
+
+    def gate(self, release_id: str, order: int, lease: Any) -> Any:
+        self.orders.append(order)
+        gate = type("Gate", (), {})()
+        gate.superseded = {"latest": "rel-newer"}
+        return gate
+
+
+def test_the_gate_gets_the_ledgers_order_and_its_superseded_tags_are_recorded(
+        make: Any) -> None:
+    h = make(STATS)
+    gates = RecordingGates()
+    h.runner.tag_order = gates
+    # The message says 3; the ledger's word wins.
+    outcome = h.run(order=3)
+    assert isinstance(outcome, Succeeded) and outcome.superseded == {"latest": "rel-newer"}
+    assert gates.orders == [h.ledger.order_of(h.release_id)] and gates.orders != [3]
+    assert h.record().superseded == {"latest": "rel-newer"}
+
+
+def test_a_task_sent_without_the_producer_keeps_the_order_it_carries(make: Any) -> None:
+    h = make(STATS)
+    gates = RecordingGates()
+    h.runner.tag_order = gates
+    outcome = h.runner.run((), h.kwargs(release_id="rel-by-hand", order=41), worker="w1@host",
+                           owner="task-2")
+    assert isinstance(outcome, Succeeded)
+    assert gates.orders == [41] and h.ledger.order_of("rel-by-hand") == 41
