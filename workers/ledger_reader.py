@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from .records import (
-    FINAL_STATES,
     RELEASES_KEY,
     RUNNING_KEY,
     DestinationRecord,
     Release,
+    Rounds,
     decode_map,
     dest_key,
     dests_key,
@@ -38,7 +38,7 @@ _STANDING = ("state", "generation", "attempts", "round_base", "round_at", "creat
 
 
 @dataclass(frozen=True)
-class Standing:
+class Standing(Rounds):
     """Where a destination stands, as each delivery of its copy task needs to know: a few
     fields of its record, without the history (up to a hundred attempts) a full read brings."""
 
@@ -51,19 +51,6 @@ class Standing:
     stats: dict[str, int]
     # The release's place in the order of releases (0: none recorded).
     order: int = 0
-
-    @property
-    def done(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @property
-    def round_attempts(self) -> int:
-        """Attempts in the current round (see :attr:`DestinationRecord.round_attempts`)."""
-        return self.attempts - self.round_base
-
-    @property
-    def round_started(self) -> float:
-        return self.round_at if self.round_at is not None else self.created_at
 
     @classmethod
     def from_row(cls, row: Mapping[str, str], order: int = 0) -> Standing:

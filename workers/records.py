@@ -73,8 +73,32 @@ class Attempt:
                    error_type=fields.text_or_none("error_type", None))
 
 
+class Rounds:
+    """What a record's state and counters say about its rounds of attempts (an operator's
+    retry starts a new round: the task tier's bounds count from there)."""
+
+    state: str
+    attempts: int
+    round_base: int
+    round_at: float | None
+    created_at: float
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def round_attempts(self) -> int:
+        """Attempts in the current round."""
+        return self.attempts - self.round_base
+
+    @property
+    def round_started(self) -> float:
+        return self.round_at if self.round_at is not None else self.created_at
+
+
 @dataclass(frozen=True)
-class DestinationRecord:
+class DestinationRecord(Rounds):
     """One destination of a release, as the ledger last recorded it."""
 
     destination: str
@@ -102,18 +126,6 @@ class DestinationRecord:
     history: tuple[Attempt, ...] = ()
     # Tags this release did not write because a newer release held them there: tag -> its id.
     superseded: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def done(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @property
-    def round_attempts(self) -> int:
-        return self.attempts - self.round_base
-
-    @property
-    def round_started(self) -> float:
-        return self.round_at if self.round_at is not None else self.created_at
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
