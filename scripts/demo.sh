@@ -11,7 +11,8 @@
 #   2. `fanout enqueue --server ... --wait` over HTTP with a token (hosted CI);
 #   3. a push of a `release-*` tag to the source registry, whose notifications reach
 #      `fanout serve`: the push replicates by itself.
-# Prints the status tables, the release page's and Flower's addresses. Flower's credentials come
+# Then `fanout verify` checks every destination of those releases with HEADs. Prints the
+# status tables, the release page's and Flower's addresses. Flower's credentials come
 # from FLOWER_BASIC_AUTH (user:password) or are generated and printed; the API token is generated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -191,6 +192,14 @@ if ((hook_code == 0)); then
     hook_code=$?
 fi
 ((code == 0)) && code=$hook_code
+
+say "fanout verify: is what the ledger says landed still there? (HEADs only)"
+set -x
+# This run's releases only (its registries' ports are its own): an earlier demo's are gone.
+"$bin/fanout" verify --since 10m --source-repo "${hosts[source]}/demo/app"
+verify_code=$?
+{ set +x; } 2>/dev/null
+((code == 0)) && code=$verify_code
 set -e
 
 wait_for_log "$work/flower.log" "Visit me at" "Flower"
