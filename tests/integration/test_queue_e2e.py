@@ -322,7 +322,7 @@ def _kill_mid_copy(q: Queue, registries: RegistrySet, dest: RegistryServer,
     # Redis hands an unacknowledged message back once the visibility timeout has passed;
     # a worker sweeps for such messages when it starts (and every ~100 s after), so bring a
     # replacement up once the message is due, as an orchestrator would.
-    _wait_visibility_passed(q)
+    _wait_visibility_passed(q, first)
     q.worker("k3")
 
     final = q.wait_until(first, lambda r: r.done, timeout=60, what="redelivered copy done")
@@ -343,16 +343,28 @@ def _upload_under_way(registry: RegistryServer) -> bool:
     return any(data.stat().st_size > 0 for data in uploads.glob("**/_uploads/*/data"))
 
 
-def _wait_visibility_passed(q: Queue) -> None:
+def _wait_visibility_passed(q: Queue, release_id: str) -> None:
+    """Until the killed worker's message (the task of ``release_id``) is due for redelivery:
+    unacknowledged for longer than the visibility timeout, or already handed back to the queue
+    by the live worker's sweep (every 10 s), which can come first when the machine is busy."""
     client = redis.Redis.from_url(q.url)
     visibility = float(FAST_ENV["FANOUT_VISIBILITY_TIMEOUT"])
+    tags = [tag for tag, message in client.hgetall("unacked").items()
+            if release_id.encode() in _message_body(message)]
+    assert len(tags) == 1, f"the killed worker's message is not unacknowledged: {tags}"
     deadline = time.monotonic() + visibility + 10
     while time.monotonic() < deadline:
-        oldest = client.zrange("unacked_index", 0, 0, withscores=True)
-        if oldest and time.time() - oldest[0][1] > visibility + 0.5:
+        delivered = client.zscore("unacked_index", tags[0])
+        if delivered is None or time.time() - delivered > visibility + 0.5:
             return
         time.sleep(0.2)
     raise AssertionError("the killed worker's message never became due for redelivery")
+
+
+def _message_body(unacked: bytes) -> bytes:
+    """The task body of one of kombu's ``unacked`` entries: ``[message, exchange, key]``."""
+    message = json.loads(unacked)[0]
+    return base64.b64decode(message["body"])
 
 
 def test_flower_asks_for_credentials_and_sees_the_workers(

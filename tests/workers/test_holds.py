@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 import redis
 
 from registry.holds import HoldStore
+from tests.support import shared_redis
 from tests.support.ports import free_port
 from tests.workers.conftest import FakeClock
 from tests.workers.engine_fakes import CapturingRegistries, NoCopier
@@ -21,7 +21,7 @@ from workers.engine import CopyEngine
 from workers.holds import KEY_PREFIX, RedisHolds
 
 HOST = "registry.example:5000"
-REAL_REDIS = "redis://127.0.0.1:6379/0"
+REAL_REDIS = shared_redis.url()
 
 
 @pytest.fixture
@@ -163,13 +163,8 @@ def test_the_engine_hands_its_pool_the_ledger_redis_holds(
 
 @pytest.fixture
 def real() -> Iterator[tuple[redis.Redis[Any], str]]:
-    client: redis.Redis[Any] = redis.Redis.from_url(REAL_REDIS, decode_responses=True,
-                                                    socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REAL_REDIS}")
-    prefix = f"fanout-test:{secrets.token_hex(6)}:hold:"
+    client = shared_redis.client_or_skip(decode_responses=True)
+    prefix = shared_redis.prefix("hold")
     yield client, prefix
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)

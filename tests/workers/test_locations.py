@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ import redis
 from registry import upload_claims
 from registry.envconfig import ConfigError
 from registry.locations import UPLOAD_CLAIM_SECONDS, BlobLocations, MemoryLocations
+from tests.support import shared_redis
 from tests.support.ports import free_port
 from tests.workers.conftest import FakeClock
 from tests.workers.engine_fakes import CapturingRegistries, NoCopier
@@ -29,7 +29,7 @@ T = TypeVar("T")
 HOST = "registry.example:5000"
 DIGEST = "sha256:" + "ab" * 32
 KEY = f"{KEY_PREFIX}{HOST}/{DIGEST}"
-REAL_REDIS = "redis://127.0.0.1:6379/0"
+REAL_REDIS = shared_redis.url()
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -192,12 +192,8 @@ def test_the_engine_hands_its_pool_an_index_in_the_ledger_redis(
 
 @pytest.fixture
 def real() -> Iterator[tuple[redis.Redis[Any], str]]:
-    client: redis.Redis[Any] = redis.Redis.from_url(REAL_REDIS, decode_responses=True)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    prefix = f"test-locations-{secrets.token_hex(4)}:"
+    client = shared_redis.client_or_skip(decode_responses=True)
+    prefix = shared_redis.prefix("locations")
     yield client, prefix
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
