@@ -33,7 +33,7 @@ from tests.support.registries import RegistrySet
 from workers.ledger import Ledger, Release
 from workers.tag_order import TagOwners
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tag_order_e2e")]
 TAG = "latest"
 DONE_WITHIN = 60.0
 MANIFEST_INVALID = Status(400, {"Content-Type": "application/json"},
