@@ -37,9 +37,10 @@ from registry.preflight import DestinationCheck
 from registry.reference import Reference, Repository
 from registry.retry import RetryPolicy, retry_async
 from registry.session import Registries
-from workers import release_document
+from workers import release_document, releasing
 from workers.ledger import Ledger, Release
 from workers.notify_settings import NotifySettings
+from workers.publishing import NotPublished
 from workers.settings import WorkerSettings
 
 from . import check_cmd, replay_plan, retry_plan, waiting
@@ -52,7 +53,6 @@ from .broker import (
     connect_ledger,
     queue_settings,
     redact,
-    send,
 )
 from .common import ReleaseNotFound, UsageError
 from .inputs import credentials, parse_source, parse_targets
@@ -89,6 +89,7 @@ def enqueue(
     ledger: Ledger | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     pool: RegistryPool | None = None,
+    trigger: str = "enqueue",
 ) -> list[str]:
     """Enqueue one copy task per destination for each source; return the release ids in order.
 
@@ -96,14 +97,16 @@ def enqueue(
     already among ``destinations`` is only marked optional). ``ledger`` and ``transport`` are
     seams for tests and for callers holding their own clients. ``pool``: a long-lived process's
     registry clients (``fanout serve``'s) to check the sources with, instead of a pool of their
-    own; its own settings (``insecure``, ``transport``) apply then.
+    own; its own settings (``insecure``, ``transport``) apply then. ``trigger``: what the
+    releases record as having made them (``api``, ``hook:harbor``, ...).
     """
     sources = [source] if isinstance(source, str) else list(source)
     return _enqueue_each(
         [(text, tags) for text in sources], destinations, optional=optional,
         referrers={"enabled": referrers, "types": list(referrer_types)},
         env=os.environ if env is None else env, broker_url=broker_url,
-        insecure_registries=insecure_registries, ledger=ledger, transport=transport, pool=pool)
+        insecure_registries=insecure_registries, ledger=ledger, transport=transport, pool=pool,
+        trigger=trigger)
 
 
 def retry(
@@ -159,7 +162,8 @@ def replay(
     return _enqueue_each(
         [(plan.source, plan.tags) for plan in plans], destinations, optional=optional,
         referrers={"enabled": True, "types": []}, env=env, broker_url=broker_url,
-        insecure_registries=insecure_registries, ledger=ledger, transport=transport)
+        insecure_registries=insecure_registries, ledger=ledger, transport=transport,
+        trigger="replay")
 
 
 def status(release_id: str, *, env: Mapping[str, str] | None = None,
@@ -268,6 +272,7 @@ def _enqueue_each(
     optional: Sequence[str], referrers: dict[str, Any], env: Mapping[str, str],
     broker_url: str | None, insecure_registries: Sequence[str], ledger: Ledger | None,
     transport: httpx.AsyncBaseTransport | None, pool: RegistryPool | None = None,
+    trigger: str = "enqueue",
 ) -> list[str]:
     """One release per (source, tags), everything checked before anything is enqueued."""
     if not sources:
@@ -295,22 +300,19 @@ def _enqueue_each(
     check_broker(settings.broker_url, settings)
     ids = []
     for ref, (_, (targets, optional_repos)) in zip(pinned, plans, strict=True):
-        ids.append(_enqueue_release(ledger, settings, ref, targets, referrers, optional_repos))
+        ids.append(_enqueue_release(ledger, settings, ref, targets, referrers, optional_repos,
+                                    trigger))
     return ids
 
 
 def _enqueue_release(
     ledger: Ledger, settings: WorkerSettings, source: Reference,
     targets: Sequence[tuple[Repository, tuple[str, ...]]], referrers: dict[str, Any],
-    optional: frozenset[str] = frozenset(),
+    optional: frozenset[str] = frozenset(), trigger: str = "enqueue",
 ) -> str:
-    # Its place in the order of releases, fixed now: the tag order rule (workers/tag_order.py).
-    order = ledger.next_order()
-    tasks = {str(repo): {"source": str(source), "destination": str(repo), "tags": list(tags),
-                         "referrers": referrers, "order": order} for repo, tags in targets}
-    # The ledger keeps each task's arguments, so that `fanout retry` sends exactly these again.
-    release_id = ledger.create_release(str(source), [(str(repo), tags) for repo, tags in targets],
-                                       optional=optional, tasks=tasks, order=order)
-    send(ledger, settings, release_id,
-          [{"release_id": release_id, **task} for task in tasks.values()])
-    return release_id
+    try:
+        return releasing.create_and_send(
+            ledger, settings, str(source), [(str(repo), tags) for repo, tags in targets],
+            referrers=referrers, optional=optional, trigger=trigger)
+    except NotPublished as exc:
+        raise QueueUnreachable(str(exc)) from None

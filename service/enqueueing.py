@@ -20,7 +20,7 @@ from .state import ServiceState
 def create_release(
     state: ServiceState, grant: TokenGrant | None, *, source: str, to: str | None = None,
     destinations: Sequence[str] = (), tags: Sequence[str] = (), optional: Sequence[str] = (),
-    referrers: bool = True,
+    referrers: bool = True, trigger: str = "api",
 ) -> Release:
     """Enqueue one release and return it as the ledger has it; blocking (Redis, registries).
 
@@ -50,7 +50,8 @@ def create_release(
     try:
         [release_id] = api.enqueue(
             source, destinations, tags=tags, optional=[*set_optional, *optional],
-            referrers=referrers, env=state.env, ledger=state.ledger, pool=state.pool)
+            referrers=referrers, env=state.env, ledger=state.ledger, pool=state.pool,
+            trigger=trigger)
     except api.QueueUnreachable as exc:
         raise ApiError(503, str(exc)) from None
     except api.SourceUnavailable as exc:

@@ -67,10 +67,11 @@ def _handle(state: ServiceState, kind: str, request: Request, body: bytes) -> JS
         events = parse(kind, payload, state.config.hook(kind).registry)
     except PayloadError as exc:
         raise ApiError(422, f"not a {kind} push payload: {exc}") from None
-    return _release(state, grant, events)
+    return _release(state, grant, events, kind)
 
 
-def _release(state: ServiceState, grant: TokenGrant | None, events: Events) -> JSONResponse:
+def _release(state: ServiceState, grant: TokenGrant | None, events: Events,
+             kind: str) -> JSONResponse:
     config = state.config
     matched, skipped = match(events.pushes, config.rules)
     ignored = [*events.skipped, *skipped]
@@ -85,7 +86,7 @@ def _release(state: ServiceState, grant: TokenGrant | None, events: Events) -> J
     deduplicated: list[dict[str, Any]] = []
     for plan in planned:
         try:
-            release_id, fresh = _enqueue(state, grant, window, plan)
+            release_id, fresh = _enqueue(state, grant, window, plan, kind)
         except ApiError as exc:
             if not released:
                 raise
@@ -100,14 +101,15 @@ def _release(state: ServiceState, grant: TokenGrant | None, events: Events) -> J
 
 
 def _enqueue(state: ServiceState, grant: TokenGrant | None, window: Window,
-             plan: Planned) -> tuple[str | None, list[str]]:
+             plan: Planned, kind: str) -> tuple[str | None, list[str]]:
     """The release of ``plan``'s tags new within the window (None: none was new), and those
     tags; a release that fails to enqueue gives its claims back."""
     fresh = _claim(window, plan)
     if not fresh:
         return None, fresh
     try:
-        release = create_release(state, grant, source=plan.source, to=plan.to, tags=fresh)
+        release = create_release(state, grant, source=plan.source, to=plan.to, tags=fresh,
+                                 trigger=f"hook:{kind}")
     except Exception:
         _give_back(window, plan, fresh)
         raise

@@ -204,13 +204,14 @@ def test_registry_modules_stay_small() -> None:
 
 
 def test_enqueue_on_a_redis_broker_loads_no_celery() -> None:
-    # producer/redis_publish.py writes the message itself; Celery and kombu load only for the
+    # workers/redis_publish.py writes the message itself; Celery and kombu load only for the
     # brokers it does not handle (RabbitMQ, Sentinel). The tasks are really sent (to fakeredis).
     code = ("import fakeredis\n"
+            "from workers import publishing\n"
             "from producer import broker\n"
             "from workers.ledger import Ledger\n"
             "server = fakeredis.FakeRedis()\n"
-            "broker._broker_client = lambda url: server\n"
+            "publishing.broker_client = lambda url: server\n"
             "ledger = Ledger(server)\n"
             "source = 'src.example/app@sha256:' + 'a' * 64\n"
             "rid = ledger.create_release(source, [('dst.example/app', ())])\n"
@@ -218,5 +219,5 @@ def test_enqueue_on_a_redis_broker_loads_no_celery() -> None:
             "'source': source, 'destination': 'dst.example/app', 'tags': []}])\n"
             "assert server.llen('fanout') == 1")
     loaded = _loaded_by(code)
-    assert "producer.redis_publish" in loaded
+    assert "workers.redis_publish" in loaded
     assert not _packages(loaded) & {"celery", "kombu", "billiard"}

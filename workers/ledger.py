@@ -74,6 +74,7 @@ class Ledger(LedgerReader):
         self, source: str, targets: Sequence[tuple[str, Sequence[str]]], *,
         release_id: str | None = None, optional: Iterable[str] = (),
         tasks: Mapping[str, Mapping[str, Any]] | None = None, order: int | None = None,
+        trigger: str = "",
     ) -> str:
         """Record a release with every destination ``queued``; return its id.
 
@@ -82,7 +83,7 @@ class Ledger(LedgerReader):
         destination, the arguments its copy task is sent with (``release_id`` and ``order``
         are filled in here), kept for :meth:`task_of` so that a retry sends exactly what was
         sent. ``order``: its place in the order of releases, from :meth:`next_order` (taken
-        here when not given).
+        here when not given). ``trigger``: what made it (``Release.trigger``).
         """
         digest = parse_reference(source).digest
         if digest is None:
@@ -95,7 +96,7 @@ class Ledger(LedgerReader):
         with self._redis.pipeline() as pipe:  # MULTI/EXEC: the release appears whole
             pipe.hset(release_key(release_id), mapping={
                 "source": source, "digest": digest, "created_at": repr(now), "epoch": "0",
-                "order": str(order)})
+                "order": str(order), **({"trigger": trigger} if trigger else {})})
             for index, (destination, tags) in enumerate(targets):
                 row = new_record(destination, tags, now, optional=destination in optional)
                 task = (tasks or {}).get(destination)

@@ -176,6 +176,7 @@ class LedgerReader:
             id=release_id, source=head.get("source", ""), digest=head.get("digest", ""),
             created_at=to_float(head.get("created_at")) or 0.0, destinations=destinations,
             epoch=int(head.get("epoch") or 0), order=int(head.get("order") or 0),
+            trigger=head.get("trigger", ""),
         )
 
     @staticmethod

@@ -3,7 +3,7 @@
 Keys in Redis (each expires ``retention`` seconds after its release's last update)::
 
     fanout:release:<id>                      hash: source, digest, created_at, order, epoch,
-                                             notified_epoch
+                                             notified_epoch, trigger
     fanout:release:<id>:dests                sorted set: destinations, in the order given
     fanout:release:<id>:dest:<dest>          hash: one DestinationRecord
     fanout:release:<id>:dest:<dest>:history  list: one JSON Attempt per finished attempt
@@ -168,6 +168,8 @@ class Release:
     epoch: int = 0
     # Its place in the order of releases (0: from before releases had one, the oldest).
     order: int = 0
+    # What made it: "enqueue", "api", "hook:KIND", "replay", "sync:MIRROR" ("": not recorded).
+    trigger: str = ""
 
     @property
     def required(self) -> list[DestinationRecord]:
@@ -192,6 +194,7 @@ class Release:
             "digest": self.digest,
             "created_at": self.created_at,
             "order": self.order,
+            "trigger": self.trigger,
             "done": self.done,
             "ok": self.ok,
             "destinations": {name: d.to_dict() for name, d in self.destinations.items()},
@@ -210,7 +213,8 @@ class Release:
             created_at=f.number("created_at"),
             destinations={name: DestinationRecord.from_dict(record, f"{where}.destinations.{name}")
                           for name, record in f.mapping("destinations", Mapping).items()},
-            epoch=f.integer("epoch", 0), order=f.integer("order", 0))
+            epoch=f.integer("epoch", 0), order=f.integer("order", 0),
+            trigger=f.text_or_none("trigger", None) or "")
 
 
 def release_key(release_id: str) -> str:

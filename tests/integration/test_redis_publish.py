@@ -1,7 +1,7 @@
 """The producer's own Redis publishing writes what Celery itself writes: the same message, on
 the same list, for a worker to take.
 
-Celery sends a task to a real Redis; ``producer.redis_publish`` sends the same task; the two
+Celery sends a task to a real Redis; ``workers.redis_publish`` sends the same task; the two
 stored messages must be the same but for what is random or per process (delivery tag, origin).
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from producer import redis_publish
 from producer.broker import TASK_NAME, QueueUnreachable, send
 from tests.support.queue import RedisServer, celery_client
+from workers import redis_publish
 from workers.ledger import Ledger
 from workers.settings import WorkerSettings
 

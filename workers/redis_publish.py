@@ -8,7 +8,7 @@ transport stores it: one JSON document per message, ``LPUSH``ed onto the queue's
 the worker ``BRPOP``s. A release's messages go in one MULTI/EXEC: a connection lost on the way
 publishes none of them.
 
-Other brokers (RabbitMQ, Sentinel) go through Celery (:func:`producer.broker.send`).
+Other brokers (RabbitMQ, Sentinel) go through Celery (:func:`workers.publishing.send`).
 ``tests/producer/test_redis_publish.py`` checks this message against the one Celery builds.
 """
 
