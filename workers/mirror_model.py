@@ -152,3 +152,12 @@ class MirrorRun:
                    releases=tuple(data.get("releases", ())),
                    pruned={k: tuple(v) for k, v in data.get("pruned", {}).items()},
                    error=data.get("error"), dry_run=bool(data.get("dry_run", False)))
+
+
+class MirrorBusy(RuntimeError):
+    """Another run of the same mirror holds its lease: this one is skipped (no overlap)."""
+
+
+class SourceUnlisted(RuntimeError):
+    """The mirror's source could not be listed: nothing is planned, nothing pruned (a failed
+    listing never counts as "no tags")."""
