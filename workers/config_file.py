@@ -13,9 +13,20 @@
     [registries."harbor.internal:8443"]
     insecure = true                # plain HTTP to this registry (loopback always may)
 
+    [[mirrors]]                    # kept in sync by fanout sync and the scheduler
+    name = "nginx"
+    source = "docker.io/library/nginx"
+    tags = ["1.*"]
+    to = "mirrors"
+
+    [verify]                       # the scheduler's fanout verify
+    every = "6h"
+    since = "7d"
+
 Found at ``--config PATH``, else ``$FANOUT_CONFIG``, else ``./fanout.toml``; a missing default
 file is no error (an explicitly named one is). Registry options apply where the producer talks to
 registries (resolving the source); workers take theirs from their own environment.
+``[[mirrors]]`` and ``[verify]`` are :mod:`workers.mirror_config`'s.
 """
 
 from __future__ import annotations
@@ -29,11 +40,15 @@ from typing import Any
 
 from registry.envconfig import ConfigError, split_list
 
+from .mirror_config import parse_mirrors, parse_verify
+from .mirror_model import Mirror, VerifySchedule
+
 DEFAULT_FILE = "fanout.toml"
 _REGISTRY_KEYS = frozenset({"insecure"})
 _ENTRY_KEYS = frozenset({"to", "optional"})
 # tokens, rules and hooks are read by `fanout serve` (service/config.py) and ignored here.
-_TOP_KEYS = frozenset({"default", "destinations", "registries", "tokens", "rules", "hooks"})
+_TOP_KEYS = frozenset({"default", "destinations", "registries", "mirrors", "verify", "tokens",
+                       "rules", "hooks"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,8 @@ class FanoutConfig:
     path: Path | None = None
     # Per set, its destinations marked ``optional = true``: copied, but free to fail.
     optional_sets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    mirrors: tuple[Mirror, ...] = ()
+    verify: VerifySchedule | None = None  # None: the scheduler does not verify
 
     @property
     def insecure_registries(self) -> list[str]:
@@ -68,6 +85,15 @@ class FanoutConfig:
             known = ", ".join(sorted(self.destination_sets)) or "none"
             raise ConfigError(f"no destination set {name!r}{where} (sets: {known})")
         return found
+
+    def mirror(self, name: str) -> Mirror:
+        """The mirror called ``name``; ConfigError naming the known ones if there is none."""
+        for mirror in self.mirrors:
+            if mirror.name == name:
+                return mirror
+        where = f" in {self.path}" if self.path else ""
+        known = ", ".join(m.name for m in self.mirrors) or "none"
+        raise ConfigError(f"no mirror {name!r}{where} (mirrors: {known})")
 
     def optional_in(self, name: str | None) -> frozenset[str]:
         """The destinations of set ``name`` (None: the default set) marked optional."""
@@ -117,7 +143,9 @@ def parse_config(document: Mapping[str, Any], path: Path | None = None) -> Fanou
         raise ConfigError(f"{where}: [registries] must be a table of host = {{options}}")
     for host, options in raw_registries.items():
         registries[host] = _registry_options(options, f"{where}: registries.{host!r}")
-    return FanoutConfig(sets, default, registries, path, optional)
+    mirrors = parse_mirrors(document.get("mirrors", []), sets, optional, where)
+    verify = parse_verify(document["verify"], where) if "verify" in document else None
+    return FanoutConfig(sets, default, registries, path, optional, mirrors, verify)
 
 
 def _repository_list(value: object, where: str) -> tuple[tuple[str, ...], frozenset[str]]:
