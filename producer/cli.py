@@ -20,6 +20,7 @@ from . import (
     retry_cmd,
     serve_cmd,
     status_cmd,
+    sync_cmd,
     verify_cmd,
 )
 from .common import UsageError
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry_cmd.add_parser(commands)
     replay_cmd.add_parser(commands)
     verify_cmd.add_parser(commands)
+    sync_cmd.add_parser(commands)
     check_cmd.add_parser(commands)
     metrics_cmd.add_parser(commands)
     serve_cmd.add_parser(commands)

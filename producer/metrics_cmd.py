@@ -66,10 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = WorkerSettings.from_env(os.environ)
     config = load_config(args.config, os.environ)
-    # Until fanout.toml's [[mirrors]] are read (issue 16), a file has none: report what Redis has.
-    mirrors = getattr(config, "mirrors", None)
-    names = [m.name for m in mirrors] if config.path is not None and mirrors is not None \
-        else None
+    # With a fanout.toml, its mirrors (one removed from it stops being reported); without
+    # one, every mirror that ran lately, as Redis has them.
+    names = [m.name for m in config.mirrors] if config.path is not None else None
     # A scrape has its own deadline (10 s by default): one try, and "down" if Redis does not
     # answer, rather than backing off past it.
     options = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0,

@@ -22,9 +22,9 @@ newest first), ``kept`` maps tag to digest in that order too::
         "name": str, "source": str, "kept": {tag: digest},
         "destinations": [{"destination": str, "add": {tag: digest}, "update": {tag: digest},
                           "prune": [tag], "held_back": [tag], "prune_held": str | null,
-                          "in_sync": [tag], "error": str | null}],
+                          "in_sync": [tag], "pending": [tag], "error": str | null}],
         "releases": [{"digest": str, "targets": [{"destination": str, "tags": [tag]}]}],
-        "counts": {"add", "update", "prune", "in_sync", "held_back", "errors": int},
+        "counts": {"add", "update", "prune", "in_sync", "held_back", "pending", "errors": int},
         "run": MirrorRun.to_json() | null}]}
 """
 
@@ -100,7 +100,8 @@ def sync_json_text(plans: Sequence[MirrorPlan],
 def _destination_json(plan: DestinationPlan) -> dict[str, Any]:
     return {"destination": plan.destination, "add": dict(plan.add), "update": dict(plan.update),
             "prune": list(plan.prune), "held_back": list(plan.held_back),
-            "prune_held": plan.prune_held, "in_sync": list(plan.in_sync), "error": plan.error}
+            "prune_held": plan.prune_held, "in_sync": list(plan.in_sync),
+            "pending": list(plan.pending), "error": plan.error}
 
 
 def _destination_lines(plan: DestinationPlan, names: int) -> list[str]:
@@ -113,6 +114,9 @@ def _destination_lines(plan: DestinationPlan, names: int) -> list[str]:
         lines.append(f"prune held: {plan.prune_held}")
     if plan.held_back:
         lines.append(f"held back {len(plan.held_back)}: {tag_list(plan.held_back, names)}")
+    if plan.pending:
+        lines.append(f"being sent {len(plan.pending)}: {tag_list(plan.pending, names)} "
+                     "(by an earlier run's release)")
     if plan.in_sync:
         lines.append(f"in sync {len(plan.in_sync)}: {tag_list(plan.in_sync, names)}")
     return lines or ["nothing to do"]

@@ -9,18 +9,16 @@ registry pool, and records its run as any other (``workers/mirror_runs.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from producer.broker import QueueUnreachable, queue_settings
-from producer.pool import RegistryPool
-from registry.session import Registries
-from workers.mirror_model import Mirror, MirrorBusy, MirrorPlan
+from producer.sync_output import plan_json
+from workers.mirror_model import Mirror, MirrorBusy
 from workers.mirror_runs import MirrorRuns, MirrorState
-from workers.mirror_sync import RunWithRegistries, sync_mirror
+from workers.mirror_sync import sync_mirror
 from workers.publishing import NotPublished
 
 from .auth import authenticate, authorize
@@ -63,7 +61,7 @@ def sync(name: str, request: Request, body: SyncRequest | None = None,
             mirror, ledger=state.ledger, settings=queue_settings(state.env), env=state.env,
             trigger="api", dry_run=dry_run or (body is not None and body.dry_run),
             prune_over_limit=prune_over_limit or (body is not None and body.prune_over_limit),
-            run=on_pool(state.pool))
+            run=state.pool.run)
     except MirrorBusy as exc:
         raise ApiError(409, f"mirror {mirror.name!r} is being synced already: {exc}") from None
     except (QueueUnreachable, NotPublished) as exc:
@@ -71,22 +69,9 @@ def sync(name: str, request: Request, body: SyncRequest | None = None,
     return {"plan": plan_json(plan), "run": run.to_json()}
 
 
-def on_pool(pool: RegistryPool) -> RunWithRegistries:
-    """The sync's way to run registry work on the server's pool (which takes coroutines)."""
-    def run(work: Callable[[Registries], Awaitable[Any]]) -> Any:
-        async def awaited(registries: Registries) -> Any:
-            return await work(registries)
-
-        return pool.run(awaited)
-
-    return run
-
-
 def configured_mirrors(config: ServeConfig) -> tuple[Mirror, ...]:
     """The mirrors of the server's fanout.toml, in the file's order."""
-    # FanoutConfig.mirrors arrives with fanout.toml's [[mirrors]] (issue 16); none until then.
-    mirrors: tuple[Mirror, ...] = getattr(config.fanout, "mirrors", ())
-    return mirrors
+    return config.fanout.mirrors
 
 
 def find_mirror(config: ServeConfig, name: str) -> Mirror:
@@ -103,19 +88,3 @@ def mirror_document(mirror: Mirror, state: MirrorState) -> dict[str, Any]:
             "last_success": state.last_success, "failing_since": state.failing_since}
 
 
-def plan_json(plan: MirrorPlan) -> dict[str, Any]:
-    """A sync's plan for machines: per destination, the tags to add, update, prune and those
-    in sync; and the releases it makes. (``producer/sync_output.py`` will have the CLI's.)"""
-    return {
-        "mirror": plan.mirror, "source": plan.source, "kept": dict(plan.kept),
-        "counts": plan.counts(),
-        "destinations": [{"destination": d.destination, "add": dict(d.add),
-                          "update": dict(d.update), "in_sync": list(d.in_sync),
-                          "prune": list(d.prune), "prune_held": d.prune_held,
-                          "held_back": list(d.held_back), "error": d.error}
-                         for d in plan.destinations],
-        "releases": [{"digest": r.digest,
-                      "targets": [{"destination": where, "tags": list(tags)}
-                                  for where, tags in r.targets]}
-                     for r in plan.releases()],
-    }

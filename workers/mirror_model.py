@@ -80,6 +80,9 @@ class DestinationPlan:
     prune_held: str | None = None
     held_back: tuple[str, ...] = ()  # the tags that would have been pruned but for the hold
     error: str | None = None  # this destination could not be compared (it is left alone)
+    # Tags an unfinished release of an earlier run is already sending there, on the source's
+    # digest: not sent again while it runs.
+    pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +115,14 @@ class MirrorPlan:
                 for digest, targets in sorted(by_digest.items())]
 
     def counts(self) -> dict[str, int]:
-        """Totals over the destinations: add, update, prune, in_sync, held_back, errors."""
+        """Totals over the destinations: add, update, prune, in_sync, held_back, pending,
+        errors."""
         return {"add": sum(len(d.add) for d in self.destinations),
                 "update": sum(len(d.update) for d in self.destinations),
                 "prune": sum(len(d.prune) for d in self.destinations),
                 "in_sync": sum(len(d.in_sync) for d in self.destinations),
                 "held_back": sum(len(d.held_back) for d in self.destinations),
+                "pending": sum(len(d.pending) for d in self.destinations),
                 "errors": sum(d.error is not None for d in self.destinations)}
 
 
@@ -136,13 +141,14 @@ class MirrorRun:
     pruned: Mapping[str, Sequence[str]] = field(default_factory=dict)  # destination -> tags
     error: str | None = None  # why it failed (the source could not be listed, ...)
     dry_run: bool = False
+    listed: bool = True  # False: the source could not be listed, so nothing was planned
 
     def to_json(self) -> dict[str, Any]:
         return {"mirror": self.mirror, "trigger": self.trigger, "started_at": self.started_at,
                 "finished_at": self.finished_at, "ok": self.ok, "counts": dict(self.counts),
                 "releases": list(self.releases),
                 "pruned": {k: list(v) for k, v in self.pruned.items()}, "error": self.error,
-                "dry_run": self.dry_run}
+                "dry_run": self.dry_run, "listed": self.listed}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MirrorRun:
@@ -151,7 +157,8 @@ class MirrorRun:
                    ok=bool(data["ok"]), counts=dict(data.get("counts", {})),
                    releases=tuple(data.get("releases", ())),
                    pruned={k: tuple(v) for k, v in data.get("pruned", {}).items()},
-                   error=data.get("error"), dry_run=bool(data.get("dry_run", False)))
+                   error=data.get("error"), dry_run=bool(data.get("dry_run", False)),
+                   listed=bool(data.get("listed", True)))
 
 
 class MirrorBusy(RuntimeError):

@@ -6,7 +6,9 @@ hands the results in; :func:`plan` decides. Per destination, each kept tag is
 - **add**: absent there (no digest given for it counts as absent: copying is idempotent, so the
   worst case is one HEAD);
 - **update**: there, naming another digest;
-- **in sync**: there, on the source's digest.
+- **in sync**: there, on the source's digest;
+- **pending**: not there yet, but an unfinished release of an earlier run is sending it (a
+  big image takes longer than the mirror's interval): not sent twice.
 
 **Prune** (``prune = true`` only) deletes destination tags that are the mirror's own — they pass
 :func:`workers.mirror_filter.matches`: globs, exclude, versions, but not the ``newest`` cut, so a
@@ -42,6 +44,8 @@ class DestinationState:
     # Every tag of the repository there, for prune; None when not listed.
     tags: Sequence[str] | None = None
     error: str | None = None  # why it could not be compared; then it is left alone
+    # Tag -> digest an unfinished release (of an earlier run) is sending there already.
+    pending: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan(mirror: Mirror, kept: Mapping[str, str],
@@ -73,9 +77,12 @@ def _destination(mirror: Mirror, where: str, kept: Mapping[str, str],
     add: dict[str, str] = {}
     update: dict[str, str] = {}
     in_sync: list[str] = []
+    pending: list[str] = []
     for tag, digest in kept.items():
         there = state.digests.get(tag)
-        if there is None:
+        if there != digest and state.pending.get(tag) == digest:
+            pending.append(tag)
+        elif there is None:
             add[tag] = digest
         elif there == digest:
             in_sync.append(tag)
@@ -83,7 +90,7 @@ def _destination(mirror: Mirror, where: str, kept: Mapping[str, str],
             update[tag] = digest
     prune, held, held_back = _prune(mirror, kept, state.tags, prune_over_limit)
     return DestinationPlan(where, add=add, update=update, in_sync=tuple(in_sync), prune=prune,
-                           prune_held=held, held_back=held_back)
+                           prune_held=held, held_back=held_back, pending=tuple(pending))
 
 
 def _prune(mirror: Mirror, kept: Mapping[str, str], tags: Sequence[str] | None,

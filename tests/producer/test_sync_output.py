@@ -41,7 +41,7 @@ def test_the_dry_run_text() -> None:
         "    in sync 1: 1.26.1",
         f"  {QUAY}",
         "    error: listing tags: 403 DENIED",
-        "  2 releases; add 2, update 1, prune 0, in sync 1, held back 3, errors 1",
+        "  2 releases; add 2, update 1, prune 0, in sync 1, held back 3, pending 0, errors 1",
     ])
 
 
@@ -101,7 +101,7 @@ def test_the_json_document() -> None:
         "destination": HARBOR, "add": {"1.27.1": A, "1.27.0": A}, "update": {"1.26.2": B},
         "prune": [], "held_back": ["1.24.0", "1.23.4", "1.23.3"],
         "prune_held": "3 tags to prune, over the limit of 1; run with --prune-over-limit",
-        "in_sync": ["1.26.1"], "error": None}
+        "in_sync": ["1.26.1"], "pending": [], "error": None}
     assert entry["destinations"][1]["error"] == "listing tags: 403 DENIED"
     assert entry["releases"] == [
         {"digest": A, "targets": [{"destination": HARBOR, "tags": ["1.27.0", "1.27.1"]}]},

@@ -153,7 +153,7 @@ def test_releases_one_per_digest_with_tags_per_destination() -> None:
         PlannedRelease(B, ((OTHER, ("1.1",)),)),
     ]
     assert result.counts() == {"add": 3, "update": 1, "prune": 0, "in_sync": 2,
-                               "held_back": 0, "errors": 0}
+                               "held_back": 0, "pending": 0, "errors": 0}
 
 
 def test_no_releases_when_in_sync_or_errored() -> None:
@@ -173,3 +173,16 @@ def test_releases_are_the_same_whatever_order_things_came_in() -> None:
         PlannedRelease(A, ((DEST, ("b",)),)),
         PlannedRelease(B, ((DEST, ("a",)), (OTHER, ("a",)))),
     ]
+
+
+def test_a_tag_an_unfinished_release_is_sending_is_pending_not_sent_again() -> None:
+    mirror = Mirror("m", "src.example/app", ("dst.example/app",))
+    kept = {"1.0": "sha256:" + "a" * 64, "1.1": "sha256:" + "b" * 64, "1.2": "sha256:" + "c" * 64}
+    state = DestinationState(
+        digests={"1.0": None, "1.1": "sha256:" + "0" * 64, "1.2": None}, tags=["1.1"],
+        # 1.0 is being sent on the source's digest; 1.2 on a digest the source left since.
+        pending={"1.0": "sha256:" + "a" * 64, "1.2": "sha256:" + "9" * 64})
+    [dest] = plan(mirror, kept, {"dst.example/app": state}).destinations
+    assert dest.pending == ("1.0",)
+    assert dict(dest.add) == {"1.2": "sha256:" + "c" * 64}
+    assert dict(dest.update) == {"1.1": "sha256:" + "b" * 64}
