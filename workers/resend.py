@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import retry_plan
-from .broker import check_broker, send
+from .queue_access import check_broker, send
 
 if TYPE_CHECKING:
-    from workers.ledger import Ledger, Release
-    from workers.settings import WorkerSettings
+    from .ledger import Ledger, Release
+    from .settings import WorkerSettings
 
 
 def resend(ledger: Ledger, settings: WorkerSettings, release: Release,

@@ -1,5 +1,6 @@
-"""``fanout verify``'s work, for the CLI, the service and Python callers: is what the ledger
-says landed still there, and, with ``repair``, send again what is not.
+"""``fanout verify``'s work, for the CLI, the service, Python callers and the scheduled verify
+(``fanout.verify`` on the workers): is what the ledger says landed still there, and, with
+``repair``, send again what is not.
 
 In order: the releases are chosen and every refusal made from the ledger alone
 (``verify_plan``); then the registries are asked, each distinct reference once
@@ -7,107 +8,84 @@ In order: the releases are chosen and every refusal made from the ledger alone
 its verdict (``verdicts``); the findings per registry are stored for the metrics exporter; and
 the drifted destinations are sent again, release by release, through the path ``fanout retry``
 takes (``resend``), so the workers' tag order rule decides every tag.
+
+The core takes explicit objects (a ledger, the queue's settings, a way to run work on registry
+clients); ``producer/verification.py`` builds them from a command's flags and environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from registry.envconfig import transport_options_from_env
 from registry.errors import InvalidReference
 from registry.reference import Repository, parse_repository
 from registry.retry import RetryPolicy
 from registry.session import Registries
-from workers import verify_metrics
-from workers.metrics import registry_of
-from workers.tag_order import TagOwners
 
-from . import retry_plan, verify_plan
-from .broker import check_broker, connect_ledger, queue_settings
-from .common import UsageError
-from .inputs import credentials
-from .pool import RegistryPool
-from .replay_plan import parse_duration
+from . import retry_plan, verify_metrics, verify_plan
+from .errors import UsageError
+from .metrics import registry_of
+from .queue_access import check_broker
 from .resend import resend
+from .tag_order import TagOwners
 from .verdicts import NOT_LANDED, UNREACHABLE, Report, Verdict, classify, not_landed, tags_of
 from .verify_heads import DEFAULT_CONCURRENCY, VERIFY_RETRY, Answer, Heads, Key
 
 if TYPE_CHECKING:
-    import httpx
-
-    from workers.ledger import Ledger
-    from workers.records import DestinationRecord, Release
-    from workers.settings import WorkerSettings
-    from workers.tag_order import TagOwner
-
+    from .ledger import Ledger
+    from .records import DestinationRecord, Release
+    from .settings import WorkerSettings
+    from .tag_order import TagOwner
     from .verify_plan import Target
 
 log = logging.getLogger("fanout.verify")
 
+Checks = Callable[[Registries], Coroutine[Any, Any, list[Verdict]]]
+# Runs the checks on registry clients: a pool of the run's own, fanout serve's long-lived pool,
+# or a worker's engine pool. Given the retry policy the requests should have.
+RunChecks = Callable[[Checks, RetryPolicy], list[Verdict]]
+
 
 def verify(
-    release_ids: Sequence[str] = (),
-    *,
-    since: float | str | None = None,
+    ledger: Ledger, settings: WorkerSettings, run: RunChecks,
+    release_ids: Sequence[str] = (), *,
+    since: float | None = None,
     only: Collection[str] | None = None,
     source_repo: str | None = None,
     repair: bool = False,
-    env: Mapping[str, str] | None = None,
-    broker_url: str | None = None,
-    ledger: Ledger | None = None,
-    insecure_registries: Sequence[str] = (),
-    ca_bundle: str | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     retry: RetryPolicy = VERIFY_RETRY,
     clock: Callable[[], float] = time.time,
-    pool: RegistryPool | None = None,
 ) -> Report:
-    """Verify the named releases (or those of the last ``since``: seconds, or ``"7d"``);
-    ``only``: just these destination repositories; ``source_repo``: just releases from it.
+    """Verify the named releases (or those created in the last ``since`` seconds); ``only``:
+    just these destination repositories; ``source_repo``: just releases from it.
 
-    Bad input (an unknown release, a bad duration, ``repair`` of a named release still under
-    way, a broker that is down when repairing) raises a ``UsageError`` before any registry
-    is contacted. ``pool``: a long-lived process's registry clients (``fanout serve``'s),
-    instead of a pool of the run's own."""
+    Bad input (an unknown release, ``repair`` of a named release still under way, a broker
+    that is down when repairing) raises a ``UsageError`` before any registry is contacted.
+    ``settings``: where a repair is sent."""
     if concurrency < 1:
         raise UsageError(f"concurrency must be at least 1, not {concurrency}")
-    seconds = parse_duration(since) if isinstance(since, str) else since
-    env = os.environ if env is None else env
-    settings = queue_settings(env, broker_url)
-    if ledger is None:
-        ledger = connect_ledger(settings)
     targets = verify_plan.select(ledger, release_ids,
-                                 None if seconds is None else clock() - seconds,
+                                 None if since is None else clock() - since,
                                  source_repo=source_repo, only=only)
     held = verify_plan.hold_back(targets, named=bool(release_ids)) if repair else {}
     if repair and targets:
         check_broker(settings.broker_url, settings)  # a repair that cannot be sent: say so now
-    options = transport_options_from_env(env, insecure=list(insecure_registries),
-                                         ca_bundle=ca_bundle)
 
     # Only read here: the ttl is for the workers' writes.
     owners = TagOwners(ledger.client, ttl=1)
 
-    async def run(registries: Registries) -> list[Verdict]:
+    async def checks(registries: Registries) -> list[Verdict]:
         heads = Heads(registries, concurrency=concurrency, retry=retry)
         return await check(targets, heads, owners.get_many)
 
-    async def own_pool() -> list[Verdict]:
-        async with Registries(credentials(env), options, transport=transport,
-                              retry=retry) as registries:
-            return await run(registries)
-
-    verdicts: list[Verdict] = []
-    if targets:
-        verdicts = pool.run(run) if pool is not None else asyncio.run(own_pool())
+    verdicts = run(checks, retry) if targets else []
     report = Report(verdicts, checked_at=clock(), held=held)
     _store_findings(ledger.client, verdicts, report.checked_at)
     if repair:

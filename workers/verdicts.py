@@ -21,13 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .output import short_digest
-
 if TYPE_CHECKING:
     from registry.errors import RegistryError
-    from workers.records import DestinationRecord, Release
-    from workers.tag_order import TagOwner
 
+    from .records import DestinationRecord, Release
+    from .tag_order import TagOwner
     from .verify_heads import Answer, Key
 
 IN_PLACE = "in place"
@@ -215,3 +213,8 @@ def _detail(digest: str, state: str, present: str, error: RegistryError | None,
         placed = [t.tag for t in tags if t.state == IN_PLACE]
         parts.insert(0, short_digest(digest) + (f" tagged {', '.join(placed)}" if placed else ""))
     return "; ".join(parts)
+
+
+def short_digest(digest: str) -> str:
+    """The digest cut as ``fanout status`` prints it (``producer/output.py``)."""
+    return digest[:19] if digest else "-"

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from registry.errors import InvalidReference
 from registry.reference import parse_reference
 
-from .common import UsageError
+from .errors import UsageError
 
 if TYPE_CHECKING:
-    from workers.ledger import Ledger, Release
+    from .ledger import Ledger, Release
 
 # The arguments a task was sent with that a retry sends again; the rest are the retry's own.
 _KEPT = ("source", "tags", "referrers")

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from registry.errors import InvalidReference
 from registry.reference import parse_reference
 
-from .common import ReleaseNotFound, UsageError
+from .errors import ReleaseNotFound, UsageError
 
 if TYPE_CHECKING:
-    from workers.ledger_reader import LedgerReader
-    from workers.records import Release
+    from .ledger_reader import LedgerReader
+    from .records import Release
 
 
 class RepairRefused(UsageError):
