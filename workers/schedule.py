@@ -103,3 +103,7 @@ class ConfiguredScheduler(PersistentScheduler):  # type: ignore[misc]  # celery 
     def setup_schedule(self) -> None:
         self.app.conf.beat_schedule = load(os.environ)
         super().setup_schedule()
+
+    def install_default_entries(self, data: Any) -> None:
+        # Celery's only default entry cleans a result backend up; the app keeps no results.
+        return
