@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from registry.reference import Reference
 
 COLUMNS = ("DESTINATION", "READY", "SCHEME", "AUTH", "CREDENTIALS", "PULL", "PUSH",
-           "REPOSITORY", "MOUNTS", "REFERRERS", "CHUNKS")
+           "REPOSITORY", "MOUNTS", "REFERRERS", "DELETE", "CHUNKS")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,9 +32,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="For each DEST: is the registry reachable (and over HTTPS or HTTP), which "
                     "auth it asks for and whether the credentials work, whether fanout may "
                     "pull and push there (an upload is opened and cancelled: nothing is "
-                    "written), whether the repository exists, and what is known of mounts, "
-                    "the referrers API and chunk rules. Exit 0 when every destination is "
-                    "ready, 1 when any is not, 2 for usage errors (nothing contacted).",
+                    "written), whether the repository exists, whether it may delete there "
+                    "(for a mirror's prune: a digest no manifest has is deleted), and what "
+                    "is known of mounts, the referrers API and chunk rules. Exit 0 when "
+                    "every destination is ready, 1 when any is not, 2 for usage errors "
+                    "(nothing contacted).",
     )
     parser.add_argument("destinations", metavar="DEST", nargs="+",
                         help="repository, optionally with a tag")
@@ -93,6 +95,13 @@ def _answer(value: bool | None) -> str:
     return "unknown" if value is None else "yes" if value else "no"
 
 
+def delete_text(check: DestinationCheck) -> str:
+    """``yes``, ``disabled`` (at the registry), ``denied`` (to these credentials), ``unknown``."""
+    if check.delete:
+        return "yes"
+    return check.delete_refusal or "unknown"
+
+
 def chunk_text(check: DestinationCheck) -> str:
     """The chunk rules known: ``min 5.2 MB, max 100.0 MB, chunks only``, or ``-``."""
     parts = []
@@ -118,6 +127,7 @@ def row(check: DestinationCheck) -> tuple[str, ...]:
         _answer(check.repository_exists) if reached else "-",
         _answer(check.mounts),
         _answer(check.referrers_api) if reached else "-",
+        delete_text(check) if reached else "-",
         chunk_text(check),
     )
 

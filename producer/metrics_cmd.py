@@ -1,7 +1,10 @@
 """``fanout metrics``: a Prometheus exporter reading the counters, queues and ledger in Redis.
 
 Every scrape reads Redis afresh (``workers/metrics.py``), so exporters on any number of hosts
-report the same numbers, and one that restarts loses nothing.
+report the same numbers, and one that restarts loses nothing. Mirrors' metrics
+(``workers/mirror_metrics.py``) are those of the config file's ``[[mirrors]]`` when there is a
+file (``--config``, ``FANOUT_CONFIG``, ``./fanout.toml``), else of every mirror Redis recorded
+a run of within its retention.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0: all)")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
                         help=f"port to listen on (default {DEFAULT_PORT})")
+    parser.add_argument("--config", metavar="FILE",
+                        help="fanout.toml whose [[mirrors]] are reported (default: "
+                             "FANOUT_CONFIG, else ./fanout.toml if there is one; without a "
+                             "file, every mirror with a recent run in Redis)")
     parser.set_defaults(run=run)
 
 
@@ -52,9 +59,17 @@ def run(args: argparse.Namespace) -> int:
 
     from workers.connections import is_redis_url, redact, redis_client
     from workers.metrics import LedgerCollector
+    from workers.mirror_metrics import MirrorCollector
     from workers.settings import WorkerSettings
 
+    from .config import load_config
+
     settings = WorkerSettings.from_env(os.environ)
+    config = load_config(args.config, os.environ)
+    # Until fanout.toml's [[mirrors]] are read (issue 16), a file has none: report what Redis has.
+    mirrors = getattr(config, "mirrors", None)
+    names = [m.name for m in mirrors] if config.path is not None and mirrors is not None \
+        else None
     # A scrape has its own deadline (10 s by default): one try, and "down" if Redis does not
     # answer, rather than backing off past it.
     options = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0,
@@ -64,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
               if is_redis_url(settings.broker_url) else None)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, broker, retention=settings.retention))
+    registry.register(MirrorCollector(ledger, names))
     try:
         server, _ = start_http_server(args.port, addr=args.host, registry=registry)
     except OSError as exc:

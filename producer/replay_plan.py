@@ -8,11 +8,11 @@ the tag order rule says, whatever order the replayed copies finish in.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from registry import envconfig
 from registry.errors import InvalidReference
 from registry.reference import parse_reference
 
@@ -20,10 +20,6 @@ from .common import UsageError
 
 if TYPE_CHECKING:
     from workers.ledger import Ledger, Release
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
 @dataclass(frozen=True)
@@ -38,14 +34,10 @@ class Replay:
 
 def parse_duration(text: str) -> float:
     """``30s``, ``90m``, ``2h``, ``7d``, ``1w``, ``1h30m`` → seconds; UsageError naming it."""
-    compact = text.strip().lower()
-    if not _DURATION.fullmatch(compact):
-        raise UsageError(f"bad duration {text!r}: give a number and a unit, s, m, h, d or w "
-                         "(e.g. 90m, 7d, 1h30m)")
-    seconds = sum(float(number) * _UNITS[unit] for number, unit in _PART.findall(compact))
-    if seconds <= 0:
-        raise UsageError(f"bad duration {text!r}: must be more than zero")
-    return seconds
+    try:
+        return envconfig.parse_duration(text)
+    except envconfig.ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def plan(ledger: Ledger, since: float, *, source_repo: str | None = None) -> list[Replay]:

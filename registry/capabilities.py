@@ -42,6 +42,12 @@ class Capabilities:
     mounts_refused: bool = False
     # GET /v2/<name>/referrers/<digest> answers with a real OCI index.
     referrers_api: bool | None = None
+    # DELETE of manifests at all. False: the registry answers 405 UNSUPPORTED to every
+    # DELETE (distribution's ``storage.delete.enabled: false``), whatever the repository.
+    deletes: bool | None = None
+    # DELETE /v2/<name>/manifests/<tag> (OCI 1.1). False: refused (distribution 2.8 answers
+    # 400 DIGEST_INVALID), so an untag goes by digest without asking again.
+    delete_by_tag: bool | None = None
 
     def learn_chunk_min(self, size: int) -> None:
         self.chunk_min = max(self.chunk_min, size)

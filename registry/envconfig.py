@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
@@ -57,6 +58,24 @@ def parse_size(text: str, *, name: str = "size") -> int:
     if value <= 0:
         raise ConfigError(f"{name} {text!r} must be positive")
     return value
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``90m``, ``2h``, ``7d``, ``1w``, ``1h30m`` → seconds, more than zero."""
+    compact = text.strip().lower()
+    if not _DURATION.fullmatch(compact):
+        raise ConfigError(f"bad duration {text!r}: give a number and a unit, s, m, h, d or w "
+                          "(e.g. 90m, 7d, 1h30m)")
+    seconds = sum(float(number) * _DURATION_UNITS[unit]
+                  for number, unit in _DURATION_PART.findall(compact))
+    if seconds <= 0:
+        raise ConfigError(f"bad duration {text!r}: must be more than zero")
+    return seconds
 
 
 def transport_options_from_env(

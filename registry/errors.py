@@ -16,6 +16,7 @@
         ├── Unauthorized               401 after a fresh token
         ├── Denied                     403 or DENIED
         ├── TagImmutable               a tag PUT refused: the tag is immutable there (immutable.py)
+        ├── CannotUntag                a tag that cannot be deleted there (untag.py)
         ├── NotFound                   404, NAME_UNKNOWN, MANIFEST_UNKNOWN, BLOB_UNKNOWN
         ├── DigestMismatch             bytes that do not hash to the digest asked for
         ├── SizeMismatch               bytes whose length is not the descriptor's size
@@ -184,6 +185,23 @@ class TagImmutable(PermanentError):
         self.tag = tag
         self.answer = answer
         self.current = current
+
+
+class CannotUntag(PermanentError):
+    """``tag`` cannot be deleted at this registry without deleting more than it.
+
+    ``reason`` is ``"deletes-disabled"`` (the registry deletes no manifest at all) or
+    ``"shared-digest"`` (it refuses DELETE by tag, and deleting ``digest`` would also delete
+    ``also_tagged``). Not a :class:`Denied`: it says nothing about who we are.
+    """
+
+    def __init__(self, message: str, *, tag: str, reason: str, digest: str | None = None,
+                 also_tagged: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.tag = tag
+        self.reason = reason
+        self.digest = digest
+        self.also_tagged = also_tagged
 
 
 class NotFound(PermanentError):

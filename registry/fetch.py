@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import httpx
 from . import scopes
 from .bounded import read_bounded
 from .client import RegistryClient
-from .errors import Denied, InvalidManifest, NotFound, ProtocolError, UnexpectedStatus
+from .errors import Denied, InvalidManifest, NotFound, ProtocolError
 from .manifest import (
     ACCEPT_MANIFESTS,
     MAX_MANIFEST_BYTES,
@@ -156,12 +155,10 @@ async def _blob_get(
         yield response
 
 
-# -- listings: tags and referrers, each possibly paginated through ``Link`` -------------------
+# -- listings: referrers here, tags in registry.tags; each possibly paginated through ``Link`` --
 
 # A listing that never ends is a broken or hostile registry, not a repository worth reading.
 _MAX_PAGES = 1000
-# Asked of the registry per page; one that wants fewer answers with fewer and a ``Link``.
-TAGS_PAGE_SIZE = 1000
 
 
 def _next_page(client: RegistryClient, response: httpx.Response) -> str | None:
@@ -170,7 +167,7 @@ def _next_page(client: RegistryClient, response: httpx.Response) -> str | None:
     return client.resolve(response, link) if link else None
 
 
-async def _get_listing(
+async def listing_page(
     client: RegistryClient, repository: str, url: str, *, what: str, accept: str | None = None,
     params: dict[str, str] | None = None,
 ) -> tuple[bytes, str, str | None]:
@@ -185,45 +182,6 @@ async def _get_listing(
                                 method="GET", url=response.request.url)
         return (body, response.headers.get("content-type", ""),
                 _next_page(client, response))
-
-
-async def tags_list(
-    client: RegistryClient, repository: str, *, page_size: int = TAGS_PAGE_SIZE,
-) -> list[str]:
-    """Every tag of ``repository``, following ``Link`` pages; [] when the repository is unknown."""
-    url: str | None = f"/v2/{repository}/tags/list"
-    params: dict[str, str] | None = {"n": str(page_size)}
-    tags: list[str] = []
-    seen_urls: set[str] = set()
-    for _ in range(_MAX_PAGES):
-        if url is None or url in seen_urls:
-            return tags
-        seen_urls.add(url)
-        try:
-            body, _, next_url = await _get_listing(
-                client, repository, url, params=params, what=f"list tags of {repository}")
-        except NotFound:
-            return tags
-        except UnexpectedStatus as exc:
-            # A registry whose page limit is below ours may refuse ``n`` outright (400):
-            # ask again without it and let the registry pick the page size.
-            if exc.status != 400 or not params:
-                raise
-            seen_urls.discard(url)
-            params = None
-            continue
-        try:
-            page = json.loads(body)
-            names = page.get("tags") or []
-        except (ValueError, AttributeError):
-            raise ProtocolError(f"list tags of {repository}: the answer is not a tag list",
-                                method="GET", url=client.url(url)) from None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ProtocolError(f"list tags of {repository}: tags is not a list of strings",
-                                method="GET", url=client.url(url))
-        tags.extend(names)
-        url, params = next_url, None  # the Link carries its own n and last
-    raise ProtocolError(f"list tags of {repository}: more than {_MAX_PAGES} pages")
 
 
 async def referrers_get(
@@ -243,7 +201,7 @@ async def referrers_get(
         if url is None or url in seen_urls:
             return tuple(found)
         seen_urls.add(url)
-        body, content_type, next_url = await _get_listing(
+        body, content_type, next_url = await listing_page(
             client, repository, url, params=params, accept=OCI_INDEX,
             what=f"list referrers of {repository}@{digest[:19]}")
         index = parse_manifest(body, content_type)

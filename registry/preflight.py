@@ -15,6 +15,7 @@ A copy needs pull as well as push at the destination (it checks what is there be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from .errors import (
 from .fetch import manifest_head, referrers_get
 from .push import upload_cancel, upload_start
 from .reference import Reference, Repository
+from .untag import DeleteAccess, probe_deletes
 
 if TYPE_CHECKING:
     from .capabilities import Capabilities
@@ -76,6 +78,9 @@ class DestinationCheck:
     whole_blob: bool | None  # False: the registry takes blobs only in chunks
     chunk_min: int | None
     chunk_max: int | None
+    # May manifests be deleted (a mirror's prune)? Not needed to be ready.
+    delete: bool | None = None
+    delete_refusal: str | None = None  # "disabled" (at the registry) or "denied" (to us)
     problems: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +105,7 @@ class _Findings:
     push: bool | None = None
     exists: bool | None = None
     referrers: bool | None = None
+    delete: DeleteAccess | None = None
     chunk_min: int = 0
     pull_error: RegistryError | None = None
     push_error: RegistryError | None = None
@@ -148,6 +154,8 @@ class _Findings:
             whole_blob=caps.whole_blob if caps is not None else None,
             chunk_min=chunk_min or None,
             chunk_max=caps.chunk_max if caps is not None else None,
+            delete=None if self.delete is None else self.delete == "allowed",
+            delete_refusal=self.delete if self.delete not in (None, "allowed") else None,
             problems=tuple(self.problems),
         )
 
@@ -191,6 +199,7 @@ async def check_destination(
         # says reading is allowed after all.
         found.pull, found.pull_error = True, None
     await _check_push(client, found)
+    await _check_delete(client, found)
     await _check_referrers(client, found)
     _explain_access(found)
     return found.result(client.capabilities)
@@ -261,6 +270,12 @@ async def _check_push(client: RegistryClient, found: _Findings) -> None:
     await upload_cancel(client, session)
     found.push = True
     found.chunk_min = session.chunk_min
+
+
+async def _check_delete(client: RegistryClient, found: _Findings) -> None:
+    # A failure leaves it unknown: deletes matter to a mirror's prune, not to a copy.
+    with contextlib.suppress(RegistryError):
+        found.delete = await probe_deletes(client, found.repository.path)
 
 
 async def _check_referrers(client: RegistryClient, found: _Findings) -> None:

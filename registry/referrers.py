@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from .client import RegistryClient
 from .errors import NotFound, PermanentError
-from .fetch import manifest_get, manifest_head, referrers_get, tags_list
+from .fetch import manifest_get, referrers_get
 from .gather import all_of
 from .manifest import OCI_INDEX, Descriptor, Manifest, is_index_media_type
 from .options import CopyOptions
@@ -40,6 +40,7 @@ from .referrers_index import fallback_tag
 from .retry import retry_async
 from .session import Registries
 from .singleflight import SingleFlight
+from .tags import list_tags, resolve_tag
 
 T = TypeVar("T")
 log = logging.getLogger("fanout.referrers")
@@ -223,8 +224,10 @@ class ReferrerFinder:
                                    functools.partial(self._listing, client, repository))
 
     async def _listing(self, client: RegistryClient, repository: Repository) -> frozenset[str]:
-        return frozenset(await self._retry(lambda: tags_list(client, repository.path),
-                                           f"list tags of {repository}"))
+        try:
+            return frozenset(await list_tags(client, repository.path, retry=self.options.retry))
+        except NotFound:
+            return frozenset()  # a repository not there yet has no fallback tags
 
     async def _kept(self, repository: Repository, descriptor: Descriptor) -> bool:
         wanted = self.options.referrer_types
@@ -238,16 +241,10 @@ class ReferrerFinder:
         return artifact_type in wanted
 
     async def _resolve_tag(self, client: RegistryClient, repository: Repository, tag: str) -> str:
-        info = await self._retry(lambda: manifest_head(client, repository.path, tag),
-                                 f"check {repository}:{tag}")
-        if info is None:
+        digest = await resolve_tag(client, repository.path, tag, retry=self.options.retry)
+        if digest is None:
             raise NotFound(f"{repository}:{tag} was listed but is gone")
-        if info.digest:
-            return info.digest
-        # A registry that does not say the digest on HEAD: hash what it serves.
-        manifest = await self._retry(lambda: manifest_get(client, repository.path, tag),
-                                     f"get {repository}:{tag}")
-        return manifest.digest
+        return digest
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_async(self.options.retry, operation, what=what)

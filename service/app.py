@@ -25,7 +25,7 @@ from producer.pool import RegistryPool
 from workers import connections
 from workers.ledger import Ledger
 
-from . import events, hooks, page, releases, verify
+from . import events, hooks, mirrors, page, releases, verify
 from .config import ServeConfig
 from .errors import ApiError
 from .limits import READ_TIMEOUT, BodyLimits
@@ -64,6 +64,7 @@ def create_app(config: ServeConfig, env: Mapping[str, str], *, ledger: Ledger | 
     app.include_router(verify.router)
     app.include_router(events.router)
     app.include_router(hooks.router)
+    app.include_router(mirrors.router)
     app.include_router(page.router)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]

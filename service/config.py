@@ -19,7 +19,7 @@
     secret_env = "FANOUT_GITHUB_HOOK_SECRET" # the HMAC secret, read from the environment
     registry = "ghcr.io"                     # the host pushed repositories are named under
 
-The destination sets and registry options are :mod:`producer.config`'s; this module adds the
+The destination sets and registry options are :mod:`workers.config_file`'s; this module adds the
 sections only the service reads, and checks them once at start: a bad file stops the server
 with a message naming the key, rather than failing each request.
 """
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.config import DEFAULT_FILE, FanoutConfig, parse_config
 from registry.envconfig import ConfigError
+from workers.config_file import DEFAULT_FILE, FanoutConfig, parse_config
 
 HOOK_KINDS = ("distribution", "harbor", "github", "dockerhub", "quay")
 DEFAULT_DEDUP_SECONDS = 600.0

@@ -74,7 +74,8 @@
   function releaseSection(release, now) {
     const state = overallState(release);
     const rows = Object.entries(release.destinations).map(([n, d]) => destinationRow(n, d));
-    return el("section", {class: "release", "data-release": release.id, "data-state": state},
+    return el("section", {class: "release", id: "release-" + release.id,
+                          "data-release": release.id, "data-state": state},
       el("h2", {}, el("span", {class: "state"}, state), " ",
          el("code", {class: "id"}, release.id)),
       el("p", {class: "meta"},

@@ -1,6 +1,8 @@
 """``GET /``: the release page. The newest releases, each destination's state, attempts, bytes
 and last error, rendered here and kept current by a small script (``page.js``) that polls
-``GET /v1/releases``.
+``GET /v1/releases``. Below them, the configured mirrors with their last run (as the page was
+loaded; ``GET /v1/mirrors`` has them live), each release a run made linked to its section when
+it is on the page.
 
 A browser gives its token as the password of HTTP Basic auth, so the page's 401 challenges with
 Basic alone. Everything from the ledger (sources, destination names, errors) is chosen by
@@ -14,7 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from importlib.resources import files
 
@@ -23,10 +25,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from producer.output import human_bytes, short_digest
+from workers.mirror_model import Mirror
+from workers.mirror_runs import MirrorRuns, MirrorState
 from workers.records import DestinationRecord, Release
 
 from .auth import authenticate
 from .errors import ApiError
+from .mirrors import configured_mirrors
 from .state import state_of
 
 router = APIRouter(include_in_schema=False)
@@ -62,12 +67,15 @@ def page(request: Request) -> HTMLResponse:
     except ApiError:
         return _answer(401, "Sign in", "<p>No valid token: give a token as the password (the "
                                        "user name is ignored).</p>", CHALLENGE)
+    mirrors = configured_mirrors(state.config)
     try:
         releases = state.ledger.recent_releases(RECENT)
+        runs = MirrorRuns(state.redis).states(m.name for m in mirrors) if mirrors else {}
     except (redis.RedisError, OSError) as exc:
         return _answer(503, "Unavailable", f"<p>The ledger is unreachable "
                                            f"({escape(type(exc).__name__)}).</p>")
-    return HTMLResponse(render(releases, now=time.time()), headers=HEADERS)
+    return HTMLResponse(render(releases, now=time.time(),
+                               mirrors=[(m, runs[m.name]) for m in mirrors]), headers=HEADERS)
 
 
 def _answer(status: int, title: str, body: str,
@@ -77,9 +85,12 @@ def _answer(status: int, title: str, body: str,
     return HTMLResponse(text, status_code=status, headers={**HEADERS, **(headers or {})})
 
 
-def render(releases: Sequence[Release], *, now: float) -> str:
-    """The whole page: the releases as the script draws them too, the script and the style."""
+def render(releases: Sequence[Release], *, now: float,
+           mirrors: Sequence[tuple[Mirror, MirrorState]] = ()) -> str:
+    """The whole page: the releases as the script draws them too, the mirrors (none: no
+    section), the script and the style."""
     sections = "".join(_release(r, now) for r in releases) or _EMPTY
+    shown = {r.id for r in releases}
     return (
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -88,6 +99,7 @@ def render(releases: Sequence[Release], *, now: float) -> str:
         "<p id=\"status\" data-state=\"loaded\">As the page was loaded; live updates start "
         "in a second (they need JavaScript).</p>\n"
         f"<main id=\"releases\" data-limit=\"{RECENT}\">{sections}</main>\n"
+        f"{_mirrors(mirrors, shown, now)}"
         f"<script>{_SCRIPT}</script>\n</body>\n</html>\n")
 
 
@@ -105,7 +117,8 @@ def _release(release: Release, now: float) -> str:
     state = release_state(release)
     rows = "".join(_destination(name, d) for name, d in release.destinations.items())
     return (
-        f"<section class=\"release\" data-release=\"{_e(release.id)}\" "
+        f"<section class=\"release\" id=\"release-{_e(release.id)}\" "
+        f"data-release=\"{_e(release.id)}\" "
         f"data-state=\"{_e(state)}\">"
         f"<h2><span class=\"state\">{_e(state)}</span> <code class=\"id\">{_e(release.id)}"
         "</code></h2>"
@@ -136,6 +149,53 @@ def _destination(name: str, record: DestinationRecord) -> str:
         f"<td class=\"attempts\">{record.attempts}</td>"
         f"<td class=\"bytes\">{_e(human_bytes(record.bytes))}</td>"
         f"<td class=\"error\">{_e(error)}</td></tr>")
+
+
+def _mirrors(mirrors: Sequence[tuple[Mirror, MirrorState]], shown: set[str],
+             now: float) -> str:
+    if not mirrors:
+        return ""
+    rows = "".join(_mirror(m, state, shown, now) for m, state in mirrors)
+    return ("<section id=\"mirrors\"><h2>Mirrors</h2><table><thead><tr><th>mirror</th>"
+            "<th>last run</th><th>tags</th><th>releases</th><th>error</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>\n")
+
+
+_COUNTS = (("add", "add"), ("update", "update"), ("prune", "prune"), ("in_sync", "in sync"),
+           ("held_back", "held back"))
+
+
+def _mirror(mirror: Mirror, state: MirrorState, shown: set[str], now: float) -> str:
+    run = state.last
+    where = f"set {mirror.to}" if mirror.to else ", ".join(mirror.destinations)
+    label = (f"{_e(mirror.name)} <span class=\"source\">{_e(mirror.source)} → "
+             f"{_e(where)}</span>")
+    if run is None:
+        word, when, counts, releases, error = "never", "not run yet", "", "", ""
+    else:
+        word = "succeeded" if run.ok else "failed"
+        when = f"{'ok' if run.ok else 'failed'} {age(now - run.finished_at)} ago"
+        counts = _counts(run.counts)
+        releases = " ".join(_release_link(r, shown) for r in run.releases)
+        error = run.error or ""
+    if state.failing_since is not None:
+        when += f" · failing since {age(now - state.failing_since)} ago"
+        if state.last_success is not None:
+            when += f" · last ok {age(now - state.last_success)} ago"
+    return (f"<tr class=\"mirror\" data-mirror=\"{_e(mirror.name)}\" data-state=\"{word}\">"
+            f"<td class=\"name\">{label}</td><td class=\"state\">{_e(when)}</td>"
+            f"<td class=\"counts\">{_e(counts)}</td><td class=\"releases\">{releases}</td>"
+            f"<td class=\"error\">{_e(error)}</td></tr>")
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return " · ".join(f"{label} {int(counts.get(key, 0))}" for key, label in _COUNTS)
+
+
+def _release_link(release_id: str, shown: set[str]) -> str:
+    if release_id in shown:
+        return f"<a href=\"#release-{_e(release_id)}\"><code>{_e(release_id)}</code></a>"
+    return f"<code>{_e(release_id)}</code>"
 
 
 def superseded_text(superseded: dict[str, str]) -> str:

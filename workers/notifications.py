@@ -20,6 +20,10 @@ notification, so a receiver can drop a repeat) and, with a secret, GitHub's sign
 ``X-Fanout-Signature-256: sha256=<hex HMAC-SHA256 of the body>``. The secret and the URLs stay
 in the workers' environment: a webhook URL is often a credential itself (Slack's are).
 
+A mirror failing for longer than two of its intervals, and its recovery, go out the same way
+to the same URLs (``workers/mirror_alerts.py``): ``X-Fanout-Event: mirror.failing`` or
+``mirror.recovered``, ``X-Fanout-Mirror: <name>``, and the alert's document as the body.
+
 Settings: ``workers/notify_settings.py``. Worst case with the defaults: 9 POSTs within about
 16 minutes, then the notification is given up (logged). A worker killed mid-POST has its message
 delivered again, and the POST may repeat: ``X-Fanout-Delivery`` is the receiver's way to tell.
@@ -55,16 +59,22 @@ from .notify_settings import NotifySettings, Target
 from .records import Release
 from .release_document import release_document
 from .routing import DEFAULT_QUEUE, queue_for
-from .slack import slack_message
+from .slack import mirror_slack_message, slack_message
 
 log = logging.getLogger("fanout.notify")
 
 NOTIFY_TASK_NAME = "fanout.notify"
 EVENT = "release.finished"
+# A mirror failing for longer than two of its intervals, and its recovery (mirror_alerts.py).
+MIRROR_FAILING = "mirror.failing"
+MIRROR_RECOVERED = "mirror.recovered"
+EVENTS = (EVENT, MIRROR_FAILING, MIRROR_RECOVERED)
 _KEY_PREFIX = "fanout:notify:"
 # X-Fanout-Delivery ids are uuid5s of (release, epoch, URL id) in this namespace.
 _DELIVERY_NAMESPACE = uuid.UUID("6f1c0f3e-8a52-4c1b-9a55-3f0c2d7b9e41")
 _REASON_MAX = 300
+# A mirror's events name it as their subject where a release's name the release.
+MIRROR_SUBJECT = "mirror:"
 
 
 # -- the request ------------------------------------------------------------------------------
@@ -75,27 +85,35 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def delivery_id(release_id: str, epoch: int, target_id: str) -> str:
+def delivery_id(release_id: str, epoch: int, target_id: str, event: str = EVENT) -> str:
     """The same for every retry of one notification, different for every other."""
-    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{release_id}\n{epoch}\n{target_id}"))
+    name = f"{release_id}\n{epoch}\n{target_id}" + ("" if event == EVENT else f"\n{event}")
+    return str(uuid.uuid5(_DELIVERY_NAMESPACE, name))
 
 
-def body_for(document: Mapping[str, Any], fmt: str) -> bytes:
-    """The bytes POSTed: the release document, or a Slack message summarising it."""
-    payload = slack_message(document) if fmt == "slack" else document
+def body_for(document: Mapping[str, Any], fmt: str, event: str = EVENT) -> bytes:
+    """The bytes POSTed: the document, or a Slack message summarising it."""
+    if fmt == "slack":
+        payload = slack_message(document) if event == EVENT else mirror_slack_message(document)
+    else:
+        payload = dict(document)
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
 def headers_for(body: bytes, *, release_id: str, epoch: int, target_id: str,
-                secret: str | None) -> dict[str, str]:
+                secret: str | None, event: str = EVENT) -> dict[str, str]:
+    """``release_id``: the release, or ``mirror:<name>`` for a mirror's events."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "fanout-notify",
-        "X-Fanout-Event": EVENT,
-        "X-Fanout-Delivery": delivery_id(release_id, epoch, target_id),
-        "X-Fanout-Release": release_id,
+        "X-Fanout-Event": event,
+        "X-Fanout-Delivery": delivery_id(release_id, epoch, target_id, event),
         "X-Fanout-Epoch": str(epoch),
     }
+    if event == EVENT:
+        headers["X-Fanout-Release"] = release_id
+    else:
+        headers["X-Fanout-Mirror"] = release_id.removeprefix(MIRROR_SUBJECT)
     if secret is not None:
         headers["X-Fanout-Signature-256"] = sign(secret, body)
     return headers
@@ -133,20 +151,29 @@ def reason_of(error: RegistryError, target: Target) -> str:
 
 @dataclass(frozen=True, slots=True)
 class NotifyJob:
-    """One notification: release ``release_id`` became final at ``epoch``; tell ``target``."""
+    """One notification: release ``release_id`` became final at ``epoch``; tell ``target``.
+
+    A mirror's events (``event`` other than ``release.finished``) name ``mirror:<name>`` as
+    ``release_id`` and its outage (when it began, in whole seconds) as ``epoch``."""
 
     release_id: str
     epoch: int
     target: str
     document: dict[str, Any]
+    event: str = EVENT
 
     @property
     def task_id(self) -> str:
-        return f"notify:{self.release_id}:{self.epoch}:{self.target}"
+        tail = "" if self.event == EVENT else f":{self.event}"
+        return f"notify:{self.release_id}:{self.epoch}:{self.target}{tail}"
 
     def to_kwargs(self) -> dict[str, Any]:
-        return {"release_id": self.release_id, "epoch": self.epoch, "target": self.target,
-                "document": self.document}
+        kwargs = {"release_id": self.release_id, "epoch": self.epoch, "target": self.target,
+                  "document": self.document}
+        # Only when it is not the default: a release's message reads as it always has.
+        if self.event != EVENT:
+            kwargs["event"] = self.event
+        return kwargs
 
     @classmethod
     def parse(cls, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> NotifyJob:
@@ -154,16 +181,17 @@ class NotifyJob:
         if args:
             raise ValueError("fanout.notify takes keyword arguments only")
         names = {"release_id", "epoch", "target", "document"}
-        if set(kwargs) != names:
-            raise ValueError(f"fanout.notify wants exactly {sorted(names)}, got "
-                             f"{sorted(map(str, kwargs))}")
+        if set(kwargs) - {"event"} != names:
+            raise ValueError(f"fanout.notify wants exactly {sorted(names)} (and optionally "
+                             f"event), got {sorted(map(str, kwargs))}")
         release_id, epoch = kwargs["release_id"], kwargs["epoch"]
         target, document = kwargs["target"], kwargs["document"]
+        event = kwargs.get("event", EVENT)
         if not (isinstance(release_id, str) and release_id and isinstance(target, str)
                 and isinstance(epoch, int) and not isinstance(epoch, bool)
-                and isinstance(document, dict)):
+                and isinstance(document, dict) and event in EVENTS):
             raise ValueError("fanout.notify: malformed arguments")
-        return cls(release_id, epoch, target, document)
+        return cls(release_id, epoch, target, document, event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +231,8 @@ class DeliveryLog:
 
     @staticmethod
     def key(job: NotifyJob) -> str:
-        return f"{_KEY_PREFIX}{job.release_id}:{job.epoch}:{job.target}"
+        tail = "" if job.event == EVENT else f":{job.event}"
+        return f"{_KEY_PREFIX}{job.release_id}:{job.epoch}:{job.target}{tail}"
 
     def claim(self, key: str, lease: float) -> str | None:
         """A token when this delivery may POST now, else None (see :meth:`state`)."""
@@ -267,9 +296,10 @@ class Notifier:
                          target.shown, job.epoch, state)
                 return Skipped(f"already {state}")
             return RetryLater(self.lease, "another delivery of this notification is under way")
-        body = body_for(job.document, self.settings.format)
+        body = body_for(job.document, self.settings.format, job.event)
         headers = headers_for(body, release_id=job.release_id, epoch=job.epoch,
-                              target_id=target.id, secret=self.settings.secret)
+                              target_id=target.id, secret=self.settings.secret,
+                              event=job.event)
         with httpx.Client(transport=self.transport, timeout=self.settings.timeout,
                           follow_redirects=False) as client:
             error = post(client, target, body, headers)

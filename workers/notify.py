@@ -22,6 +22,8 @@ from redis.retry import Retry
 from .app import app, notify_settings, settings
 from .connections import redis_client
 from .ledger import Ledger
+from .mirror_alerts import MirrorAlerts
+from .mirror_runs import MirrorRuns
 from .notifications import (
     NOTIFY_TASK_NAME,
     DeliveryLog,
@@ -57,6 +59,14 @@ def finals_hook(ledger_client: redis.Redis[Any]) -> Callable[[str, str], None] |
     finals = Finals(Ledger(ledger_client, retention=settings.retention), notify_settings, send,
                     by_registry=settings.route_by_registry)
     return finals.settle
+
+
+def mirror_alerts(client: redis.Redis[Any]) -> MirrorAlerts | None:
+    """A mirror sync's alerts on this worker (``workers/mirror_alerts.py``); None without
+    FANOUT_NOTIFY_URL."""
+    if not notify_settings.enabled:
+        return None
+    return MirrorAlerts(MirrorRuns(client), notify_settings, send)
 
 
 # typing=False: a malformed message is reported, not retried by Celery's signature check.

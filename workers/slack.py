@@ -92,3 +92,24 @@ def _context(text: str) -> dict[str, Any]:
 def _escape(text: str) -> str:
     # Slack's mrkdwn reads <...> as links and mentions: a registry's error must stay text.
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mirror_slack_message(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The Slack body of a mirror's alert (``workers/mirror_alerts.py`` builds the document)."""
+    name = str(document.get("mirror", "?"))
+    source = str(document.get("source", "?"))
+    if document.get("event") == "mirror.recovered":
+        head = f":white_check_mark: Mirror {name} is in sync again"
+        text = f"fanout: mirror {name} of {source} recovered"
+    else:
+        head = f":x: Mirror {name} has been failing for {document.get('failing_for', '?')}"
+        text = f"fanout: mirror {name} of {source} failing"
+    lines = [f"*{_escape(head)}*", f"Source: `{_escape(source)}`"]
+    error = document.get("error")
+    if error:
+        error = str(error)
+        if len(error) > _ERROR_MAX:
+            error = error[: _ERROR_MAX - 1] + "…"
+        lines.append(f"Last error: {_escape(error)}")
+    return {"text": text, "blocks": [_section("\n".join(lines)[:_SECTION_MAX]),
+                                     _context(f"`fanout sync {_escape(name)} --dry-run`")]}

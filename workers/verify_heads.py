@@ -16,10 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from registry.errors import ConnectionFailed, NotFound, RegistryError, Timeout
-from registry.fetch import manifest_get, manifest_head
+from registry.fetch import manifest_head
 from registry.reference import Repository
 from registry.retry import RetryPolicy, retry_async
 from registry.session import Registries
+from registry.tags import resolve_tag
 
 # 16 requests in flight: hundreds of checks take seconds, and no registry sees a burst.
 DEFAULT_CONCURRENCY = 16
@@ -73,22 +74,14 @@ class Heads:
             if host in self._down:
                 return Answer(None, self._down[host])
             client = self._registries.client(host)
-            what = f"check {repository}{'@' if digest else ':'}{reference}"
             try:
+                if not digest:
+                    return Answer(await resolve_tag(client, repository.path, reference,
+                                                    retry=self._retry))
                 info = await retry_async(
                     self._retry, lambda: manifest_head(client, repository.path, reference),
-                    what=what)
-                if info is None:
-                    return Answer(None)
-                if digest:
-                    return Answer(reference)
-                if info.digest:
-                    return Answer(info.digest)
-                # A registry that leaves Docker-Content-Digest out of a HEAD: the bytes say.
-                manifest = await retry_async(
-                    self._retry, lambda: manifest_get(client, repository.path, reference),
-                    what=what)
-                return Answer(manifest.digest)
+                    what=f"check {repository}@{reference}")
+                return Answer(reference if info is not None else None)
             except NotFound:
                 return Answer(None)  # deleted between the HEAD and the GET
             except (ConnectionFailed, Timeout) as exc:

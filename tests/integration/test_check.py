@@ -49,6 +49,7 @@ def test_every_auth_kind_with_good_credentials(
         assert (row["pull"], row["push"], row["repository_exists"]) == (True, True, False)
         assert row["referrers_api"] is False  # distribution 2.8 has no referrers API
         assert row["mounts"] is None
+        assert row["delete"] is True  # a token asked with the delete action, where one is used
     assert rows[token.host]["token_realm"] == "127.0.0.1"
     # The upload was opened and cancelled: the repository still does not exist.
     assert _tags_status(anonymous, unique_repo) == 404

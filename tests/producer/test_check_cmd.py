@@ -59,7 +59,7 @@ def test_a_table_and_exit_0_when_every_destination_is_ready(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == list(check_cmd.COLUMNS)
     assert lines[1].split() == ["open.test/app", "yes", "https", "none", "anonymous", "yes",
-                                "yes", "no", "unknown", "yes", "min", "5.2", "MB"]
+                                "yes", "no", "unknown", "yes", "yes", "min", "5.2", "MB"]
     assert lines[2].split()[:8] == ["basic.test/team/app:v1", "yes", "https", "basic",
                                     "accepted", "yes", "yes", "yes"]
     assert lines[-1] == "2 destinations: 2 ready"
@@ -84,7 +84,8 @@ def test_json_and_exit_1_when_any_is_not_ready(
     assert document[2]["reachable"] is False and "cannot reach" in document[2]["problems"][0]
     assert set(document[0]) >= {"ready", "reachable", "scheme", "auth", "credentials", "push",
                                 "repository_exists", "mounts", "referrers_api", "chunk_min",
-                                "chunk_max", "whole_blob", "problems"}
+                                "chunk_max", "whole_blob", "delete", "delete_refusal",
+                                "problems"}
 
 
 def test_problems_follow_the_table(
@@ -160,6 +161,6 @@ def test_an_unreachable_row_shows_what_is_not_known() -> None:
         whole_blob=None, chunk_min=None, chunk_max=None, problems=("cannot reach down.test",))
 
     assert check_cmd.row(check) == ("down.test/app", "NO", "-", "-", "anonymous", "-", "-", "-",
-                                    "unknown", "-", "-")
+                                    "unknown", "-", "-", "-")
     learnt = replace(check, whole_blob=False, chunk_max=4 * 1024 * 1024)
     assert check_cmd.chunk_text(learnt) == "max 4.2 MB, chunks only"

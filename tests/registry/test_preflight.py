@@ -216,3 +216,28 @@ def test_destinations_are_checked_at_once_and_answered_in_order() -> None:
 
     assert [c.destination for c in checks] == ["b.test/app", "a.test/app"]
     assert [c.ready for c in checks] == [False, True]
+
+
+@pytest.mark.parametrize(("deletes", "delete", "refusal", "text"), [
+    ("ok", True, None, "yes"),
+    ("disabled", False, "disabled", "disabled"),
+    ("denied", False, "denied", "denied"),
+])
+def test_deletes_are_asked_with_a_digest_no_manifest_has(
+    deletes: str, delete: bool, refusal: str | None, text: str,
+) -> None:
+    from producer.check_cmd import delete_text
+
+    registry = Destination(deletes=deletes)
+    capabilities = CapabilityStore()
+
+    check = run_check(registry, capabilities=capabilities)
+
+    assert (check.delete, check.delete_refusal, delete_text(check)) == (delete, refusal, text)
+    assert check.ready  # deletes matter to a mirror's prune, not to a copy
+    [asked] = [r for r in registry.requests if r.method == "DELETE" and "/manifests/" in r.url.path]
+    digest = asked.url.path.rsplit("/", 1)[1]
+    assert digest.startswith("sha256:") and digest != EMPTY_DIGEST
+    assert capabilities.get("reg.test").deletes is {"ok": True, "disabled": False}.get(deletes)
+    document = json.loads(json.dumps(check.to_dict()))
+    assert (document["delete"], document["delete_refusal"]) == (delete, refusal)

@@ -17,7 +17,7 @@ import pytest
 from registry import referrers_index
 from registry.copy import Copier
 from registry.errors import InvalidManifest, NotFound, TransientError
-from registry.fetch import referrers_get, tags_list
+from registry.fetch import referrers_get
 from registry.options import CopyOptions, TransportOptions
 from registry.reference import parse_reference, parse_repository
 from registry.results import CopyResult
@@ -480,34 +480,6 @@ def listing(reg: ReferrersRegistry, call: Callable[..., Any], *args: Any, **kwar
             return await call(regs.client(reg.host), *args, **kwargs)
 
     return asyncio.run(go())
-
-
-def test_tags_list_follows_link_pages() -> None:
-    reg = ReferrersRegistry("src.test", tags_page=3)
-    image = reg.push_image("app", [b"a"])
-    names = [f"t{i:02d}" for i in range(8)]
-    for name in names:
-        reg.manifests["app"][name] = reg.manifests["app"][image]
-
-    assert listing(reg, tags_list, "app") == names
-    assert reg.count("GET", r"/tags/list$") == 3
-    assert listing(reg, tags_list, "missing") == []
-
-
-def test_tags_list_drops_n_when_the_registry_refuses_it() -> None:
-    reg = ReferrersRegistry("src.test")
-    reg.push_image("app", [b"a"], tag="v1")
-
-    def strict(request: httpx.Request) -> httpx.Response:
-        if request.url.params.get("n"):
-            return error(400, "PAGINATION_NUMBER_INVALID")
-        return reg.handle(request)
-
-    async def go() -> list[str]:
-        async with Registries(None, INSECURE, transport=plain_http(strict, INSECURE)) as regs:
-            return await tags_list(regs.client("src.test"), "app")
-
-    assert asyncio.run(go()) == ["v1"]
 
 
 def test_referrers_get_follows_pages_and_rejects_non_indexes() -> None:

@@ -279,3 +279,73 @@ def test_tags_left_to_a_newer_release_are_named(client: TestClient, ledger: Ledg
     [row] = section.find("tr", **{"class": "destination"})
 
     assert row.cell("superseded") == ":latest → rel-newer"
+
+
+# -- mirrors ----------------------------------------------------------------------------------
+
+HOSTILE_MIRROR_ERROR = "listing <b>x</b>: <script>alert(6)</script>"
+
+
+def _mirror_client(ledger: Ledger, mirrors: tuple[object, ...] | None = None) -> TestClient:
+    from tests.service.mirror_fakes import MIRRORS, mirror_config, with_mirrors
+    config = with_mirrors(mirror_config(), MIRRORS if mirrors is None else mirrors)  # type: ignore[arg-type]
+    return TestClient(create_app(config, {}, ledger=ledger))
+
+
+def test_the_mirrors_are_listed_with_their_last_run(ledger: Ledger) -> None:
+    from workers.mirror_model import MirrorRun
+    from workers.mirror_runs import MirrorRuns
+    on_page = ledger.create_release(SOURCE, [("mirror.example/acme/app", ("1.27",))])
+    now = time.time()
+    runs = MirrorRuns(ledger.client)
+    runs.record(MirrorRun(mirror="nginx", trigger="schedule", started_at=now - 7300,
+                          finished_at=now - 7200, ok=True,
+                          counts={"add": 0, "in_sync": 40}))
+    runs.record(MirrorRun(mirror="nginx", trigger="schedule", started_at=now - 3700,
+                          finished_at=now - 3600, ok=False, error=HOSTILE_MIRROR_ERROR))
+    runs.record(MirrorRun(mirror="app", trigger="api", started_at=now - 70, finished_at=now - 60,
+                          ok=True, counts={"add": 2, "update": 1, "in_sync": 5},
+                          releases=(on_page, "rel-gone")))
+    with _mirror_client(ledger) as client:
+        text = client.get("/", headers=basic(READER_TOKEN)).text
+    page = parse(text)
+    [section] = page.find("section", id="mirrors")
+    rows = {r.attrs["data-mirror"]: r for r in section.find("tr", **{"class": "mirror"})}
+    assert list(rows) == ["nginx", "app", "elsewhere"]
+
+    nginx = rows["nginx"]
+    assert nginx.attrs["data-state"] == "failed"
+    assert nginx.cell("state") == "failed 1h ago · failing since 1h ago · last ok 2h ago"
+    assert nginx.cell("error") == HOSTILE_MIRROR_ERROR  # as text
+    assert "docker.io/library/nginx → set mirrors" in nginx.cell("source")
+
+    app = rows["app"]
+    assert app.attrs["data-state"] == "succeeded" and app.cell("state") == "ok 1m ago"
+    assert app.cell("counts") == "add 2 · update 1 · prune 0 · in sync 5 · held back 0"
+    # The release on the page is linked to its section; the other is only named.
+    [link] = app.find("a")
+    assert link.attrs["href"] == f"#release-{on_page}"
+    assert page.find("section", id=f"release-{on_page}")
+    assert "rel-gone" in app.cell("releases") and len(app.find("code")) == 2
+
+    assert rows["elsewhere"].attrs["data-state"] == "never"
+    assert rows["elsewhere"].cell("state") == "not run yet"
+    # Still only the page's own script and no injected markup.
+    assert text.count("<script") == 1 and "<b>" not in text
+
+
+def test_hostile_mirror_names_are_text(ledger: Ledger) -> None:
+    from workers.mirror_model import Mirror
+    hostile = Mirror(name='x"><img src=x onerror=alert(7)>', source="a.example/b</span><svg>",
+                     destinations=("c.example/d<i>",))
+    with _mirror_client(ledger, (hostile,)) as client:
+        text = client.get("/", headers=basic(READER_TOKEN)).text
+    page = parse(text)
+    assert page.find("img") == [] and page.find("svg") == [] and page.find("i") == []
+    [row] = page.find("tr", **{"class": "mirror"})
+    assert row.attrs["data-mirror"] == hostile.name
+
+
+def test_without_mirrors_there_is_no_mirror_section(client: TestClient) -> None:
+    page = parse(client.get("/", headers=basic(READER_TOKEN)).text)
+    assert page.find("section", id="mirrors") == []

@@ -35,6 +35,7 @@ class Destination:
     push: str = "ok"  # "ok" | "denied" | "unauthorized" | "name_unknown"
     referrers: str = "index"  # "index" | "404" | "html"
     chunk_min: int | None = None
+    deletes: str = "ok"  # "ok" | "disabled" (405 UNSUPPORTED) | "denied" (403 DENIED)
     ping_status: int | None = None  # answer /v2/ with this instead
     requests: list[httpx.Request] = field(default_factory=list)
 
@@ -60,6 +61,10 @@ class Destination:
                                   json={"errors": [{"code": "UNAUTHORIZED",
                                                     "message": "authentication required"}]})
         if m := _MANIFEST.match(path):
+            if request.method == "DELETE" and self.deletes == "disabled":
+                return error(405, "UNSUPPORTED", "The operation is unsupported.")
+            if request.method == "DELETE" and self.deletes == "denied":
+                return error(403, "DENIED", "requested access to the resource is denied")
             return error(404, "MANIFEST_UNKNOWN", "manifest unknown")
         if m := _TAGS.match(path):
             if not self.exists:

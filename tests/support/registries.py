@@ -166,8 +166,12 @@ def start_registry(
     port: int | None = None,
     wait: bool = True,
     tls: bool = False,
+    delete: bool = True,
 ) -> RegistryServer:
     """Start a registry with its storage, config and log under `root`.
+
+    `delete=False` disables deletes (`storage.delete.enabled: false`): every DELETE of a
+    manifest or blob is answered 405 UNSUPPORTED.
 
     `auth="token"` without a `token_server` starts one that lets `username` do anything; a given
     token server gets `username` added with full rights. With `wait=False` call `wait_ready()`.
@@ -189,7 +193,7 @@ def start_registry(
         "log": {"level": "info", "formatter": "text", "fields": {"service": "registry"}},
         "storage": {
             "filesystem": {"rootdirectory": str(root / "storage")},
-            "delete": {"enabled": True},
+            "delete": {"enabled": delete},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {"addr": host, "secret": secrets.token_hex(16)},

@@ -4,7 +4,8 @@
   speaking ``http_wire``); ``exchange``: what the hooks of a :class:`Behaviour` see;
   ``replies``: the answers the proxy gives itself.
 - ``auth``: Basic, and Bearer with the proxy's own token endpoint.
-- ``uploads``, ``manifests``, ``referrers``: the behaviours, each citing where it comes from.
+- ``uploads``, ``manifests``, ``referrers``: the behaviours, each citing where it comes from;
+  ``listing``: paged tag lists and DELETE by tag, for mirrors.
 - ``harness``: what the end-to-end profile tests share (their fixtures are in
   ``tests/integration/conftest.py``).
 - ``profiles``: ECR, GHCR, Artifact Registry, Docker Hub, Quay, Harbor, ACR, GitLab,

@@ -176,6 +176,7 @@ class RateLimit(Behaviour):
 
         limit = proxy.behaviour(RateLimit)
         limit.script(2, retry_after=1)      # the next two manifest requests get 429
+        limit.script(1, retry_after=1, skip=2)  # the third from now gets 429, once
 
     ``limited`` lists what was answered 429.
     """
@@ -192,18 +193,23 @@ class RateLimit(Behaviour):
         self.html = html
         self._lock = threading.Lock()
         self._left = 0
+        self._skip = 0
         self._retry_after: float | None = None
         self.limited: list[Limited] = []
 
-    def script(self, count: int, *, retry_after: float | None = None) -> None:
+    def script(self, count: int, *, retry_after: float | None = None, skip: int = 0) -> None:
+        """Answer 429 to ``count`` matching requests after letting ``skip`` of them by."""
         with self._lock:
-            self._left, self._retry_after = count, retry_after
+            self._left, self._retry_after, self._skip = count, retry_after, skip
 
     def on_request(self, ex: Exchange) -> Reply | None:
         if ex.method not in self.methods or ex.kind not in self.kinds:
             return None
         with self._lock:
             if self._left <= 0:
+                return None
+            if self._skip > 0:
+                self._skip -= 1
                 return None
             self._left -= 1
             after = self._retry_after

@@ -19,6 +19,8 @@ a test builds its own with ``Profile("mine", [BearerAuth(...), PatchAnswers(201)
 - ``artifactory``: Bearer; HEAD of a missing manifest 403; mounts declined.
 - ``distribution3``: Content-Range checked against the offset and the length.
 - ``chunk_only``: whole-blob uploads refused.
+- ``paging``: not a hosted registry but a mirror's view of one: tag listings paged as Docker
+  Hub pages them, 429s on listings, DELETE by tag done or refused (``listing.py``).
 
 ECR, Harbor, Artifact Registry and ACR take ``immutable_tags``: tag patterns that do not move
 once they exist, refused with that registry's answer (``tags.py``).
@@ -29,10 +31,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from .auth import BasicAuth, BearerAuth
 from .exchange import Behaviour
+from .listing import DOCKER_HUB_PAGE, DeleteByTag, DeleteByTagRefused, PagedTags
 from .manifests import (
     DockerHubRateLimit,
     HarborProjects,
@@ -226,6 +230,25 @@ def artifactory(*, password: str | None = None) -> Profile:
 def distribution3() -> Profile:
     """distribution v3 (anonymous), which checks Content-Range."""
     return Profile("distribution3", [Distribution3ContentRange()])
+
+
+def paging(page: int = DOCKER_HUB_PAGE, *, link: str = "relative",
+           delete_by_tag: Path | None = None, refuse_delete_by_tag: bool = False) -> Profile:
+    """A registry for mirrors (anonymous): ``tags/list`` in pages of ``page`` with Docker
+    Hub's ``Link`` (``link``: relative, absolute or none), and 429s on listings scripted with
+    ``profile.find(RateLimit).script(1, retry_after=1, skip=2)`` (the third page, once).
+
+    DELETE by tag: as the registry behind answers it (distribution 2.8: 400 DIGEST_INVALID),
+    or done as OCI 1.1 has it given the storage ``delete_by_tag`` (the ``root`` of the registry
+    behind), or refused 405 UNSUPPORTED with ``refuse_delete_by_tag``.
+    """
+    items: list[Behaviour] = [RateLimit(methods=("GET",), kinds=("tags",)),
+                              PagedTags(page, link=link)]
+    if refuse_delete_by_tag:
+        items.append(DeleteByTagRefused())
+    elif delete_by_tag is not None:
+        items.append(DeleteByTag(delete_by_tag))
+    return Profile("paging", items)
 
 
 def chunk_only() -> Profile:

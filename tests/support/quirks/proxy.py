@@ -29,6 +29,7 @@ import dataclasses
 import re
 import socket
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -81,6 +82,17 @@ class QuirkProxy(LoopbackProxy[Seen]):
         lines = [s.line(self.started_at) for s in seen[-last:]]
         skipped = f" (last {last} of {len(seen)})" if len(seen) > last else ""
         return f"{name} proxy {self.host}{skipped}:\n  " + "\n  ".join(lines)
+
+    def tally(self) -> Counter[tuple[str, str]]:
+        """Requests by (method, kind of path): kind is ``manifests``, ``blobs``, ``uploads``,
+        ``tags``, ``referrers``, ``base`` (``/v2/``) or ``other``; e.g. a listing asserts
+        ``tally()[("GET", "blobs")] == 0``."""
+        found: Counter[tuple[str, str]] = Counter()
+        for seen in self.seen:
+            match = API_PATH.match(seen.path)
+            kind = match["kind"] if match else "base" if seen.path in ("/v2", "/v2/") else "other"
+            found[(seen.method, "uploads" if kind == "blobs/uploads" else kind)] += 1
+        return found
 
     def upload_offset(self, upload_id: str) -> int:
         """Bytes the registry has accepted so far for this upload (as the proxy saw them)."""
