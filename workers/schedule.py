@@ -24,7 +24,6 @@ see twice the listing traffic, so do not make a habit of it.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 
 from celery.beat import PersistentScheduler
 
+from .config_file import load_config
 from .mirror_model import Mirror, VerifySchedule
 from .routing import DEFAULT_QUEUE
 
@@ -83,16 +83,7 @@ def build(config: ScheduleConfig) -> dict[str, dict[str, Any]]:
 
 def load(env: Mapping[str, str], loader: ConfigLoader | None = None) -> dict[str, dict[str, Any]]:
     """The entries of the file ``env`` names (``FANOUT_CONFIG``, else ``./fanout.toml``)."""
-    load_config = loader if loader is not None else _config_loader()
-    return build(load_config(None, env))
-
-
-def _config_loader() -> ConfigLoader:
-    # workers/config_file.py (fanout.toml's parser, moving down from producer/ on its own
-    # branch) is looked up when beat starts; once both are merged this is a plain import.
-    module = importlib.import_module("workers.config_file")
-    loader: ConfigLoader = module.load_config
-    return loader
+    return build((loader or load_config)(None, env))
 
 
 class ConfiguredScheduler(PersistentScheduler):  # type: ignore[misc]  # celery is untyped

@@ -33,14 +33,6 @@ BEAT_COMMAND = ["celery", "-A", "workers.app", "beat", "--loglevel=INFO"]
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(autouse=True)
-def _config_parser() -> None:
-    # fanout.toml's parser (workers/config_file.py) is written on its own branch; until it is
-    # merged beat has nothing to read the file with. (A fixture, not a module-level skip:
-    # test_compose.py imports BEAT_COMMAND from here.)
-    pytest.importorskip("workers.config_file")
-
-
 def start_beat(env: dict[str, str], tmp: Path) -> Process:
     argv = [str(VENV_BIN / BEAT_COMMAND[0]), *BEAT_COMMAND[1:], "--schedule",
             str(tmp / "beat-schedule")]

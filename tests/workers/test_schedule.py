@@ -77,8 +77,8 @@ def test_beat_sets_the_schedule_as_it_starts(monkeypatch: pytest.MonkeyPatch,
                                              tmp_path: Any) -> None:
     from workers.app import app
 
-    monkeypatch.setattr(schedule, "_config_loader",
-                        lambda: lambda path, env: FakeConfig(mirrors=(NGINX,)))
+    monkeypatch.setattr(schedule, "load_config",
+                        lambda path, env: FakeConfig(mirrors=(NGINX,)))
     before = app.conf.beat_schedule
     scheduler = schedule.ConfiguredScheduler(app, schedule_filename=str(tmp_path / "beat"))
     try:
@@ -98,7 +98,7 @@ def test_beat_with_a_bad_config_does_not_start(monkeypatch: pytest.MonkeyPatch,
     def bad(path: str | None, env: Mapping[str, str]) -> Any:
         raise ConfigError("fanout.toml: verify: since is required")
 
-    monkeypatch.setattr(schedule, "_config_loader", lambda: bad)
+    monkeypatch.setattr(schedule, "load_config", bad)
     with pytest.raises(ConfigError, match="verify: since"):
         schedule.ConfiguredScheduler(app, schedule_filename=str(tmp_path / "beat"))
 
@@ -107,3 +107,26 @@ def test_the_app_uses_the_configured_scheduler() -> None:
     from workers.app import app
 
     assert app.conf.beat_scheduler == "workers.schedule:ConfiguredScheduler"
+
+
+def test_the_real_file_gives_the_entries(tmp_path: Any) -> None:
+    path = tmp_path / "fanout.toml"
+    path.write_text('[[mirrors]]\nname = "nginx"\nsource = "docker.io/library/nginx"\n'
+                    'destinations = ["harbor.example/mirror/nginx"]\nevery = "1h"\n\n'
+                    '[verify]\nevery = "6h"\nsince = "7d"\n')
+    entries = schedule.load({"FANOUT_CONFIG": str(path)})
+    assert set(entries) == {"sync:nginx", "verify"}
+    assert entries["sync:nginx"]["options"]["expires"] == 3600.0
+    assert entries["verify"]["kwargs"] == {"since": 7 * 86400.0, "repair": False}
+
+
+def test_a_bad_real_file_names_the_key(tmp_path: Any) -> None:
+    path = tmp_path / "fanout.toml"
+    path.write_text('[verify]\nevery = "6h"\nsince = "7d"\nrepiar = true\n')
+    with pytest.raises(ConfigError, match="repiar"):
+        schedule.load({"FANOUT_CONFIG": str(path)})
+
+
+def test_no_file_is_an_empty_schedule(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./fanout.toml here, and no FANOUT_CONFIG
+    assert schedule.load({}) == {}
