@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-
-class UsageError(Exception):
-    """Bad input from the user: printed as is, exit status 2."""
-
-
-class ReleaseNotFound(UsageError):
-    """No release with this id in the ledger: never created, or past its retention."""
-
-    @classmethod
-    def of(cls, release_id: str) -> ReleaseNotFound:
-        return cls(f"no release {release_id!r} in the ledger (unknown id, or older than the "
-                   "retention period)")
+# Defined in workers/errors.py (a leaf of exceptions only), so that the verify core the workers
+# run raises the very classes every caller here catches.
+from workers.errors import ReleaseNotFound as ReleaseNotFound
+from workers.errors import UsageError as UsageError
 
 
 def add_tag_flag(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,8 @@ to the queue if the worker running it dies (``reject_on_worker_lost``), and each
 reserves one message at a time (``prefetch_multiplier=1``) so a slow copy holds nothing else
 back. JSON only: no pickle is ever accepted from the broker. Events are on, for Flower.
 The release ledger, not a result backend, is the record of what happened.
+``celery -A workers.app beat`` runs the mirrors and the verify on their schedule
+(``workers/schedule.py``; run exactly one).
 
 Time limits: the engine abandons a copy at ``soft_time_limit`` (cleanly, inside its event loop)
 and the task retries it; Celery's own soft limit sits halfway to the hard limit as a backstop for
@@ -76,5 +78,8 @@ settings = WorkerSettings.from_env(os.environ)
 # Release-finished notifications (workers/notify_settings.py): a bad one stops the worker here.
 notify_settings = NotifySettings.from_env(os.environ,
                                          visibility_timeout=settings.visibility_timeout)
-app = Celery("fanout", include=["workers.tasks", "workers.notify"])
+app = Celery("fanout", include=["workers.tasks", "workers.notify", "workers.sync_tasks"])
 app.conf.update(celery_config(settings))
+# `celery -A workers.app beat`: the mirrors' and the verify's entries, read from fanout.toml by
+# beat alone when it starts (workers/schedule.py: why exactly one beat, and what two would do).
+app.conf.beat_scheduler = "workers.schedule:ConfiguredScheduler"

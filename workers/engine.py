@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol, TypeVar
 
 from registry.capabilities import CapabilityStore
 from registry.client import tls_context
@@ -36,6 +36,7 @@ from .loop import EngineLoop, Stopped
 from .settings import WorkerSettings
 from .spool import open_spool
 
+T = TypeVar("T")
 # A host's credential is looked up again by every task that uses it (as when each task built
 # its own clients): an operator who fixed a password retries at once, and one who revoked
 # one sees it refused at once.
@@ -98,6 +99,17 @@ class CopyEngine:
             return self._loop.run(self._copy(job, timeout, tag_gate), abort)
         except Stopped:
             raise LeaseLost(f"copy to {job.destination} stopped: its lease was lost") from None
+
+    def run(self, work: Callable[[Registries], Awaitable[T]],
+            abort: threading.Event | None = None) -> T:
+        """``work(registries)`` on this process's loop and pool: a scheduled sync or verify
+        asks registries with the copies' credentials, rate-limit holds and learnt
+        capabilities. ``abort`` set from another thread (a lost lease) raises
+        :class:`~workers.loop.Stopped`."""
+        async def pooled() -> T:
+            return await work(self._pool())
+
+        return self._loop.run(pooled(), abort)
 
     def _pool(self) -> Registries:
         """The process's clients, with this task's credentials (read again at every task)."""

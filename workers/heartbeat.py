@@ -10,6 +10,9 @@ The other half of the bargain: a copy that cannot renew its lease must stop befo
 runs out, or a second copy could start beside it. So the heartbeat watches its own silence: when
 the lock is gone, or no renewal has succeeded for ``STOP_FRACTION`` of the lease, it sets
 ``abort`` and the engine cancels the copy.
+
+The scheduled verify's no-overlap lease (``workers/sync_tasks.py``) is kept the same way: a
+:class:`~workers.locks.Lease` with no ledger record, whose ``abort`` stops the verify.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from types import TracebackType
 import redis
 
 from .ledger import Ledger
-from .locks import DestinationLock
+from .locks import Lease
 
 log = logging.getLogger("fanout.worker")
 
@@ -33,10 +36,13 @@ STOP_FRACTION = 0.6
 
 
 class Heartbeat:
-    """Renews ``lock`` and the ledger's heartbeat every ``interval`` from a daemon thread."""
+    """Renews ``lock`` and the ledger's heartbeat every ``interval`` from a daemon thread.
+
+    ``ledger`` None: a lease that is no release's (the scheduled verify's); ``destination``
+    then only names it in the log."""
 
     def __init__(
-        self, lock: DestinationLock, ledger: Ledger, release_id: str, destination: str, *,
+        self, lock: Lease, ledger: Ledger | None, release_id: str, destination: str, *,
         interval: float, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lock = lock
@@ -74,7 +80,8 @@ class Heartbeat:
             if not self.lock.renew():
                 self._give_up("its lock expired or was taken over")
                 return
-            self.ledger.heartbeat(self.release_id, self.destination, self.lock.ttl)
+            if self.ledger is not None:
+                self.ledger.heartbeat(self.release_id, self.destination, self.lock.ttl)
             self._last_renewed = self._monotonic()
         except redis.RedisError as exc:
             silent = self._monotonic() - self._last_renewed
@@ -84,7 +91,8 @@ class Heartbeat:
 
     def _give_up(self, reason: str) -> None:
         self.reason = reason
-        log.warning("stopping the copy to %s: %s", self.destination, reason)
+        what = f"the copy to {self.destination}" if self.ledger is not None else self.destination
+        log.warning("stopping %s: %s", what, reason)
         self.abort.set()
 
     def _run(self) -> None:

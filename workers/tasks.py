@@ -49,6 +49,13 @@ def ledger_client() -> redis.Redis[Any]:
 
 
 @functools.cache
+def engine() -> CopyEngine:
+    """This worker process's engine: its loop and pool of registry clients, shared by the
+    copies and the scheduled tasks (``workers/sync_tasks.py``)."""
+    return CopyEngine(os.environ)
+
+
+@functools.cache
 def runner() -> CopyRunner:
     """This worker process's runner, built on first use (after the prefork fork)."""
     client = ledger_client()
@@ -60,7 +67,7 @@ def runner() -> CopyRunner:
         ledger=Ledger(client, retention=settings.retention, observer=MetricsObserver()),
         locks=client,
         heartbeat_locks=fast,
-        engine=CopyEngine(os.environ),
+        engine=engine(),
         policy=TaskRetryPolicy.from_settings(settings),
         lock_ttl=settings.lock_ttl,
         heartbeat_interval=settings.heartbeat_interval,

@@ -14,6 +14,7 @@ from tests.integration.test_queue_e2e import (
     REGISTRY_COMMAND,
     WORKER_COMMAND,
 )
+from tests.integration.test_scheduler import BEAT_COMMAND
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -61,13 +62,13 @@ def command(lines: list[str]) -> list[str]:
 
 
 def test_the_services_are_there() -> None:
-    assert set(services()) == {"redis", "worker", "flower", "registry", "serve"}
+    assert set(services()) == {"redis", "worker", "flower", "registry", "serve", "beat"}
 
 
 def test_each_command_is_one_the_e2e_tests_run() -> None:
     found = services()
     expected = {"redis": REDIS_COMMAND, "worker": WORKER_COMMAND, "flower": FLOWER_COMMAND,
-                "registry": REGISTRY_COMMAND}
+                "registry": REGISTRY_COMMAND, "beat": BEAT_COMMAND}
     for name, prefix in expected.items():
         argv = command(found[name])
         assert argv[: len(prefix)] == prefix, (name, argv)
@@ -108,3 +109,10 @@ def test_the_image_runs_the_worker_as_a_user() -> None:
     assert re.search(r"^USER fanout$", text, re.M)
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
     assert cmd is not None and json.loads(cmd.group(1))[: len(WORKER_COMMAND)] == WORKER_COMMAND
+
+
+def test_one_beat_reads_the_mounted_config() -> None:
+    beat = services()["beat"]
+    # `--scale beat=N` is refused only with a fixed name or port; the comment says why not.
+    assert "FANOUT_CONFIG: /etc/fanout/fanout.toml" in "\n".join(beat)
+    assert "exactly ONE" in COMPOSE.read_text()
