@@ -3,9 +3,10 @@
 destination the ledger says landed but is gone and sends it again. And a bad fanout.toml stops
 beat at start with the key named.
 
-The scheduled sync runs through the same beat and tasks; its end-to-end test comes with the
-sync itself. Each test starts its own Redis (beat, the worker and the ledger share it), its own
-worker and beat, on free ports and files under ``tmp_path``: xdist-safe.
+And a mirror with ``every``: a tag newly pushed to its source reaches the destination with no one
+running a command, and the run is recorded. Each test starts its own Redis (beat, the worker
+and the ledger share it), its own worker and beat, on free ports and files under ``tmp_path``:
+xdist-safe.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.support.queue import (
     wait_until,
 )
 from tests.support.registries import RegistrySet
+from workers.mirror_runs import MirrorRuns
 
 # docker-compose.yml's beat runs this (tests/integration/test_compose.py checks it).
 BEAT_COMMAND = ["celery", "-A", "workers.app", "beat", "--loglevel=INFO"]
@@ -77,6 +79,51 @@ def test_beat_runs_the_scheduled_verify_which_repairs_drift(
                    f"the verify's summary in the worker's log\n{worker.log()[-3000:]}")
         record = ledger.get(release_id)
         assert record is not None and record.destinations[destination].attempts >= 2
+    finally:
+        beat.stop()
+        worker.stop()
+
+
+def test_beat_syncs_a_mirror_so_a_newly_pushed_tag_arrives_with_no_command_run(
+    tmp_path: Path, redis_url: str, registries: RegistrySet, unique_repo: str,
+) -> None:
+    first = push_oci_image(registries.source, unique_repo, "1.0", layers=1)
+    destination = f"{registries.dest1.host}/{unique_repo}"
+    config = tmp_path / "fanout.toml"
+    config.write_text(f"""
+[destinations]
+dr = ["{destination}"]
+
+[[mirrors]]
+name = "app"
+source = "{registries.source.host}/{unique_repo}"
+tags = ["1.*"]
+to = "dr"
+every = "2s"
+""")
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text('{"auths": {}}')
+    env = queue_env(redis_url, docker, FANOUT_CONFIG=str(config))
+    worker = start_worker("scheduled", env, tmp_path, loglevel="INFO")
+    beat = start_beat(env, tmp_path)
+    try:
+        wait_until(lambda: manifest_exists(registries.dest1, f"{unique_repo}:1.0"), 30,
+                   f"the scheduled sync to copy 1.0\n{beat.log()[-2000:]}\n"
+                   f"{worker.log()[-3000:]}")
+        # Pushed while beat and the worker run; nobody runs a command.
+        second = push_oci_image(registries.source, unique_repo, "1.1", layers=1)
+        wait_until(lambda: manifest_exists(registries.dest1, f"{unique_repo}:1.1"), 30,
+                   f"the scheduled sync to copy 1.1\n{worker.log()[-3000:]}")
+        assert manifest_exists(registries.dest1, f"{unique_repo}@{second.digest}")
+        assert manifest_exists(registries.dest1, f"{unique_repo}@{first.digest}")
+        assert "Scheduler: Sending due task sync:app (fanout.sync)" in beat.log()
+        runs = MirrorRuns(ledger_for(redis_url).client)
+        wait_until(lambda: runs.last_success("app"), 10, "a recorded run")
+        last = runs.last("app")
+        assert last is not None and last.ok and last.trigger == "schedule"
+        releases = ledger_for(redis_url).recent_releases(50)
+        assert releases and {r.trigger for r in releases} == {"sync:app"}
     finally:
         beat.stop()
         worker.stop()
