@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
+import redis
+
 from registry.credentials import default_store
 from registry.envconfig import transport_options_from_env
 from registry.errors import NotFound, RegistryError
@@ -45,9 +47,10 @@ from registry.tags import list_tags, resolve_tags
 from registry.untag import untag
 
 from . import mirror_filter, mirror_pending, mirror_plan
-from .held_lease import HeldLease
+from .heartbeat import Heartbeat
 from .holds import RedisHolds
 from .ledger import Ledger
+from .locks import Lease
 from .mirror_alerts import MirrorAlerts
 from .mirror_model import DestinationPlan, Mirror, MirrorBusy, MirrorPlan, MirrorRun
 from .mirror_runs import MirrorRuns
@@ -85,12 +88,21 @@ def sync_mirror(
     if dry_run:
         return _run(mirror, ledger, settings, env, runner, trigger, dry_run=True,
                     prune_over_limit=prune_over_limit)
-    lease = HeldLease(ledger.client, LOCK_PREFIX + mirror.name, LOCK_TTL, owner=trigger)
-    with lease as held:
-        if not held:
-            raise MirrorBusy(f"mirror {mirror.name} is being synced by another run")
-        return _run(mirror, ledger, settings, env, runner, trigger, dry_run=False,
-                    prune_over_limit=prune_over_limit)
+    lease = Lease(ledger.client, LOCK_PREFIX + mirror.name, LOCK_TTL, owner=trigger)
+    if not lease.acquire():
+        raise MirrorBusy(f"mirror {mirror.name} is being synced by another run")
+    try:
+        # Renewed while the run lives. A run that loses it carries on rather than stop half
+        # done: a second run beside it costs duplicate (idempotent, ordered) releases at worst.
+        with Heartbeat(lease, None, "", f"mirror {mirror.name}", interval=LOCK_TTL / 3):
+            return _run(mirror, ledger, settings, env, runner, trigger, dry_run=False,
+                        prune_over_limit=prune_over_limit)
+    finally:
+        try:
+            lease.release()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("mirror %s: could not release its lease (it expires in %.0f s): %s",
+                        mirror.name, LOCK_TTL, type(exc).__name__)
 
 
 def _run(mirror: Mirror, ledger: Ledger, settings: WorkerSettings, env: Mapping[str, str],
