@@ -28,6 +28,17 @@ def add_optional_flag(parser: argparse.ArgumentParser) -> None:
                              "only marked optional")
 
 
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
+
+
+def add_broker_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", metavar="URL",
+                        help="broker URL (default: $FANOUT_BROKER_URL, else "
+                             "redis://localhost:6379/0)")
+
+
 def add_transport_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """How to reach registries: the flags every command that talks to one takes."""
     group = parser.add_argument_group("registry access")

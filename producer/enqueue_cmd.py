@@ -9,7 +9,14 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .common import UsageError, add_optional_flag, add_referrer_flags, add_tag_flag
+from .common import (
+    UsageError,
+    add_broker_flag,
+    add_config_flag,
+    add_optional_flag,
+    add_referrer_flags,
+    add_tag_flag,
+)
 from .status_cmd import (
     EXIT_CODES_HELP,
     TransitionPrinter,
@@ -44,11 +51,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_tag_flag(parser)
     add_optional_flag(parser)
     parser.add_argument("--to", metavar="NAME", help="the destination set NAME of fanout.toml")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
-    parser.add_argument("--broker", metavar="URL",
-                        help="broker URL (default: $FANOUT_BROKER_URL, else "
-                             "redis://localhost:6379/0)")
+    add_config_flag(parser)
+    add_broker_flag(parser)
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                         help="allow plain HTTP to this registry when resolving the source "
                              "(loopback always may); also FANOUT_INSECURE_REGISTRIES")

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .common import UsageError, add_optional_flag
+from .common import UsageError, add_broker_flag, add_config_flag, add_optional_flag
 from .status_cmd import (
     EXIT_CODES_HELP,
     TransitionPrinter,
@@ -36,11 +36,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_optional_flag(parser)
     parser.add_argument("--source-repo", metavar="REPO",
                         help="only the releases whose source is in this repository")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
-    parser.add_argument("--broker", metavar="URL",
-                        help="broker URL (default: $FANOUT_BROKER_URL, else "
-                             "redis://localhost:6379/0)")
+    add_config_flag(parser)
+    add_broker_flag(parser)
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                         help="allow plain HTTP to this registry when checking the sources "
                              "(loopback always may); also FANOUT_INSECURE_REGISTRIES")

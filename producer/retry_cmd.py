@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .common import add_broker_flag
 from .status_cmd import (
     EXIT_CODES_HELP,
     TransitionPrinter,
@@ -36,9 +37,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("release", metavar="RELEASE", help="release id printed by enqueue")
     parser.add_argument("--dest", action="extend", nargs="+", default=[], metavar="D",
                         help="retry only these destinations (repeatable)")
-    parser.add_argument("--broker", metavar="URL",
-                        help="broker URL (default: $FANOUT_BROKER_URL, else "
-                             "redis://localhost:6379/0)")
+    add_broker_flag(parser)
     add_wait_flags(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the release as JSON (with --wait: its final state)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import UsageError
+from .common import UsageError, add_config_flag
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,8 +20,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
+    add_config_flag(parser)
     parser.add_argument("--request-timeout", type=float, metavar="S",
                         help="seconds a request's headers, then its body, may take to arrive "
                              "(default: $FANOUT_SERVE_REQUEST_TIMEOUT, else 10)")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from .common import UsageError, add_transport_flags
+from .common import UsageError, add_broker_flag, add_config_flag, add_transport_flags
 from .status_cmd import add_wait_flags, check_wait_flags
 
 if TYPE_CHECKING:
@@ -48,11 +48,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="prune even when more tags than prune_limit would go")
     add_wait_flags(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON document")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $FANOUT_CONFIG, else ./fanout.toml)")
-    parser.add_argument("--broker", metavar="URL",
-                        help="broker URL (default: $FANOUT_BROKER_URL, else "
-                             "redis://localhost:6379/0)")
+    add_config_flag(parser)
+    add_broker_flag(parser)
     add_transport_flags(parser)
     parser.set_defaults(run=run)
 

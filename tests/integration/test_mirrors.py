@@ -12,21 +12,18 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import images
-from tests.support.cli import run_fanout
-from tests.support.queue import Process, RedisServer, ledger_for, queue_env, start_worker
+from tests.support.queue import WorkerQueue, start_worker_queue, stop_worker_queue
 from tests.support.quirks import profiles
 from tests.support.quirks.manifests import RateLimit
 from tests.support.quirks.proxy import QuirkProxy
 from tests.support.registries import RegistryServer, RegistrySet
 from tests.support.registry_client import RepoClient
-from workers.ledger import Ledger
 from workers.mirror_runs import MirrorRuns
 from workers.prune_log import PruneLog
 
@@ -35,42 +32,20 @@ pytestmark = pytest.mark.timeout(240)
 WRITES = ("PUT", "POST", "PATCH", "DELETE")
 
 
-@dataclass
-class Queue:
-    redis: RedisServer
-    worker: Process
-    env: dict[str, str]
-
-    @property
-    def ledger(self) -> Ledger:
-        return ledger_for(self.redis.url)
-
-    def sync(self, config: Path, *args: str, timeout: float = 120) -> tuple[int, dict[str, Any],
-                                                                             str]:
+class Queue(WorkerQueue):
+    def sync(self, config: Path, *args: str) -> tuple[int, dict[str, Any], str]:
         """``fanout sync --config CONFIG ARGS --json``: exit code, document, stderr."""
-        done = run_fanout(["sync", "--config", str(config), *args, "--json"], self.env,
-                          timeout=timeout)
-        try:
-            document = json.loads(done.stdout) if done.stdout.strip() else {}
-        except ValueError:
-            raise AssertionError(f"not JSON: {done.stdout}\n{done.stderr}") from None
-        return done.returncode, document, done.stderr
+        return self.fanout_json("sync", "--config", str(config), *args)
 
 
 @pytest.fixture(scope="module")
 def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
-    tmp = tmp_path_factory.mktemp("mirror-queue")
-    redis_server = RedisServer(tmp / "redis", persistent=False).start()
-    docker = tmp / "docker"
-    docker.mkdir()
-    (docker / "config.json").write_text('{"auths": {}}')
-    env = queue_env(redis_server.url, docker)
-    worker = start_worker("mirror", env, tmp)
+    started = start_worker_queue(tmp_path_factory.mktemp("mirror-queue"), "mirror")
+    queue = Queue(started.redis, started.worker, started.env)
     try:
-        yield Queue(redis_server, worker, env)
+        yield queue
     finally:
-        worker.stop()
-        redis_server.stop()
+        stop_worker_queue(queue)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,14 @@ from tests.support.images import (
     manifest_exists,
     push_oci_image,
 )
-from tests.support.queue import Process, RedisServer, ledger_for, queue_env, start_worker
+from tests.support.queue import (
+    RedisServer,
+    WorkerQueue,
+    ledger_for,
+    queue_env,
+    start_worker_queue,
+    stop_worker_queue,
+)
 from tests.support.registries import RegistryServer, RegistrySet
 from tests.support.registry_client import RepoClient
 from workers.ledger import Ledger
@@ -35,17 +41,8 @@ from workers.tag_order import TagOwner, TagOwners
 pytestmark = pytest.mark.timeout(180)
 
 
-@dataclass
-class Queue:
-    """A Redis (broker and ledger) and one worker, with the environment the CLI shares."""
-
-    redis: RedisServer
-    worker: Process
-    env: dict[str, str]
-
-    @property
-    def ledger(self) -> Ledger:
-        return ledger_for(self.redis.url)
+class Queue(WorkerQueue):
+    """The module's Redis and worker, with the verify CLI and a release helper."""
 
     def release(self, source: PushedImage, *destinations: str, tags: tuple[str, ...]) -> str:
         """Enqueue, wait until every destination succeeded; the release id."""
@@ -58,28 +55,17 @@ class Queue:
 
     def verify(self, *args: str) -> tuple[int, dict[str, Any], str]:
         """``fanout verify ... --json``: exit code, document, stderr."""
-        done = run_fanout(["verify", *args, "--json"], self.env, timeout=120)
-        try:
-            document = json.loads(done.stdout)
-        except ValueError:
-            raise AssertionError(f"not JSON: {done.stdout}\n{done.stderr}") from None
-        return done.returncode, document, done.stderr
+        return self.fanout_json("verify", *args)
 
 
 @pytest.fixture(scope="module")
 def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
-    tmp = tmp_path_factory.mktemp("verify-queue")
-    redis_server = RedisServer(tmp / "redis", persistent=False).start()
-    docker = tmp / "docker"
-    docker.mkdir()
-    (docker / "config.json").write_text('{"auths": {}}')
-    env = queue_env(redis_server.url, docker)
-    worker = start_worker("verifier", env, tmp)
+    started = start_worker_queue(tmp_path_factory.mktemp("verify-queue"), "verifier")
+    queue = Queue(started.redis, started.worker, started.env)
     try:
-        yield Queue(redis_server, worker, env)
+        yield queue
     finally:
-        worker.stop()
-        redis_server.stop()
+        stop_worker_queue(queue)
 
 
 def states(document: dict[str, Any]) -> dict[tuple[str, str], str]:

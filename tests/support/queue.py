@@ -297,3 +297,51 @@ def overlapping(records: Sequence[DestinationRecord]) -> bool:
             return True
         latest_end = max(latest_end, end)
     return False
+
+
+@dataclass
+class WorkerQueue:
+    """A Redis of its own (broker and ledger) and one worker, with the environment the CLI
+    shares: what a module of CLI tests (``fanout verify``, ``fanout sync``) runs against."""
+
+    redis: RedisServer
+    worker: Process
+    env: dict[str, str]
+
+    @property
+    def ledger(self) -> Ledger:
+        return ledger_for(self.redis.url)
+
+    def fanout_json(self, *args: str, timeout: float = 120) -> tuple[int, dict[str, Any], str]:
+        """``fanout ARGS --json`` as a user runs it: exit code, document, stderr."""
+        import json
+
+        from tests.support.cli import run_fanout
+
+        done = run_fanout([*args, "--json"], self.env, timeout=timeout)
+        try:
+            document = json.loads(done.stdout) if done.stdout.strip() else {}
+        except ValueError:
+            raise AssertionError(f"not JSON: {done.stdout}\n{done.stderr}") from None
+        return done.returncode, document, done.stderr
+
+
+def start_worker_queue(tmp: Path, name: str) -> WorkerQueue:
+    """Redis, an empty Docker config and one worker called ``name``, under ``tmp``; stop with
+    :func:`stop_worker_queue`."""
+    redis_server = RedisServer(tmp / "redis", persistent=False).start()
+    docker = tmp / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text('{"auths": {}}')
+    env = queue_env(redis_server.url, docker)
+    try:
+        worker = start_worker(name, env, tmp)
+    except BaseException:
+        redis_server.stop()
+        raise
+    return WorkerQueue(redis_server, worker, env)
+
+
+def stop_worker_queue(queue: WorkerQueue) -> None:
+    queue.worker.stop()
+    queue.redis.stop()
