@@ -9,13 +9,15 @@ own; the module's Redis and worker are its own too (xdist-safe).
 
 from __future__ import annotations
 
-import json
 import secrets
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.support import images
 from tests.support.queue import WorkerQueue, start_worker_queue, stop_worker_queue
@@ -203,7 +205,7 @@ prune = true
 
     # Over the limit on purpose: the two go, the tag outside the filters stays.
     code, document, err = queue.sync(config, "--prune-over-limit")
-    assert code == 0, json.dumps(document)
+    assert code == 0, (document, err)
     run = mirror_of(document, "pruned")["run"]
     assert run["pruned"] == {f"{dest.host}/{repo}": ["v9", "v8"]}  # newest first
     assert tags_at(registries.dest1, repo) == {"v1": digest, "v2": digest, "v3": digest,
@@ -284,9 +286,43 @@ source = "{source.host}/{repo}"
 newest = 2
 destinations = ["{dest.host}/{repo}"]
 """)
-    code, document, err = queue.sync(config, "--dry-run")
+    with watch_commands(queue.redis.url) as commands:
+        code, document, err = queue.sync(config, "--dry-run")
     assert code == 0, err
     assert list(mirror_of(document, "limited")["kept"]) == ["1.149", "1.148"]
     listings = source.requests("GET", "/tags/list")
     assert [s.status for s in listings] == [200, 429, 200], source.log(path="tags")
     assert len(limit.limited) == 1
+    # The hold was shared: written to Redis, where every worker's requests to that registry
+    # read it, not only kept in this process.
+    writes = [c for c in commands if c.startswith("SET fanout:hold:" + source.host)]
+    assert writes, commands
+
+
+@contextmanager
+def watch_commands(url: str) -> Iterator[list[str]]:
+    """The commands a Redis runs meanwhile (MONITOR), as text."""
+    seen: list[str] = []
+    client = redis.Redis.from_url(url)
+    monitor = client.monitor()
+    monitor.connection.send_command("MONITOR")
+    monitor.connection.read_response()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(str(monitor.next_command()["command"]))
+            except (redis.RedisError, OSError):
+                return
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        client.ping()  # one more command wakes the reader
+        monitor.connection.disconnect()
+        thread.join(timeout=5)
+        client.close()
