@@ -1,22 +1,28 @@
 // The release page keeps itself current: it asks GET /v1/releases?limit=N once a second and
-// draws the answer again. Polling the list rather than following /v1/releases/{id}/events:
-// one request covers every release shown and shows new ones as they are enqueued, where a
-// stream per release would hold one of the browser's few connections to the host each (six
-// over HTTP/1.1) and need opening as releases appear. The browser sends the Basic credentials
-// it was given for this origin; the script never sees them.
+// draws the answer again, and with it GET /v1/mirrors for the mirrors' table when the page has
+// one (the server draws it only when mirrors are configured). Polling the list rather than
+// following /v1/releases/{id}/events: one request covers every release shown and shows new
+// ones as they are enqueued, where a stream per release would hold one of the browser's few
+// connections to the host each (six over HTTP/1.1) and need opening as releases appear. The
+// browser sends the Basic credentials it was given for this origin; the script never sees them.
 //
-// Everything drawn comes from the ledger, where sources, destination names and errors are
-// chosen by whoever pushes or enqueues: it is written with textContent and setAttribute only,
-// never as markup. The structure is the server's (service/page.py); keep the two alike.
+// Everything drawn comes from the ledger and the mirror runs, where sources, destination
+// names and errors are chosen by whoever pushes, enqueues or runs a mirror: it is written with
+// textContent and setAttribute only, never as markup. The structure is the server's
+// (service/page.py); keep the two alike.
 "use strict";
 (function () {
   const INTERVAL_MS = 1000;
   const AFTER_ERROR_MS = 5000;
   const list = document.getElementById("releases");
+  const mirrorRows = document.querySelector("#mirrors tbody"); // null: no mirrors configured
   const status = document.getElementById("status");
   // location.origin carries no user:password@ from the address bar; fetch refuses URLs that do.
-  const url = new URL("/v1/releases?limit=" + (Number(list.dataset.limit) || 20),
-                      location.origin);
+  const releasesUrl = new URL("/v1/releases?limit=" + (Number(list.dataset.limit) || 20),
+                              location.origin);
+  const mirrorsUrl = new URL("/v1/mirrors", location.origin);
+  const COUNTS = [["add", "add"], ["update", "update"], ["prune", "prune"],
+                  ["in_sync", "in sync"], ["held_back", "held back"]];
 
   function el(tag, attributes, ...children) {
     const node = document.createElement(tag);
@@ -97,6 +103,53 @@
     list.replaceChildren(...releases.map((r) => releaseSection(r, now)));
   }
 
+  function releaseLink(id, shown) {
+    const code = el("code", {}, id);
+    return shown.has(id) ? el("a", {href: "#release-" + id}, code) : code;
+  }
+
+  function mirrorRow(mirror, shown, now) {
+    const run = mirror.last_run;
+    const where = mirror.to ? "set " + mirror.to : mirror.destinations.join(", ");
+    let word = "never", when = "not run yet", counts = "", error = "";
+    const releases = el("td", {class: "releases"});
+    if (run) {
+      word = run.ok ? "succeeded" : "failed";
+      when = (run.ok ? "ok " : "failed ") + age(now - run.finished_at) + " ago";
+      counts = COUNTS.map(([key, label]) => label + " " + Math.trunc(Number(run.counts[key]) || 0))
+        .join(" · ");
+      run.releases.forEach((id, i) => {
+        if (i) releases.append(" ");
+        releases.append(releaseLink(id, shown));
+      });
+      error = run.error || "";
+    }
+    if (typeof mirror.failing_since === "number") {
+      when += " · failing since " + age(now - mirror.failing_since) + " ago";
+      if (typeof mirror.last_success === "number") {
+        when += " · last ok " + age(now - mirror.last_success) + " ago";
+      }
+    }
+    return el("tr", {class: "mirror", "data-mirror": mirror.name, "data-state": word},
+              el("td", {class: "name"}, mirror.name, " ",
+                 el("span", {class: "source"}, mirror.source + " → " + where)),
+              el("td", {class: "state"}, when), el("td", {class: "counts"}, counts), releases,
+              el("td", {class: "error"}, error));
+  }
+
+  function renderMirrors(mirrors, shown, now) {
+    mirrorRows.replaceChildren(...mirrors.map((m) => mirrorRow(m, shown, now)));
+  }
+
+  // The answer to one GET: its JSON and the server's Date header; null when refused (401).
+  async function get(url) {
+    const response = await fetch(url, {credentials: "same-origin", cache: "no-store",
+                                       headers: {Accept: "application/json"}});
+    if (response.status === 401) return null;
+    if (!response.ok) throw new Error("HTTP " + response.status + " from " + url.pathname);
+    return {body: await response.json(), date: response.headers.get("Date")};
+  }
+
   function say(state, message) {
     status.dataset.state = state;
     status.textContent = message;
@@ -106,17 +159,21 @@
     let delay = INTERVAL_MS;
     if (!document.hidden) { // a tab in the background costs the server nothing
       try {
-        const response = await fetch(url, {credentials: "same-origin", cache: "no-store",
-                                           headers: {Accept: "application/json"}});
-        if (response.status === 401) {
+        // Both answers are drawn together or not at all: a mirror's release links point at
+        // the releases drawn in the same update, as on the server's page.
+        const [releases, mirrors] = await Promise.all([
+          get(releasesUrl), mirrorRows ? get(mirrorsUrl) : {body: {mirrors: []}}]);
+        if (releases === null || mirrors === null) {
           say("stale", "The token is no longer accepted: reload the page to sign in again.");
           return; // asking again would only be refused again
         }
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        const body = await response.json();
         // Ages by the server's clock (its Date header), not this machine's.
-        const now = (Date.parse(response.headers.get("Date") || "") || Date.now()) / 1000;
-        render(body.releases, now);
+        const now = (Date.parse(releases.date || "") || Date.now()) / 1000;
+        render(releases.body.releases, now);
+        if (mirrorRows) {
+          renderMirrors(mirrors.body.mirrors, new Set(releases.body.releases.map((r) => r.id)),
+                        now);
+        }
         say("live", "Live: updated " + new Date().toLocaleTimeString() + ".");
       } catch (error) {
         delay = AFTER_ERROR_MS;

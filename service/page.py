@@ -1,8 +1,8 @@
 """``GET /``: the release page. The newest releases, each destination's state, attempts, bytes
 and last error, rendered here and kept current by a small script (``page.js``) that polls
-``GET /v1/releases``. Below them, the configured mirrors with their last run (as the page was
-loaded; ``GET /v1/mirrors`` has them live), each release a run made linked to its section when
-it is on the page.
+``GET /v1/releases``. Below them, the configured mirrors with their last run, each release a
+run made linked to its section when it is on the page; the script keeps them current from
+``GET /v1/mirrors`` in the same poll, and draws them as :func:`_mirror` does.
 
 A browser gives its token as the password of HTTP Basic auth, so the page's 401 challenges with
 Basic alone. Everything from the ledger (sources, destination names, errors) is chosen by

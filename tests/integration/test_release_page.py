@@ -2,13 +2,15 @@
 release and its destinations' states, and sees a destination go from running to succeeded
 without the page being loaded again. Everything behind it is real: ``fanout serve``, Redis, a
 celery worker and registries, one of them behind a proxy that holds the copy's manifest upload
-until the test lets it through."""
+until the test lets it through. A mirror run recorded after the page loaded shows up in its
+mirrors table too, drawn by the script exactly as the server draws it."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from tests.support.images import manifest_exists, push_oci_image
 from tests.support.queue import RedisServer, ledger_for, queue_env, start_worker, wait_until
 from tests.support.registries import RegistrySet
 from tests.support.serve import serving, token_toml
+from workers.mirror_model import MirrorRun
+from workers.mirror_runs import MirrorRuns
 from workers.records import release_key
 
 pytestmark = [
@@ -165,4 +169,75 @@ def test_hostile_ledger_content_is_drawn_as_text_by_the_browser(
               error: document.querySelector("tr.destination .error").textContent})""")
             assert page == {"pwned": None, "injected": 1, "name": name, "source": source,
                             "error": f"X: {error}"}, drawn_by
+    assert [c for c in browser.console if "/favicon.ico" not in c] == []
+
+
+# The mirrors' rows as drawn now, and as the server draws them now (its page fetched and parsed
+# inert, scripts not run): one synchronous read of each, so no poll redraws in between.
+MIRROR_ROWS = """(async () => {
+  const answer = await fetch("/", {credentials: "same-origin", cache: "no-store"});
+  const served = new DOMParser().parseFromString(await answer.text(), "text/html");
+  return {served: served.querySelector("#mirrors tbody").innerHTML,
+          drawn: document.querySelector("#mirrors tbody").innerHTML};
+})()"""
+
+
+def test_a_mirror_run_recorded_after_the_page_loaded_shows_without_a_reload(
+    tmp_path: Path, redis_server: RedisServer, browser: Chromium,
+) -> None:
+    ledger = ledger_for(f"{redis_server.url}/0")
+    runs = MirrorRuns(ledger.client)
+    on_page = ledger.create_release(f"src.example/app@sha256:{'d' * 64}",
+                                    [("dest.example/app", ())])
+    # Hours ago, so that the ages read the same to the server and the script whenever drawn.
+    hours_ago = time.time() - 3 * 3600
+    error = "listing: <script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
+    runs.record(MirrorRun(mirror="early", trigger="schedule", started_at=hours_ago - 60,
+                          finished_at=hours_ago, ok=False, error=error, listed=False))
+    config = ('[destinations]\nmirrors = ["dest.example/app"]\n'
+              + token_toml("page", TOKEN, [], [])
+              + '[[mirrors]]\nname = "early"\nsource = "src.example/app"\nto = "mirrors"\n'
+              + '[[mirrors]]\nname = "late"\nsource = "src.example/other"\n'
+                'destinations = ["dest.example/other", "dest2.example/other"]\n')
+    env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []))
+    with serving(tmp_path / "serve", config, env=env) as served:
+        browser.answer_auth("anyone", TOKEN)
+        browser.navigate(f"{served.url}/")
+        browser.stop_answering()
+        state = "document.querySelector('tr.mirror[data-mirror=\"late\"]').dataset.state"
+        assert browser.evaluate(state) == "never"  # as the server drew it
+        load_id = secrets.token_hex(8)
+        browser.evaluate(f"window.__loadId = {json.dumps(load_id)}")
+        browser.wait_for("document.getElementById('status').dataset.state === 'live'",
+                         DEADLINE, "the page's first update")
+
+        runs.record(MirrorRun(mirror="late", trigger="api", started_at=hours_ago - 30,
+                              finished_at=hours_ago, ok=True,
+                              counts={"add": 2, "in_sync": 7, "held_back": 1},
+                              releases=(on_page, "rel-gone")))
+
+        browser.wait_for(f"{state} === 'succeeded'", DEADLINE, "the late mirror's run shown")
+        late = browser.evaluate("""(() => {
+          const row = document.querySelector('tr.mirror[data-mirror="late"]');
+          return {loadId: window.__loadId, pwned: window.__pwned || null,
+                  injected: document.querySelectorAll("img, svg, script").length,
+                  name: row.querySelector(".name").textContent,
+                  state: row.querySelector(".state").textContent,
+                  counts: row.querySelector(".counts").textContent,
+                  releases: row.querySelector(".releases").textContent,
+                  links: [...row.querySelectorAll("a")].map((a) => a.getAttribute("href")),
+                  earlyError: document.querySelector(
+                    'tr.mirror[data-mirror="early"] .error').textContent};
+        })()""")
+        assert late == {
+            "loadId": load_id, "pwned": None, "injected": 1,
+            "name": "late src.example/other → dest.example/other, dest2.example/other",
+            "state": "ok 3h ago",
+            "counts": "add 2 · update 0 · prune 0 · in sync 7 · held back 1",
+            "releases": f"{on_page} rel-gone", "links": [f"#release-{on_page}"],
+            "earlyError": error}
+        # The script's table is the server's, markup for markup.
+        rows = browser.evaluate(MIRROR_ROWS)
+        assert rows["drawn"] == rows["served"]
+        assert 'data-state="failed"' in rows["drawn"] and "failing since 3h ago" in rows["drawn"]
     assert [c for c in browser.console if "/favicon.ico" not in c] == []

@@ -346,6 +346,35 @@ def test_hostile_mirror_names_are_text(ledger: Ledger) -> None:
     assert row.attrs["data-mirror"] == hostile.name
 
 
+def test_a_hostile_mirror_run_is_drawn_as_text(ledger: Ledger) -> None:
+    from workers.mirror_model import MirrorRun
+    from workers.mirror_runs import MirrorRuns
+    # A run's error quotes what the source registry answered, and its release ids come from
+    # Redis: neither may become markup, in a cell or in a link's attribute.
+    error = ('denied: "</td></tr></table><script>alert(8)</script>'
+             "<img src=x onerror=alert(9)>&amp;")
+    release_id = 'rel-x"><svg onload=alert(10)>'
+    now = time.time()
+    MirrorRuns(ledger.client).record(MirrorRun(
+        mirror="app", trigger="schedule", started_at=now - 70, finished_at=now - 60, ok=False,
+        error=error, releases=(release_id,)))
+    with _mirror_client(ledger) as client:
+        text = client.get("/", headers=basic(READER_TOKEN)).text
+    page = parse(text)
+
+    assert text.count("<script") == 1 and "<img" not in text and "<svg" not in text
+    assert page.find("img") == [] and page.find("svg") == [] and page.find("a") == []
+    [section] = page.find("section", id="mirrors")
+    rows = {r.attrs["data-mirror"]: r for r in section.find("tr", **{"class": "mirror"})}
+    # The table is whole: the error closed no cell, row or table early.
+    assert list(rows) == ["nginx", "app", "elsewhere"]
+    app = rows["app"]
+    assert app.attrs["data-state"] == "failed"
+    assert app.cell("error") == error  # the "&amp;" included, as written
+    assert app.cell("releases") == release_id
+    assert app.cell("state") == "failed 1m ago · failing since 1m ago"
+
+
 def test_without_mirrors_there_is_no_mirror_section(client: TestClient) -> None:
     page = parse(client.get("/", headers=basic(READER_TOKEN)).text)
     assert page.find("section", id="mirrors") == []
