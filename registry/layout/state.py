@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import BlobNotInLayout, InvalidManifest, NotFound, RegistryError
+from ..errors import InvalidManifest, NotFound, RegistryError
 from ..manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from ..referrers import referrer_descriptor
 from .index import LayoutEntry, Naming, annotated, make_entry, ref_name_for, sort_key, tag_of
@@ -68,7 +68,7 @@ class LayoutState:
         if found is not None:
             return found
         if self.store.size(digest) is None:
-            raise BlobNotInLayout(f"{self.label} lacks manifest {digest}", digest=digest)
+            raise self.store.missing(digest)
         raw = self.store.read_small(digest, MAX_MANIFEST_BYTES + 1)
         manifest = parse_manifest(raw, self._media.get(digest), expected_digest=digest)
         for child in manifest.children:

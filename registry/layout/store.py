@@ -106,7 +106,14 @@ class BlobStore:
             if found is not None:
                 fd, member = found
                 return fd, member.size, member.present
-        raise BlobNotInLayout(f"{self.label} lacks blob {digest}", digest=digest)
+        raise self.missing(digest)
+
+    def missing(self, digest: str) -> BlobNotInLayout | CorruptBlob:
+        """The error for a blob the layout lacks: damage if the archive was cut short."""
+        if self.archive is not None and self.archive.truncated:
+            return CorruptBlob(f"{self.label} is cut short: blob {digest} is missing",
+                               digest=digest)
+        return BlobNotInLayout(f"{self.label} lacks blob {digest}", digest=digest)
 
     def read_small(self, digest: str, limit: int) -> bytes:
         """A manifest's bytes (at most ``limit``), checked against ``digest``."""

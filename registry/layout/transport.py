@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import BlobNotInLayout, DigestMismatch, RegistryError
+from ..errors import DigestMismatch, RegistryError
 from ..manifest import MAX_MANIFEST_BYTES, OCI_INDEX
 from .state import LayoutState
 from .store import Upload, is_digest
@@ -142,7 +142,7 @@ class LayoutTransport(httpx.AsyncBaseTransport):
             return _error(405, "UNSUPPORTED", f"{method} of a blob")
         size = self.state.store.size(digest)
         if size is None:
-            raise BlobNotInLayout(f"{self.state.label} lacks blob {digest}", digest=digest)
+            raise self.state.store.missing(digest)
         pieces = self.state.store.stream(digest)
         headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest,
                    "Content-Length": str(size)}
