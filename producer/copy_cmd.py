@@ -24,6 +24,9 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    import httpx
+
+    from registry.layout import Layout
     from registry.options import CopyOptions, TransportOptions
     from registry.reference import Reference, Repository
     from registry.results import CopyResult, ProgressSink
@@ -37,9 +40,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "destination succeeded, 1 when any failed (an --optional one may fail), "
                     "2 for usage errors.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="image reference, by tag or digest")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="image reference, by tag or digest; or oci:DIR[:REF], "
+                             "oci-archive:FILE[:REF]")
     parser.add_argument("destinations", metavar="DEST", nargs="*",
-                        help="repository, optionally with a tag")
+                        help="repository, optionally with a tag; or oci:DIR[:REF], "
+                             "oci-archive:FILE[:REF] (REF is the tag there)")
     add_tag_flag(parser)
     add_optional_flag(parser)
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -56,15 +62,18 @@ async def copy_all(
     options: CopyOptions,
     env: Mapping[str, str],
     progress: ProgressSink | None = None,
+    local: Mapping[str, httpx.AsyncBaseTransport] | None = None,
 ) -> list[CopyResult]:
-    """The Python entry point behind ``fanout copy``."""
+    """The Python entry point behind ``fanout copy``; ``local``: hosts served in-process
+    (OCI layouts, ``registry.layout``)."""
     from registry.copy import Copier
     from registry.session import Registries
 
     from .inputs import credentials
 
     with _run_spool(len(targets), env) as spool:
-        async with Registries(credentials(env), transport, spool=spool) as registries:
+        async with Registries(credentials(env), transport, spool=spool,
+                              local=local) as registries:
             copier = Copier(registries, options, progress=progress)
             try:
                 return await copier.copy_many(source, targets)
@@ -93,30 +102,119 @@ def _run_spool(destinations: int, env: Mapping[str, str]) -> Iterator[Spool | No
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .inputs import copy_options, parse_source, parse_targets, transport_options
+    from registry.errors import NotALayout
+
+    from .inputs import copy_options, transport_options
     from .output import all_ok, print_results, results_json
 
     env = os.environ
-    source = parse_source(args.source)
-    targets, optional = parse_targets(args.destinations, args.optional, source, args.tag)
-    if not targets:
-        raise UsageError("no destinations given")
-    transport = transport_options(args, env)
-    options = copy_options(args, env)
-    started = time.monotonic()
-    live = sys.stderr.isatty() and not args.json
-    if live:
-        from .progress import LiveProgress
+    layouts = _Layouts()
+    try:
+        try:
+            source, targets, optional = layouts.plan(args)
+        except NotALayout as exc:
+            raise UsageError(str(exc)) from None
+        if not targets:
+            raise UsageError("no destinations given")
+        transport = transport_options(args, env)
+        options = copy_options(args, env)
+        started = time.monotonic()
+        live = sys.stderr.isatty() and not args.json
 
-        with LiveProgress([str(repo) for repo, _ in targets]) as progress:
-            results = asyncio.run(copy_all(source, targets, transport=transport,
-                                           options=options, env=env, progress=progress))
-    else:
-        results = asyncio.run(copy_all(source, targets, transport=transport, options=options,
-                                       env=env))
+        async def copy(progress: ProgressSink | None) -> list[CopyResult]:
+            results = await copy_all(source, targets, transport=transport, options=options,
+                                     env=env, progress=progress, local=layouts.local())
+            await layouts.finish(results)
+            return results
+
+        if live:
+            from .progress import LiveProgress
+
+            with LiveProgress([layouts.name(str(repo)) for repo, _ in targets]) as progress:
+                results = asyncio.run(copy(progress))
+        else:
+            results = asyncio.run(copy(None))
+    finally:
+        layouts.close()
+    results = layouts.renamed(results)
     seconds = time.monotonic() - started
     if args.json:
         print(results_json(results, seconds, optional))
     else:
         print_results(results, seconds, sys.stdout, optional)
     return 0 if all_ok(results, optional) else 1
+
+
+class _Layouts:
+    """The OCI layouts and archives of one ``fanout copy``: opened before anything is copied
+    (a bad one is a usage error), committed for each destination that succeeded, discarded
+    for one that failed, and named in the results as the user wrote them."""
+
+    def __init__(self) -> None:
+        self.open: list[tuple[Layout, str]] = []
+        self._names: dict[str, str] = {}
+
+    def plan(self, args: argparse.Namespace) -> tuple[
+            Reference, list[tuple[Repository, tuple[str, ...]]], frozenset[str]]:
+        from registry.layout import Layout, parse_place
+
+        from .inputs import parse_source, parse_targets
+
+        place = parse_place(args.source)
+        if place is None:
+            source = parse_source(args.source)
+        else:
+            layout = Layout(place.path, archive=place.archive, write=False)
+            self.open.append((layout, args.source))
+            names = layout.state.ref_names()
+            ref = place.ref
+            if ref is None:
+                if len(layout.entries()) != 1:
+                    raise UsageError(f"{args.source}: give :REF, one of {', '.join(names)}"
+                                     if names else f"{args.source}: the layout is empty")
+                only = layout.entries()[0]
+                ref = only.ref_name or only.digest
+            elif ref not in names:
+                raise UsageError(f"{args.source}: no image named {ref!r} in its index.json"
+                                 f" (it has {', '.join(names) or 'none'})")
+            source = layout.reference(ref=ref)
+            self._names[str(source)] = args.source
+        texts = []
+        for text in args.destinations:
+            place = parse_place(text)
+            if place is None:
+                texts.append(text)
+                continue
+            layout = Layout(place.path, archive=place.archive, write=True)
+            self.open.append((layout, text))
+            self._names[str(layout.reference().repository)] = text
+            texts.append(str(layout.reference(ref=place.ref)))
+        targets, optional = parse_targets(texts, args.optional, source, args.tag)
+        return source, targets, optional
+
+    def local(self) -> dict[str, httpx.AsyncBaseTransport]:
+        return {layout.host: layout.transport for layout, _ in self.open}
+
+    def name(self, text: str) -> str:
+        return self._names.get(text, text)
+
+    async def finish(self, results: Sequence[CopyResult]) -> None:
+        """Commit each layout destination whose copy succeeded; discard the others."""
+        ok = {r.destination for r in results if r.error is None}
+        for layout, _ in self.open:
+            if layout.write and str(layout.reference().repository) in ok:
+                await layout.commit()
+            else:
+                await layout.discard()
+
+    def close(self) -> None:
+        import asyncio
+
+        for layout, _ in self.open:
+            asyncio.run(layout.discard())  # a no-op once committed
+
+    def renamed(self, results: Sequence[CopyResult]) -> list[CopyResult]:
+        import dataclasses
+
+        return [dataclasses.replace(r, source=self.name(r.source),
+                                    destination=self.name(r.destination)) for r in results]

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
             raise UsageError("no image references on standard input")
     else:
         sources = [args.source]
+    _refuse_layouts([*sources, *args.destinations, *args.optional])
     if server is not None:
         return run_on_server(args, sources, server, env)
     # The queue (Celery, Redis) and the engine load only when the command runs, not for --help.
@@ -130,6 +131,14 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
 
 def _plus_optional(optional: list[str]) -> str:
     return f" and {len(optional)} optional" if optional else ""
+
+
+def _refuse_layouts(texts: Sequence[str]) -> None:
+    """A worker has no business writing to (or reading) this machine's files."""
+    for text in texts:
+        if text.startswith(("oci:", "oci-archive:")):
+            raise UsageError(f"{text}: fanout enqueue copies between registries; copy to or "
+                             "from an OCI layout or archive with fanout copy")
 
 
 def run_on_server(args: argparse.Namespace, sources: Sequence[str], server: ServerSettings,
