@@ -18,7 +18,10 @@
         ├── TagImmutable               a tag PUT refused: the tag is immutable there (immutable.py)
         ├── CannotUntag                a tag that cannot be deleted there (untag.py)
         ├── NotFound                   404, NAME_UNKNOWN, MANIFEST_UNKNOWN, BLOB_UNKNOWN
+        │   └── BlobNotInLayout        an OCI layout or archive lacks a blob it names
         ├── DigestMismatch             bytes that do not hash to the digest asked for
+        │   └── CorruptBlob            a layout's blob that is damaged or cut short
+        ├── NotALayout                 a path that is not an OCI image layout or archive
         ├── SizeMismatch               bytes whose length is not the descriptor's size
         ├── InvalidManifest            malformed, too large, schema 1, unknown media type
         ├── ProtocolError              a response the distribution spec does not allow
@@ -210,6 +213,27 @@ class NotFound(PermanentError):
 
 class DigestMismatch(PermanentError):
     pass
+
+
+class BlobNotInLayout(NotFound):
+    """A blob (or manifest) that an OCI layout's manifests name but the layout lacks."""
+
+    def __init__(self, message: str, *, digest: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.digest = digest
+
+
+class CorruptBlob(DigestMismatch):
+    """A layout's blob whose bytes do not hash to its digest, or that ends short."""
+
+    def __init__(self, message: str, *, digest: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.digest = digest
+
+
+class NotALayout(PermanentError):
+    """A directory or file that is not an OCI image layout or archive (or not one we can
+    use as asked: a source that does not exist, a REF that is not in its index.json)."""
 
 
 class SizeMismatch(PermanentError):

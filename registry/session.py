@@ -4,6 +4,7 @@ learnt capabilities."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from types import TracebackType
 
 import httpx
@@ -39,8 +40,11 @@ class Registries:
         locations: BlobLocations | None = None,
         retry: RetryPolicy = REQUEST_RETRY,
         spool: Spool | None = None,
+        local: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     ) -> None:
-        """``tls``: a context built once (``tls_context(options)``) for callers that open many
+        """``local``: hosts served in-process by a transport of their own (an OCI layout,
+        ``registry.layout``): no auth, no spool, never the network.
+        ``tls``: a context built once (``tls_context(options)``) for callers that open many
         pools, such as a worker's tasks; by default the first client builds one. ``spool``:
         where source blobs are read once for every destination of the host (registry.spool)."""
         self.credentials = credentials
@@ -52,6 +56,7 @@ class Registries:
         self.retry = retry
         self.spool = spool
         self._transport = transport
+        self._local = dict(local or {})
         self._clients: dict[str, RegistryClient] = {}
         self._tls = tls
 
@@ -62,12 +67,15 @@ class Registries:
         if found is None:
             if self._tls is None:
                 self._tls = tls_context(self.options)
+            local = self._local.get(registry)
             found = RegistryClient(
-                registry, credentials=self.credentials, options=self.options,
-                capabilities=self.capabilities.get(registry), holds=self.holds,
-                retry=self.retry, transport=self._transport, tls=self._tls,
+                registry, credentials=None if local else self.credentials,
+                options=self.options, capabilities=self.capabilities.get(registry),
+                holds=self.holds, retry=self.retry, transport=local or self._transport,
+                tls=self._tls,
             )
-            found.spool = self.spool
+            # A local read costs nothing to repeat: spooling it would only copy it to disk.
+            found.spool = None if local else self.spool
             self._clients[registry] = found
         return found
 
