@@ -73,9 +73,14 @@ class BundledImage:
 
 
 class _Entry(Protocol):
-    ref_name: str | None
-    digest: str
-    annotations: Mapping[str, str]
+    """An ``index.json`` entry, as ``registry.layout.LayoutEntry`` has it."""
+
+    @property
+    def ref_name(self) -> str | None: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
 
 
 def bundled_images(entries: Iterable[_Entry]) -> list[BundledImage]:
