@@ -113,3 +113,10 @@ def entry_annotations(repository: str, release: str, base: BaseInfo | None) -> d
     if base is not None:
         annotations.update(base.annotations())
     return annotations
+
+
+def layout_path(repository: str) -> str:
+    """The repository's name inside the archive (its ref.names): itself, but for a registry
+    port, whose ``:`` a repository path may not hold (``localhost:5000/app`` is
+    ``localhost_5000/app``); ``io.fanout.repository`` keeps the exact name."""
+    return repository.replace(":", "_")

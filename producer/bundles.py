@@ -18,18 +18,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.layout import open_layout
-
 from registry.copy import Copier
 from registry.errors import BlobNotInLayout, RegistryError
 from registry.fetch import blob_head
+from registry.layout import open_layout
 from registry.options import CopyOptions, TransportOptions
 from registry.reference import Repository, parse_reference
 from registry.results import CopyResult, ProgressSink
 from registry.session import Registries
 
 from .bundle_base import BaseBundle
-from .bundle_format import BaseInfo, BundledImage, bundled_images, entry_annotations
+from .bundle_format import (
+    BaseInfo,
+    BundledImage,
+    bundled_images,
+    entry_annotations,
+    layout_path,
+)
 from .bundle_map import PrefixMap, map_all
 from .bundle_plan import BundleImage
 from .bundle_results import BundleResult, ImageOutcome
@@ -91,13 +96,13 @@ async def _write_all(
 ) -> None:
     """Copy each image into ``layout`` and annotate its entries; _ExportFailed at the first
     image that fails (its outcome appended first)."""
-    names = [str(layout.reference(i.repository).repository) for i in images]
+    names = [str(layout.reference(layout_path(i.repository)).repository) for i in images]
     async with Registries(credentials, transport,
                           local={layout.host: layout.transport}) as registries:
         with _progress(live, names) as progress:
             copier = Copier(registries, options, progress=progress)
             for image in images:
-                destination = layout.reference(image.repository).repository
+                destination = layout.reference(layout_path(image.repository)).repository
                 result = await copier.copy(parse_reference(image.source), destination,
                                            [tag for tag, _ in image.tags])
                 outcomes.append(_outcome(image.repository, image.digest, "the bundle", result,
@@ -105,7 +110,7 @@ async def _write_all(
                 if not result.ok:
                     raise _ExportFailed
                 for tag, release in image.tags:
-                    layout.annotate(f"{image.repository}:{tag}",
+                    layout.annotate(f"{layout_path(image.repository)}:{tag}",
                                     entry_annotations(image.repository, release, info[image]))
                 if not image.tags:
                     layout.annotate(image.digest, entry_annotations(
@@ -162,7 +167,7 @@ async def _push(copier: Copier, registries: Registries, layout: Any, image: Bund
             error=f"the bundle was built on {base} and left out {len(missing)} blob(s) it "
                   f"expected {destination} to hold; not found there (import {base} first)",
             missing=missing)
-    source = layout.reference(image.repository, image.digest)
+    source = layout.reference(layout_path(image.repository), image.digest)
     result = await copier.copy(source, destination, image.tags)
     outcome = _outcome(image.repository, image.digest, str(destination), result,
                        releases=image.releases)

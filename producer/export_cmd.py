@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         destinations = load_config(args.config, env).destination_set(args.to) or ()
     if Path(args.bundle).is_dir():
         raise UsageError(f"{args.bundle} is a directory; give the archive's file name")
+    if Path(args.bundle).exists():
+        # A bundle is written whole: added to an old archive, it would carry the old images too.
+        raise UsageError(f"{args.bundle} exists; a bundle is always a new file")
     base = read_base(args.base) if args.base else None
     transport = transport_options(args, env)
     ledger = api.connect_ledger(api.queue_settings(env, args.broker))
