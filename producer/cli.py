@@ -15,6 +15,8 @@ from . import (
     check_cmd,
     copy_cmd,
     enqueue_cmd,
+    export_cmd,
+    import_cmd,
     metrics_cmd,
     replay_cmd,
     retry_cmd,
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     retry_cmd.add_parser(commands)
     replay_cmd.add_parser(commands)
     verify_cmd.add_parser(commands)
+    export_cmd.add_parser(commands)
+    import_cmd.add_parser(commands)
     sync_cmd.add_parser(commands)
     check_cmd.add_parser(commands)
     metrics_cmd.add_parser(commands)
