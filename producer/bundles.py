@@ -133,7 +133,9 @@ async def _import(
     transport: TransportOptions, options: CopyOptions, live: bool,
 ) -> BundleResult:
     started = time.monotonic()
-    async with open_layout(path, archive=True, write=False) as layout:
+    # Repository naming: each image's tags (cosign's `sha256-<hex>.sig` among them) are listed
+    # under its own repository, as the engine asks for them.
+    async with open_layout(path, archive=True, write=False, naming="repository") as layout:
         images = bundled_images(layout.entries())
         mapping = map_all([i.repository for i in images], maps)  # before any push
         base = next((i.base for i in images if i.base is not None), None)

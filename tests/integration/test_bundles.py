@@ -24,8 +24,10 @@ from tests.support.images import (
     push_index,
     push_oci_image,
 )
+from tests.support.oci import fallback_tag
 from tests.support.queue import RedisServer, ledger_for, wait_until
 from tests.support.registries import RegistrySet
+from tests.support.signing import push_cosign_signature, push_referrers_index, referrers_index
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,7 +61,11 @@ def test_a_window_goes_registry_to_bundle_to_registry_unchanged(
     children = [push_oci_image(source, f"{unique_repo}/app", platform=p)
                 for p in (("linux", "amd64"), ("linux", "arm64"))]
     index = push_index(source, f"{unique_repo}/app", "1.0", children)
+    # As a client pushes them where there is no referrers API: the SBOM listed in the
+    # fallback index (`sha256-<hex>`), the cosign signature tagged `sha256-<hex>.sig`.
     sbom = push_artifact(source, f"{unique_repo}/app", index)
+    push_referrers_index(source, f"{unique_repo}/app", index.digest, [sbom])
+    signature = push_cosign_signature(source, f"{unique_repo}/app", index)
     web = push_oci_image(source, f"{unique_repo}/web", "2.0")
     newer = push_oci_image(source, f"{unique_repo}/app", "1.1")
     env = fanout_env(FANOUT_BROKER_URL=redis_server.url)
@@ -91,9 +97,12 @@ def test_a_window_goes_registry_to_bundle_to_registry_unchanged(
         assert get_manifest(far, ref)[0] == image.manifest, ref  # byte for byte
     for child in children:
         assert manifest_exists(far, f"{app}@{child.digest}")
-    if not manifest_exists(far, f"{app}@{sbom.digest}"):
-        # Known gap: the export does not put the index's OCI referrer into the bundle yet.
-        pytest.xfail("the OCI referrer did not travel through the bundle")
+    # Its referrers travelled too: the SBOM (found at the far side through its fallback
+    # index, as distribution 2.8 has no referrers API) and the cosign signature, byte for byte.
+    assert get_manifest(far, f"{app}@{sbom.digest}")[0] == sbom.manifest
+    assert [e["digest"] for e in referrers_index(far, app, index.digest)] == [sbom.digest]
+    assert get_manifest(far, f"{app}:{fallback_tag(index.digest)}.sig")[0] == \
+        signature.manifest
 
 
 def test_unmapped_repositories_push_nothing(
