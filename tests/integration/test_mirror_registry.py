@@ -25,11 +25,11 @@ from registry.tags import list_tags, resolve_tags
 from registry.untag import Untagged, untag
 from tests.support import images
 from tests.support.cli import fanout_env, run_fanout
+from tests.support.images import tag_image
 from tests.support.quirks import profiles
 from tests.support.quirks.manifests import RateLimit
 from tests.support.quirks.proxy import QuirkProxy
 from tests.support.registries import RegistryServer, RegistrySet
-from tests.support.registry_client import RepoClient
 
 T = TypeVar("T")
 # Blips retried at once; a Retry-After still decides its own wait.
@@ -44,17 +44,6 @@ def through(proxy: QuirkProxy, call: Callable[[RegistryClient], Awaitable[T]]) -
             return await call(regs.client(proxy.host))
 
     return asyncio.run(go())
-
-
-def tag_image(server: RegistryServer, repo: str, tags: list[str], *,
-              layer_size: int = 256) -> str:
-    """One small image under every tag of ``tags`` (its manifest PUT once per tag)."""
-    image = images.push_oci_image(server, repo, tags[0], layers=1, layer_size=layer_size)
-    with RepoClient.at(server, repo) as client:
-        raw, media_type = client.manifest_get(image.digest)
-        for tag in tags[1:]:
-            client.manifest_put(tag, raw, media_type)
-    return image.digest
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ import pytest
 import redis
 
 from tests.support import images
+from tests.support.images import tag_digests as tags_at
 from tests.support.queue import WorkerQueue, start_worker_queue, stop_worker_queue
 from tests.support.quirks import profiles
 from tests.support.quirks.manifests import RateLimit
 from tests.support.quirks.proxy import QuirkProxy
 from tests.support.registries import RegistryServer, RegistrySet
-from tests.support.registry_client import RepoClient
 from workers.mirror_runs import MirrorRuns
 from workers.prune_log import PruneLog
 
@@ -69,21 +69,7 @@ def dest(registries: RegistrySet) -> Iterator[QuirkProxy]:
 
 def tag_image(server: RegistryServer, repo: str, tags: list[str], *, seed: str = "") -> str:
     """One small image (distinct per ``seed``) under every tag of ``tags``; its digest."""
-    image = images.push_oci_image(server, repo, tags[0], layers=1, layer_size=64 + len(seed))
-    with RepoClient.at(server, repo) as client:
-        raw, media_type = client.manifest_get(image.digest)
-        for tag in tags[1:]:
-            client.manifest_put(tag, raw, media_type)
-    return image.digest
-
-
-def tags_at(server: RegistryServer, repo: str) -> dict[str, str]:
-    """Every tag of ``repo`` at ``server`` (behind any proxy) and the digest it names."""
-    found = {}
-    with RepoClient.at(server, repo) as client:
-        for tag in images.list_tags(server, repo):
-            found[tag] = client.manifest_head(tag).headers["Docker-Content-Digest"]
-    return found
+    return images.tag_image(server, repo, tags, layer_size=64 + len(seed))
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -317,6 +317,25 @@ def list_tags(registry: RegistryServer, repo: str) -> list[str]:
         return client.tag_list()
 
 
+def tag_image(registry: RegistryServer, repo: str, tags: Sequence[str], *,
+              layer_size: int = 256) -> str:
+    """One small random image under every tag of ``tags`` (its manifest PUT once per tag, no
+    blob pushed twice); its digest. How mirror tests and benches fill a repository cheaply."""
+    image = push_oci_image(registry, repo, tags[0], layers=1, layer_size=layer_size)
+    with RepoClient.at(registry, repo) as client:
+        raw, media_type = client.manifest_get(image.digest)
+        for tag in tags[1:]:
+            client.manifest_put(tag, raw, media_type)
+    return image.digest
+
+
+def tag_digests(registry: RegistryServer, repo: str) -> dict[str, str]:
+    """Every tag of ``repo`` and the digest it names (a listing, then a HEAD per tag)."""
+    with RepoClient.at(registry, repo) as client:
+        return {tag: client.manifest_head(tag).headers["Docker-Content-Digest"]
+                for tag in client.tag_list()}
+
+
 def delete_manifest(registry: RegistryServer, repo: str, digest: str) -> None:
     with RepoClient.at(registry, repo) as client:
         client.manifest_delete(digest)

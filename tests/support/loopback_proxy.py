@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from .http_wire import Headers, read_head, reset
 
 _UPSTREAM_TIMEOUT_S = 60.0
+_TLS_HANDSHAKE = b"\x16"  # a TLS record's content type: handshake
 
 
 @dataclass
@@ -192,6 +193,11 @@ class LoopbackProxy(Generic[S]):
     def _serve(self, client: socket.socket) -> None:
         conn = Connection(client, client.makefile("rb"))
         try:
+            # A TLS ClientHello (a client trying HTTPS first, as skopeo does) has no line end
+            # to read up to: reset it at once, or the client waits out its handshake timeout
+            # (Go: 10 s) before it falls back to HTTP, on every connection.
+            if conn.reader.peek(1)[:1] == _TLS_HANDSHAKE:
+                raise ValueError("a TLS handshake, not an HTTP request")
             head = read_head(conn.reader)
             if head is not None:
                 self._handle(conn, *head)
