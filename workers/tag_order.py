@@ -64,6 +64,7 @@ DEFAULT_LOCK_TTL = 15.0
 _PASSES = 3
 # Each copy's step 4 while it runs (see TagOrder._finish).
 _FINISHING: set[asyncio.Task[Any]] = set()
+_LAPSED = "its lease lapsed mid-write; another writer may have written it beside this one"
 
 
 class TagOrderUnavailable(TransientError):
@@ -203,7 +204,7 @@ class TagOrder:
                                         trust_early=True, sent=sent)
         except _Raced:
             return await self._finish(held, repository, tag, digest, writer,
-                                      why="its lease lapsed mid-write")
+                                      why=_LAPSED)
         except BaseException as exc:
             if not sent.put:
                 await self._release(held)
@@ -213,7 +214,7 @@ class TagOrder:
             # logged; the copy ends as it was going to.
             with contextlib.suppress(Exception):
                 await self._finish(held, repository, tag, digest, writer,
-                                   why=f"its PUT may have landed as it stopped: {_named(exc)}")
+                                   why=f"stopped with its PUT perhaps landed ({_named(exc)})")
             raise
         return await self._finish(held, repository, tag, digest, writer, outcome=outcome)
 
@@ -234,9 +235,8 @@ class TagOrder:
                                    why: str | None) -> str | None:
         if await self._release(held) and why is None:
             return outcome
-        log.warning("%s: another writer may have written tag %s:%s beside this one (%s); "
-                    "settling it", self.release_id, repository, tag,
-                    why or "its lease lapsed mid-write")
+        log.warning("%s: settling tag %s:%s: %s", self.release_id, repository, tag,
+                    why or _LAPSED)
         try:
             newer = await self._settle(repository, tag, digest, writer)
         except BaseException as exc:
