@@ -16,7 +16,15 @@ do), at one Redis command and no registry request. Otherwise, under the tag's le
 3. record this release as the owner (only if the owner is what step 1 read);
 4. give the lease back. If it had lapsed meanwhile (a stalled process, a PUT held in the
    network), another writer may have written beside this one: look again under a fresh lease,
-   and give the tag back to its owner if this write landed over a newer one.
+   and give the tag back to its owner if this write landed over a newer one. A copy stopped
+   or failing once its PUT may have been sent (a lost lease, a time limit, an answer lost
+   and its retry refused) does the same before it goes.
+
+Step 4 runs as one task of its own on the loop, which the copy waits for however often it is
+cancelled meanwhile: on waking, a stalled worker's heartbeat stops its copy at about the moment
+the PUT's answer arrives, and a cancellation landing anywhere in step 4 (while the lease is
+given back, before the settle starts) must not leave a tag on an older release. Its outcome is
+logged, a failure included: the tag is then left for ``fanout verify`` to report.
 
 The fence runs before every PUT: it refuses once the tag's lease, or the copy's own, is too
 near its end (local monotonic time, so a stopped or partitioned worker, whose clock ran on,
@@ -28,6 +36,7 @@ Writers outside fanout cannot be fenced at all; ``fanout verify`` reports them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -53,6 +62,9 @@ DEFAULT_LOCK_TTL = 15.0
 # Passes of steps 1-4 before the copy gives up and is retried by the task tier: a lease that
 # lapses again and again means a Redis or a process in trouble.
 _PASSES = 3
+# Each copy's step 4 while it runs (see TagOrder._finish).
+_FINISHING: set[asyncio.Task[Any]] = set()
+_LAPSED = "its lease lapsed mid-write; another writer may have written it beside this one"
 
 
 class TagOrderUnavailable(TransientError):
@@ -187,27 +199,54 @@ class TagOrder:
             return None
         sent = _Sent()
         held = await self._acquire(repository, tag)
-        raced = False
         try:
             outcome = await self._write(held, repository, tag, digest, writer,
                                         trust_early=True, sent=sent)
         except _Raced:
-            raced = True
-        except asyncio.CancelledError:
-            # Stopped (a lost lease, a time limit) with our PUT perhaps on the wire: it may
-            # land over a newer release's write, so settle the tag before going. Shielded, on
-            # the worker's long-lived loop: the copy's cancellation must not cut the fix short.
-            if sent.put:
-                await self._release(held)  # the settling takes a lease of its own
-                await asyncio.shield(self._settle(repository, tag, digest, writer))
+            return await self._finish(held, repository, tag, digest, writer,
+                                      why=_LAPSED)
+        except BaseException as exc:
+            if not sent.put:
+                await self._release(held)
+                raise
+            # Stopped (a lost lease, a time limit) or failed with our PUT perhaps landed over a
+            # newer release's write: settle the tag before going. The settle's own failure is
+            # logged; the copy ends as it was going to.
+            with contextlib.suppress(Exception):
+                await self._finish(held, repository, tag, digest, writer,
+                                   why=f"stopped with its PUT perhaps landed ({_named(exc)})")
             raise
-        finally:
-            kept = await self._release(held)
-        if kept and not raced:
+        return await self._finish(held, repository, tag, digest, writer, outcome=outcome)
+
+    async def _finish(self, held: _Held, repository: str, tag: str, digest: str,
+                      writer: TagWriter, *, outcome: str | None = None,
+                      why: str | None = None) -> str | None:
+        """Step 4 (give the lease back, settle the tag if it lapsed or ``why`` says so) as one
+        task of its own, waited for through any cancellation of this copy; ``outcome`` when
+        there was nothing to settle."""
+        task = asyncio.get_running_loop().create_task(
+            self._release_then_settle(held, repository, tag, digest, writer, outcome, why))
+        _FINISHING.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_FINISHING.discard)
+        return await _outlast(task)
+
+    async def _release_then_settle(self, held: _Held, repository: str, tag: str, digest: str,
+                                   writer: TagWriter, outcome: str | None,
+                                   why: str | None) -> str | None:
+        if await self._release(held) and why is None:
             return outcome
-        log.warning("%s: another writer wrote tag %s:%s beside this one (its lease lapsed "
-                    "mid-write); settling it", self.release_id, repository, tag)
-        return await asyncio.shield(self._settle(repository, tag, digest, writer))
+        log.warning("%s: settling tag %s:%s: %s", self.release_id, repository, tag,
+                    why or _LAPSED)
+        try:
+            newer = await self._settle(repository, tag, digest, writer)
+        except BaseException as exc:
+            # Never silent: a tag left on an older release is what ``fanout verify`` reports.
+            log.error("%s: could not settle tag %s:%s: %s", self.release_id, repository, tag,
+                      _named(exc))
+            raise
+        log.info("%s: tag %s:%s settled: %s", self.release_id, repository, tag,
+                 f"left to {newer}" if newer else f"names {digest[:19]}")
+        return newer
 
     async def _settle(self, repository: str, tag: str, digest: str,
                       writer: TagWriter) -> str | None:
@@ -343,6 +382,26 @@ class TagOrdering:
 @dataclass
 class _Sent:
     put: bool = False
+
+
+def _named(exc: BaseException) -> str:
+    # str() of a registry error is redacted; its repr() is not.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _outlast(task: asyncio.Task[T]) -> T:
+    """``task``'s result, waited for however often the caller is cancelled meanwhile; the
+    cancellation is raised once ``task`` is done. A cancellation must not end a copy before
+    it has undone a write that would move a tag backwards."""
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return task.result()
 
 
 class _Raced(Exception):
