@@ -29,7 +29,7 @@ DOWNLOAD: Direction = "download"
 SOURCE_PREFIX = "source:"
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?(?:/S)?", re.ASCII)
-_SCALE = {"": 1, "K": 1, "M": 2, "G": 3, "T": 4}
+_SCALE = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
 _HOST = re.compile(r"[A-Za-z0-9.*?\[\]:_-]+", re.ASCII)
 
 
