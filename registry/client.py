@@ -94,9 +94,7 @@ class RegistryClient:
         # Where source blobs read by this client are shared with the host's other readers;
         # set by the pool (registry.session), None reads straight from the registry.
         self.spool: Spool | None = None
-        # The bandwidth caps blob bytes to and from this host keep to (registry.throttle);
-        # set by the pool, None sends as fast as the link goes.
-        self.throttle: Throttle | None = None
+        self.throttle: Throttle | None = None  # its bandwidth caps, set by the pool likewise
         self.plain_http = uses_plain_http(registry, options.insecure_registries)
         self._host = api_host(registry)
         self.base_url = f"https://{self._host}"

@@ -200,3 +200,18 @@ def test_the_engine_hands_its_pool_caps_in_redis_only_when_some_are_set(
     pool = capped._redis.connection_pool
     assert pool.connection_kwargs["host"] == "ledger.example"
     assert pool.connection_kwargs["socket_timeout"] <= 1
+
+
+def test_a_bad_cap_stops_the_worker_at_start_naming_the_entry() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root),
+           "FANOUT_BANDWIDTH": "ok.example=1MiB,dr.example=lots"}
+    out = subprocess.run([sys.executable, "-c", "import workers.app"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0
+    assert "ConfigError" in out.stderr and "'dr.example=lots'" in out.stderr, out.stderr
