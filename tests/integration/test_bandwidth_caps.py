@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer import api
-from tests.support.cli import write_docker_config
+from tests.support.cli import fanout_env, run_fanout, write_docker_config
 from tests.support.fault_proxy import FaultProxy
 from tests.support.images import push_oci_image
 from tests.support.ports import free_port
@@ -130,3 +130,29 @@ def test_three_workers_share_one_cap_and_metrics_show_it(
     # Three streams under one cap: they waited, most of the copy's length between them.
     assert samples["fanout_bandwidth_wait_seconds_total"] > 1.0, samples
     assert "fanout_bandwidth_bytes_per_second" in samples, samples
+
+
+def test_fanout_copy_keeps_to_the_cap_in_process(
+    proxy: FaultProxy, registries: RegistrySet, unique_repo: str, tmp_path: Path,
+) -> None:
+    cap = 2 * MiB
+    image = push_oci_image(registries.source, f"{unique_repo}-src", "v1", layers=1,
+                           layer_size=4 * MiB, compress=False)
+    env = fanout_env(write_docker_config(tmp_path / "docker", []),
+                     FANOUT_BANDWIDTH=f"{proxy.host}={cap}")
+    out = run_fanout(["copy", image.reference, f"{proxy.host}/{unique_repo}"], env, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    pieces = list(proxy.body_pieces)
+    total = sum(n for _, n in pieces)
+    rate = total / (pieces[-1][0] - pieces[0][0])
+    assert total >= 4 * MiB
+    assert (1 - TOLERANCE) * cap <= rate <= (1 + TOLERANCE) * cap, rate / MiB
+
+
+def test_fanout_copy_names_a_bad_cap(registries: RegistrySet, tmp_path: Path) -> None:
+    env = fanout_env(write_docker_config(tmp_path / "docker", []),
+                     FANOUT_BANDWIDTH="dr.example=40MiB,*.partner.example=ten")
+    out = run_fanout(["copy", f"{registries.source.host}/none@sha256:{'0' * 64}",
+                      f"{registries.dest1.host}/none"], env, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "FANOUT_BANDWIDTH" in out.stderr and "'*.partner.example=ten'" in out.stderr
