@@ -6,7 +6,8 @@ it at once. Each alone could send many times the cap over loopback; sharing the 
 Redis, all three together stay within 10% of it. The rate is judged at the proxy: the request
 body bytes it relayed, over the window from the first to the last of them (not the test's run
 time, which includes starting workers and pushing images). Then ``fanout metrics`` is scraped
-for the registry's rate, cap and the time the copies waited on it.
+for the registry's rate, cap and the time the copies waited on it. ``fanout copy`` keeps a cap
+in-process, on uploads and (``source:``) on the source's blob reads.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def test_fanout_copy_keeps_to_the_cap_in_process(
     pieces = list(proxy.body_pieces)
     total = sum(n for _, n in pieces)
     rate = total / (pieces[-1][0] - pieces[0][0])
+    print(f"{total / MiB:.2f} MiB at {rate / MiB:.3f} MiB/s under a cap of {cap / MiB:g} MiB/s")
     assert total >= 4 * MiB
     assert (1 - TOLERANCE) * cap <= rate <= (1 + TOLERANCE) * cap, rate / MiB
 
@@ -156,3 +158,23 @@ def test_fanout_copy_names_a_bad_cap(registries: RegistrySet, tmp_path: Path) ->
                       f"{registries.dest1.host}/none"], env, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "FANOUT_BANDWIDTH" in out.stderr and "'*.partner.example=ten'" in out.stderr
+
+
+def test_a_source_cap_paces_the_blob_reads(
+    proxy: FaultProxy, registries: RegistrySet, unique_repo: str, tmp_path: Path,
+) -> None:
+    # Only downloads from the source are capped; the upload streams as the blob is read, so
+    # the destination's proxy sees the pace of the reads.
+    cap = 2 * MiB
+    image = push_oci_image(registries.source, f"{unique_repo}-src", "v1", layers=1,
+                           layer_size=4 * MiB, compress=False)
+    env = fanout_env(write_docker_config(tmp_path / "docker", []),
+                     FANOUT_BANDWIDTH=f"source:{registries.source.host}={cap}")
+    out = run_fanout(["copy", image.reference, f"{proxy.host}/{unique_repo}"], env, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    pieces = list(proxy.body_pieces)
+    total = sum(n for _, n in pieces)
+    rate = total / (pieces[-1][0] - pieces[0][0])
+    print(f"{total / MiB:.2f} MiB at {rate / MiB:.3f} MiB/s under a cap of {cap / MiB:g} MiB/s")
+    assert total >= 4 * MiB
+    assert (1 - TOLERANCE) * cap <= rate <= (1 + TOLERANCE) * cap, rate / MiB
