@@ -221,3 +221,9 @@ def test_a_source_body_is_read_under_the_download_cap() -> None:
     assert asyncio.run(_drain(body.aiter_bytes())) == 500_001
     assert [n for _, _, n in recorder.takes] == [256 * 1024, 500_001 - 256 * 1024]
     assert {d for _, d, _ in recorder.takes} == {"download"}
+
+
+def test_an_uncapped_stream_is_handed_back_as_it_is() -> None:
+    chunks = _pieces([1])
+    assert throttled(chunks, None, "h", "upload") is chunks
+    assert throttled(chunks, Recorder(None), "h", "upload") is chunks
