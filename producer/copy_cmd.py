@@ -67,13 +67,17 @@ async def copy_all(
     """The Python entry point behind ``fanout copy``; ``local``: hosts served in-process
     (OCI layouts, ``registry.layout``)."""
     from registry.copy import Copier
+    from registry.envconfig import bandwidth_from_env
     from registry.session import Registries
+    from registry.throttle import LocalThrottle
 
     from .inputs import credentials
 
+    caps = bandwidth_from_env(env)  # FANOUT_BANDWIDTH: kept by this process alone
+    throttle = LocalThrottle(caps) if caps else None
     with _run_spool(len(targets), env) as spool:
-        async with Registries(credentials(env), transport, spool=spool,
-                              local=local) as registries:
+        async with Registries(credentials(env), transport, spool=spool, local=local,
+                              throttle=throttle) as registries:
             copier = Copier(registries, options, progress=progress)
             try:
                 return await copier.copy_many(source, targets)

@@ -48,6 +48,7 @@ from .results import CopyStats, ProgressSink
 from .retry import RetryPolicy, retry_async
 from .session import Registries
 from .singleflight import SingleFlight
+from .throttle import throttled
 from .upload_claims import claimant_for, holding, wait_for_release
 
 T = TypeVar("T")
@@ -302,7 +303,9 @@ class BlobMover:
                         chunk = max(current.chunk_min, _FALLBACK_CHUNK)
                     if caps.chunked is False and caps.whole_blob is not False:
                         chunk = None  # a chunk size is a preference; this host takes none
-                    stream = VerifyingStream(response.aiter_bytes(), blob, advance)
+                    body = throttled(response.aiter_bytes(), client.throttle,
+                                     target.registry, "upload", blob.size)
+                    stream = VerifyingStream(body, blob, advance)
                     if chunk:
                         await upload_chunks(client, current, blob, stream, chunk)
                         caps.chunked = True

@@ -20,7 +20,8 @@ from .manifest import (
     Manifest,
     parse_manifest,
 )
-from .spool_io import BlobBody
+from .spool_io import BlobBody, SourceBody
+from .throttle import ThrottledBody
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ async def blob_stream(
 @asynccontextmanager
 async def _blob_get(
     client: RegistryClient, repository: str, digest: str,
-) -> AsyncIterator[httpx.Response]:
+) -> AsyncIterator[SourceBody]:
     async with client.stream(
         "GET", blob_path(repository, digest), expected=(200,),
         headers={"Accept-Encoding": "identity"}, what=f"get blob {digest[:19]}",
@@ -152,7 +153,10 @@ async def _blob_get(
                 f"blob {digest[:19]} was sent with a content encoding; refusing to re-encode it",
                 method="GET", url=response.request.url,
             )
-        yield response
+        if client.throttle is not None and client.throttle.rate(client.registry, "download"):
+            yield ThrottledBody(response, client.throttle, client.registry)
+        else:
+            yield response
 
 
 # -- listings: referrers here, tags in registry.tags; each possibly paginated through ``Link`` --
