@@ -20,6 +20,7 @@ from registry.errors import BlobNotInLayout, CorruptBlob, NotALayout
 from registry.layout import Layout, open_layout, parse_place
 from registry.layout.store import CHUNK, BlobReader, BlobStore, Upload
 from registry.layout.tarindex import TarIndex
+from registry.locations import MemoryLocations
 from registry.options import CopyOptions
 from registry.results import CopyResult
 from registry.retry import RetryPolicy
@@ -201,6 +202,27 @@ def test_a_write_outliving_its_copy_is_waited_for_then_refused(
     asyncio.run(go())
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_layout_hosts_stay_out_of_the_blob_location_index(tmp_path: Path) -> None:
+    # layout-<n>.oci.invalid names a different file in every process: a hint recorded under
+    # it in a shared index (Redis, on workers) would point another process at the wrong one.
+    make_layout(tmp_path / "src", {"v1": os.urandom(20_000)})
+    locations = MemoryLocations()
+
+    async def go() -> None:
+        source = Layout(tmp_path / "src", archive=False, write=False)
+        async with open_layout(tmp_path / "out.tar", archive=True, write=True) as dest, \
+                Registries(locations=locations, local={
+                    source.host: source.transport, dest.host: dest.transport}) as pool:
+            result = await Copier(pool, CopyOptions(retry=FAST)).copy(
+                source.reference(ref="v1"), dest.reference().repository, ["v1"])
+            assert result.error is None, result.error
+            assert result.stats.blobs_uploaded == 2
+            assert pool.is_local(dest.host) and not pool.is_local("ghcr.io")
+
+    asyncio.run(go())
+    assert locations.count() == 0
 
 
 def test_a_truncated_archive_names_the_blob_cut_short(tmp_path: Path) -> None:
