@@ -24,6 +24,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from registry.layout import Layout
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         layouts.close()
     results = layouts.renamed(results)
+    optional = frozenset(layouts.name(text) for text in optional)
     seconds = time.monotonic() - started
     if args.json:
         print(results_json(results, seconds, optional))
@@ -157,6 +160,7 @@ class _Layouts:
     def __init__(self) -> None:
         self.open: list[tuple[Layout, str]] = []
         self._names: dict[str, str] = {}
+        self._writing: dict[tuple[str, Path], Layout] = {}
 
     def plan(self, args: argparse.Namespace) -> tuple[
             Reference, list[tuple[Repository, tuple[str, ...]]], frozenset[str]]:
@@ -183,18 +187,26 @@ class _Layouts:
                                  f" (it has {', '.join(names) or 'none'})")
             source = layout.reference(ref=ref)
             self._names[str(source)] = args.source
-        texts = []
-        for text in args.destinations:
-            place = parse_place(text)
-            if place is None:
-                texts.append(text)
-                continue
-            layout = Layout(place.path, archive=place.archive, write=True)
+        texts = [self._destination(text) for text in args.destinations]
+        optional = [self._destination(text) for text in args.optional]
+        targets, marked = parse_targets(texts, optional, source, args.tag)
+        return source, targets, marked
+
+    def _destination(self, text: str) -> str:
+        """A DEST (or ``--optional`` DEST) as the copy engine names it: a layout's synthetic
+        reference, the layout opened for writing once however often it is named."""
+        from registry.layout import Layout, parse_place
+
+        place = parse_place(text)
+        if place is None:
+            return text
+        key = (place.kind, place.path.resolve())
+        layout = self._writing.get(key)
+        if layout is None:
+            layout = self._writing[key] = Layout(place.path, archive=place.archive, write=True)
             self.open.append((layout, text))
             self._names[str(layout.reference().repository)] = text
-            texts.append(str(layout.reference(ref=place.ref)))
-        targets, optional = parse_targets(texts, args.optional, source, args.tag)
-        return source, targets, optional
+        return str(layout.reference(ref=place.ref))
 
     def local(self) -> dict[str, httpx.AsyncBaseTransport]:
         return {layout.host: layout.transport for layout, _ in self.open}

@@ -84,6 +84,11 @@ class Registries:
             self._clients[registry] = found
         return found
 
+    def is_local(self, registry: str) -> bool:
+        """Whether ``registry`` is served in-process (an OCI layout's synthetic host): where its
+        blobs are means nothing outside this process, so it goes in no shared index."""
+        return canonical_host(registry) in self._local
+
     def renew_credentials(self, credentials: CredentialStore | None, *,
                           older_than: float) -> None:
         """Use ``credentials`` from now on, in every client: a pool that outlives one copy (a
