@@ -448,9 +448,26 @@ def report(results: Results, args: argparse.Namespace) -> str:
                      f"{run.moved('src', 'up') / size:.2f} | {first:.2f} | "
                      f"{run.source_done():.2f} | {last - first:.2f} | {run.seconds - last:.2f} "
                      f"| {busy:.0%} | {run.cpu:.1f} | {run.load:.1f} |")
-    lines += ["", *resumed_lines(results.runs["resumed"], size, args),
+    lines += ["", *where_the_time_goes(results.runs), "",
+              *resumed_lines(results.runs["resumed"], size, args),
               *capped_lines(results.runs["capped"], args)]
     return "\n".join(lines)
+
+
+def where_the_time_goes(runs: dict[str, Run]) -> list[str]:
+    """fanout's and the queue's distance from the floor, split into its parts."""
+    out = []
+    for case in ("copy", "queue"):
+        run = runs[case]
+        first, last = run.first_byte(), run.last_byte()
+        out.append(
+            f"{CASES[case]}: {run.seconds - run.floor:.2f} s over the floor; "
+            f"{first:.2f} s before the first blob byte left the source, {last - first:.2f} s "
+            f"moving bytes where the bottleneck alone needs {run.floor:.2f} s "
+            f"(+{last - first - run.floor:.2f} s), {run.seconds - last:.2f} s after the last "
+            f"byte; {run.cpu:.1f} s of CPU{' (worker and producer)' if case == 'queue' else ''}"
+            f", the machine's load {run.load:.1f} on {os.cpu_count()} cores.")
+    return out
 
 
 def resumed_lines(run: Run, size: int, args: argparse.Namespace) -> list[str]:
