@@ -107,7 +107,9 @@ class Ledger(LedgerReader):
                 pipe.hset(dest_key(release_id, destination), mapping=_fields(row))
             pipe.zadd(RELEASES_KEY, {release_id: now})
             pipe.zremrangebyscore(RELEASES_KEY, "-inf", now - self.retention)
-            self._expire(pipe, release_id, [d for d, _ in targets])
+            # No history exists yet: an EXPIRE of each would be a command per destination
+            # for nothing (the first attempt to end gives its history the release's lifetime).
+            self._expire(pipe, release_id, [d for d, _ in targets], histories=False)
             pipe.execute()
         return release_id
 
@@ -332,8 +334,14 @@ class Ledger(LedgerReader):
             if expect_attempt is not None and int(current.get("attempts") or 0) != expect_attempt:
                 pipe.multi()
                 return  # a newer attempt owns the record now
-            left = self._lifetime_left(pipe, release_id)
-            others = [] if left is not None else self._dest_names(pipe, release_id)
+            # HSET and HINCRBY keep a key's expiry: only a key this write creates (the record
+            # itself, or the history an ending attempt starts) needs one, so a transition that
+            # creates none (an attempt's start) costs no PTTL and no PEXPIREs.
+            creates = not current or (current.get("state") == "running"
+                                      and (attempt or outcome is not None))
+            left = self._lifetime_left(pipe, release_id) if creates else None
+            others = [] if left is not None or not creates else self._dest_names(pipe,
+                                                                                  release_id)
             update = dict(fields, updated_at=repr(now))
             if not current:  # unknown (expired, flushed): start a full record
                 update = {**new_record(destination, (), now), **update}
@@ -365,7 +373,8 @@ class Ledger(LedgerReader):
                 # ensure_destination): without a head, `fanout status` could not find it.
                 pipe.hsetnx(release_key(release_id), "created_at", repr(now))
                 pipe.zadd(RELEASES_KEY, {release_id: now}, nx=True)
-            self._expire(pipe, release_id, [destination, *others], left_ms=left)
+            if creates:
+                self._expire(pipe, release_id, [destination, *others], left_ms=left)
 
         self._redis.transaction(apply, key)  # type: ignore[no-untyped-call]
         return number[0]
@@ -410,7 +419,7 @@ class Ledger(LedgerReader):
         return left
 
     def _expire(self, pipe: Pipeline, release_id: str, destinations: Sequence[str], *,
-                left_ms: int | None = None) -> None:
+                left_ms: int | None = None, histories: bool = True) -> None:
         if left_ms is not None:
             for name in dict.fromkeys(destinations):
                 pipe.pexpire(dest_key(release_id, name), left_ms)
@@ -422,7 +431,8 @@ class Ledger(LedgerReader):
         pipe.expire(dests_key(release_id), ttl)
         for name in dict.fromkeys(destinations):
             pipe.expire(dest_key(release_id, name), ttl)
-            pipe.expire(history_key(release_id, name), ttl)
+            if histories:
+                pipe.expire(history_key(release_id, name), ttl)
 
 def _fields(row: Mapping[str, str]) -> _Fields:
     return cast(_Fields, row)
