@@ -374,7 +374,8 @@ class Ledger(LedgerReader):
                 pipe.hsetnx(release_key(release_id), "created_at", repr(now))
                 pipe.zadd(RELEASES_KEY, {release_id: now}, nx=True)
             if creates:
-                self._expire(pipe, release_id, [destination, *others], left_ms=left)
+                self._expire(pipe, release_id, [destination, *others], left_ms=left,
+                             records=not current)
 
         self._redis.transaction(apply, key)  # type: ignore[no-untyped-call]
         return number[0]
@@ -419,10 +420,14 @@ class Ledger(LedgerReader):
         return left
 
     def _expire(self, pipe: Pipeline, release_id: str, destinations: Sequence[str], *,
-                left_ms: int | None = None, histories: bool = True) -> None:
+                left_ms: int | None = None, histories: bool = True,
+                records: bool = True) -> None:
+        """``records``/``histories`` False: leave those keys' expiry as it is (a key that
+        exists already has the release's, and HSET keeps it; one not made yet has none)."""
         if left_ms is not None:
             for name in dict.fromkeys(destinations):
-                pipe.pexpire(dest_key(release_id, name), left_ms)
+                if records:
+                    pipe.pexpire(dest_key(release_id, name), left_ms)
                 pipe.pexpire(history_key(release_id, name), left_ms)
             return
         # Every key of the release, not just the one written: a release expires whole.
@@ -433,6 +438,7 @@ class Ledger(LedgerReader):
             pipe.expire(dest_key(release_id, name), ttl)
             if histories:
                 pipe.expire(history_key(release_id, name), ttl)
+
 
 def _fields(row: Mapping[str, str]) -> _Fields:
     return cast(_Fields, row)
