@@ -240,3 +240,22 @@ def test_exactly_one_finisher_wins_each_final_transition_on_real_redis() -> None
         ledger.mark_succeeded(release_id, "r.example/a", stats={}, seconds=1)
         assert ledger.settle_final(release_id) is not None
         assert ledger.settle_final(release_id) is None
+
+
+def test_succeeded_gives_back_the_copys_lock_only_while_it_is_that_tokens(
+    ledger: Ledger, redis_client: Any,
+) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    redis_client.set("fanout:lock:mine", "tok-a")
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    assert ledger.mark_succeeded(release_id, "r1.example/app", stats={}, seconds=1.0,
+                                 lock=("fanout:lock:mine", "tok-a"))
+    assert not redis_client.exists("fanout:lock:mine")
+    # A lock that expired and was taken by another copy stays theirs.
+    redis_client.set("fanout:lock:theirs", "tok-b")
+    ledger.mark_running(release_id, "r2.example/app", worker=None)
+    assert not ledger.mark_succeeded(release_id, "r2.example/app", stats={}, seconds=1.0,
+                                     lock=("fanout:lock:theirs", "tok-a"))
+    assert redis_client.get("fanout:lock:theirs") in ("tok-b", b"tok-b")
+    record = ledger.record(release_id, "r2.example/app")
+    assert record is not None and record.state == "succeeded"

@@ -306,11 +306,12 @@ def test_a_delivery_reads_its_record_once_and_without_the_history() -> None:
     assert isinstance(h.run(), Succeeded)
     # One read (an HMGET and the release's order, pipelined) decides whether the message is
     # stale; then the lock, the attempt's running and succeeded transitions (WATCH, HGETALL,
-    # MULTI/EXEC each, and a PTTL for the end, which starts the attempt's history), the
-    # lock's release.
+    # MULTI/EXEC each, and a PTTL for the end, which starts the attempt's history); the lock
+    # is given back inside the succeeded transition (its holder read, GET, under the WATCH).
     assert h.redis.tally.commands == [
         "PIPELINE", "SET", "WATCH", "HGETALL", "MULTI/EXEC",
-        "WATCH", "HGETALL", "PTTL", "MULTI/EXEC", "WATCH", "GET", "MULTI/EXEC"]
+        "WATCH", "HGETALL", "PTTL", "GET", "MULTI/EXEC"]
+    assert not h.redis.keys("fanout:lock:*")
 
 
 def test_a_failed_attempt_reads_its_round_with_one_hmget() -> None:
