@@ -51,7 +51,7 @@ from registry.reference import Repository
 from registry.tag_gate import TagWriter
 
 from .locks import Lease, canonical_repository
-from .records import decode_map
+from .records import decode_map, text
 
 log = logging.getLogger("fanout.tags")
 T = TypeVar("T")
@@ -128,22 +128,38 @@ class TagOwners:
               expected: TagOwner | None) -> bool:
         """Record ``owner`` if the record is still ``expected``; False when it changed (a
         writer whose lease had lapsed is not the only one any more)."""
+        return self.claim_and_release(repository, tag, owner, expected, None)[0]
+
+    def claim_and_release(self, repository: str, tag: str, owner: TagOwner,
+                          expected: TagOwner | None, lease: Lease | None,
+                          ) -> tuple[bool, bool]:
+        """:meth:`claim`, and when it succeeds give ``lease`` back in the same transaction if
+        it is still ours: (claimed, lease given back). One transaction rather than two: the
+        lease's compare-and-delete was five commands of its own."""
         key = owner_key(repository, tag)
+        watched = [key] if lease is None else [key, lease.key]
         with self._redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(*watched)
                     # After WATCH the pipeline runs commands at once; the stubs do not know that.
                     current = cast(Mapping[Any, Any], pipe.hgetall(key))
                     if TagOwner.from_fields(current) != expected:
                         pipe.unwatch()
-                        return False
+                        return False, False
+                    holder = pipe.get(lease.key) if lease is not None else None
+                    ours = lease is not None and holder is not None and (
+                        text(holder) == lease.token)
                     pipe.multi()
-                    pipe.delete(key)
+                    # Every field is written, so nothing of an older record survives the HSET.
                     pipe.hset(key, mapping=cast(Mapping[str | bytes, str], owner.to_fields()))
                     pipe.pexpire(key, self._ttl_ms)
+                    if ours and lease is not None:
+                        pipe.delete(lease.key)
                     pipe.execute()
-                    return True
+                    if ours and lease is not None:
+                        lease.held = False
+                    return True, ours
                 except redis.WatchError:
                     continue
 
@@ -290,8 +306,14 @@ class TagOrder:
             await writer.put(fence)
         if not ours:
             mine = TagOwner(self.order, self.release_id, digest, self._clock())
-            if not await self._call(self._owners.claim, repository, tag, mine, owner):
+            claimed, released = await self._call(self._owners.claim_and_release, repository,
+                                                 tag, mine, owner, held.lease)
+            if not claimed:
                 raise _Raced
+            if released:
+                # Given back with the claim: the lease was ours throughout.
+                await self._stop_renewing(held)
+                held.kept = True
         self.superseded.pop(tag, None)
         return None
 
@@ -346,10 +368,13 @@ class TagOrder:
         held.kept = await self._give_back(held)
         return held.kept
 
-    async def _give_back(self, held: _Held) -> bool:
+    async def _stop_renewing(self, held: _Held) -> None:
         if held.renewer is not None:
             held.renewer.cancel()
             await asyncio.gather(held.renewer, return_exceptions=True)
+
+    async def _give_back(self, held: _Held) -> bool:
+        await self._stop_renewing(held)
         surely_ours = self._monotonic() < held.deadline
         try:
             released = await asyncio.to_thread(held.lease.release)

@@ -160,6 +160,21 @@ def test_the_no_op_path_adds_no_registry_request_and_one_redis_read(
     assert counting.tally.count == 1 and not client.exists(lock_key(str(DEST), TAG))
 
 
+def test_a_first_write_gives_its_lease_back_with_the_claim(
+    client: redis.Redis[Any], server: fakeredis.FakeServer,
+) -> None:
+    tag = Tag()
+    counting = CountingFakeRedis(server=server, decode_responses=True)
+    assert asyncio.run(write(gate(counting, 6), tag, 6)) is None
+    assert tag.puts == [digest(6)] and not client.exists(lock_key(str(DEST), TAG))
+    found = owner(client)
+    assert found is not None and found.release == "rel-6"
+    # The early read, the lease, the read under it, then one transaction that records the
+    # owner and gives the lease back (no compare-and-delete of its own).
+    assert counting.tally.commands == ["HGETALL", "SET", "HGETALL", "WATCH", "HGETALL", "GET",
+                                       "MULTI/EXEC"], counting.tally.commands
+
+
 def test_a_superseded_tag_costs_one_redis_read(
     client: redis.Redis[Any], server: fakeredis.FakeServer,
 ) -> None:
