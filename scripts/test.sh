@@ -9,6 +9,12 @@ bash scripts/setup.sh
 # every xdist worker, `celery worker` and `fanout` process the tests start would otherwise
 # compile the same sources again.
 unset PYTHONDONTWRITEBYTECODE
+# Compile every module now, on one thread. CPython 3.11's AST constructor keeps a recursion
+# counter that is not thread-safe (python/cpython#106905): a module compiled on a background
+# thread (a lazy import in a worker thread a test started) while pytest rewrites a test module
+# on the main thread can fail either with "SystemError: AST constructor recursion depth
+# mismatch" (pytest-dev/pytest#10763). Imports that find a fresh .pyc build no AST.
+.venv/bin/python -m compileall -q -j 0 registry workers producer service bench tests >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy
 # Four processes on two cores: most tests wait on registries, workers and timers, and another

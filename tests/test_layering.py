@@ -21,8 +21,21 @@ FORBIDDEN = {
 }
 
 
+def _parse(path: Path) -> ast.Module:
+    # CPython 3.11 keeps the AST constructor's recursion depth in a counter that is not
+    # thread-safe (python/cpython#106905): a parse racing with an import
+    # compiled on another thread of this process (a thread an earlier test left running)
+    # raises SystemError "recursion depth mismatch". The source is fine; parse it again.
+    for _ in range(5):
+        try:
+            return ast.parse(path.read_text(), filename=str(path))
+        except SystemError:
+            continue
+    return ast.parse(path.read_text(), filename=str(path))
+
+
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _parse(path)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -161,7 +174,7 @@ def test_enqueue_through_a_server_loads_no_queue() -> None:
 def _local_imports(package: str, path: Path) -> set[str]:
     """Modules of ``package`` that ``path`` imports, TYPE_CHECKING imports included (a cycle
     hidden behind them is still a cycle in the design)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _parse(path)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -181,7 +194,7 @@ def test_producer_reaches_the_service_only_when_serve_runs() -> None:
     # service/ imports producer.api; producer imports service only inside serve_cmd.run, so
     # neither package needs the other loaded first and no module cycle exists.
     for path in sorted((ROOT / "producer").glob("*.py")):
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = _parse(path)
         top_level = {alias.name.split(".")[0] for node in tree.body
                      if isinstance(node, ast.Import) for alias in node.names}
         top_level |= {node.module.split(".")[0] for node in tree.body
