@@ -18,8 +18,11 @@ module does about it (remembered in the host's :class:`~registry.capabilities.Ca
 
 Learning only narrows, so uploads racing on the same host converge, and none fails because a
 sibling learnt a rule first: each piece is sized from the capabilities when it is cut.
-A registry that says it has fewer bytes than we already let go of cannot be resumed from our
-side (the source streams once): that is a transient error, and the upload starts over.
+A piece that fails on the way (a reset, a timeout, a 5xx) is resumed: the upload's status says
+what the registry kept, and the rest of the piece, still in hand, goes again
+(:mod:`registry.resume`). A registry that says it has fewer bytes than we already let go of
+cannot be resumed from our side (the source streams once): that is a transient error, and the
+upload starts over.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .client import RegistryClient
 from .errors import ProtocolError, RegistryError, ServerError, UnexpectedStatus
 from .manifest import Descriptor
 from .push import UploadSession, VerifyingStream, next_location, with_digest
+from .resume import cannot_resume, kept_of_piece, upload_status, wait_to_resume
 
 log = logging.getLogger("fanout.push")
 
@@ -54,6 +58,7 @@ class _Upload:
         self.blob = blob
         self.offset = 0
         self.relearnt = 0
+        self.resumes = 0
         # The smallest non-final part the registry has taken so far.
         self.smallest = _MAX_CHUNK
         self.what = f"upload chunk of blob {blob.digest[:19]}"
@@ -72,6 +77,10 @@ class _Upload:
             )
         except UnexpectedStatus as exc:
             return await self._refused(exc, piece, final=final)
+        except RegistryError as exc:
+            if not exc.transient:
+                raise
+            return await self.resume(exc, piece)  # cut on the way: go on from the registry
         if response.headers.get("location"):
             self.location = next_location(self.client, response, self.what)
         registry_end = _range_end(response)
@@ -84,6 +93,25 @@ class _Upload:
         if not final:
             self.smallest = min(self.smallest, taken)
         return taken
+
+    async def resume(self, exc: RegistryError, piece: bytes) -> int:
+        """After ``piece`` failed on the way: how many of its bytes the registry kept, from its
+        status; re-raises ``exc`` when the upload cannot go on (then it starts over)."""
+        self.resumes += 1
+        if not await wait_to_resume(self.client, exc, self.resumes):
+            raise exc
+        status = await upload_status(self.client, self.location, self.repository,
+                                     offset=self.offset, what=self.what)
+        kept = None if status is None else kept_of_piece(self.offset, len(piece), status[0])
+        if status is None or kept is None:
+            cannot_resume(self.client, f"after {exc}")
+            raise exc
+        self.client.capabilities.resumes = True
+        self.location = status[1]
+        log.info("resuming blob %s at byte %d of %d after: %s", self.blob.digest[:19],
+                 self.offset + kept, self.blob.size, exc)
+        self.offset += kept
+        return kept
 
     async def _refused(self, exc: UnexpectedStatus, piece: bytes, *, final: bool) -> int:
         caps = self.client.capabilities
