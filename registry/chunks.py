@@ -27,6 +27,7 @@ upload starts over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
@@ -174,38 +175,94 @@ class _Upload:
         return end + 1 if end is not None else 0
 
     async def commit(self) -> None:
-        await self.client.request(
-            "PUT", with_digest(self.location, self.blob.digest), expected=(201,),
-            headers={"Content-Length": "0"}, what=f"commit blob {self.blob.digest[:19]}",
-            scopes=scopes.push(self.repository),
-        )
+        what = f"commit blob {self.blob.digest[:19]}"
+        while True:
+            try:
+                await self.client.request(
+                    "PUT", with_digest(self.location, self.blob.digest), expected=(201,),
+                    headers={"Content-Length": "0"}, what=what,
+                    scopes=scopes.push(self.repository),
+                )
+                return
+            except RegistryError as exc:
+                # Every byte is there: a failed commit is tried again, not the whole upload.
+                # No status (a commit that did land leaves none) says nothing of the host.
+                self.resumes += 1
+                if not await wait_to_resume(self.client, exc, self.resumes):
+                    raise
+                status = await upload_status(self.client, self.location, self.repository,
+                                             offset=self.offset, what=what)
+                if status is None or status[0] != self.blob.size:
+                    raise
+                self.location = status[1]
 
 
 async def upload_chunks(
     client: RegistryClient, session: UploadSession, descriptor: Descriptor,
     stream: VerifyingStream, chunk_size: int,
 ) -> None:
-    """Chunked upload: PATCH pieces sized by what the host accepts, then commit."""
+    """Chunked upload: PATCH pieces sized by what the host accepts, then commit. The next
+    piece is read from the source while one is sent, so reading and sending overlap as they
+    do in a whole-blob PUT (at most two pieces are held)."""
     upload = _Upload(client, session, descriptor)
     caps = client.capabilities
     wanted = max(chunk_size, session.chunk_min)
-    buffer = bytearray()
-
-    async def drain(*, final: bool) -> None:
-        # Send whole pieces while there are enough bytes; at the end, whatever is left.
-        while buffer:
-            size = caps.chunk_size(wanted)
-            if len(buffer) < size and not final:
-                return
-            piece = bytes(buffer[:size])
-            taken = await upload.send(piece, final=final and len(piece) == len(buffer))
-            del buffer[:taken]
-
-    async for chunk in stream:
-        buffer += chunk
-        await drain(final=False)
-    await drain(final=True)
+    source = _ReadAhead(stream)
+    while True:
+        size = caps.chunk_size(wanted)
+        await source.fill(size + 1)  # a byte past the piece tells whether it is the last
+        if not source.buffer:
+            break
+        piece = source.take(size)
+        sending = asyncio.ensure_future(upload.send(piece, final=source.done))
+        try:
+            while not sending.done() and await source.read_one(size):
+                pass
+            taken = await sending
+        except BaseException:
+            sending.cancel()
+            await asyncio.wait([sending])
+            raise
+        source.put_back(piece[taken:])
     await upload.commit()
+
+
+class _ReadAhead:
+    """The source's bytes not yet sent, read ahead of the piece being sent."""
+
+    def __init__(self, stream: VerifyingStream) -> None:
+        self._chunks = stream.__aiter__()
+        self.buffer = bytearray()
+        self._ended = False
+
+    @property
+    def done(self) -> bool:
+        """Every byte has been read and taken."""
+        return self._ended and not self.buffer
+
+    async def read_one(self, limit: int) -> bool:
+        """Read one more piece if fewer than ``limit`` bytes wait; False when none was read."""
+        if self._ended or len(self.buffer) >= limit:
+            return False
+        try:
+            self.buffer += await anext(self._chunks)
+        except StopAsyncIteration:
+            self._ended = True
+            return False
+        return True
+
+    async def fill(self, limit: int) -> None:
+        while await self.read_one(limit):
+            pass
+
+    def take(self, size: int) -> bytes:
+        piece = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return piece
+
+    def put_back(self, rest: bytes) -> None:
+        """What the registry did not take of a piece goes first again."""
+        self.buffer[:0] = rest
 
 
 def _range_end(response: httpx.Response) -> int | None:

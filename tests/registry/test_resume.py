@@ -215,3 +215,24 @@ def test_a_source_read_cut_part_way_goes_on_with_range(ranges: bool) -> None:
     assert result.ok, result.error
     assert asked == [None, f"bytes={3 * MiB}-"]
     assert dst.blobs["app"][digest] == layer
+
+
+def test_a_failed_commit_is_tried_again_not_the_whole_upload() -> None:
+    src, dst = pair(os.urandom(3 * MiB))
+    failed: list[str] = []
+
+    def flaky_commit(request: httpx.Request) -> httpx.Response:
+        commit = request.method == "PUT" and "/uploads/" in request.url.path \
+            and not request.read()
+        if commit and not failed and "/uploads/" in request.url.path:
+            upload = request.url.path.rsplit("/", 1)[1]
+            if len(dst.uploads[upload][1]) > MiB:  # the layer's, not the config's
+                failed.append(upload)
+                return error(503, "UNAVAILABLE")
+        return dst.handle(request)
+
+    result = copy(route({"src.test": src.handle, "dst.test": flaky_commit}), CapabilityStore())
+    assert result.ok, result.error
+    assert len(failed) == 1
+    assert statuses(dst) == 1
+    assert dst.count("POST") == 2

@@ -281,11 +281,13 @@ class FaultProxy(LoopbackProxy[Seen]):
             told = hit == 1 and action.retry_after is not None
             action = Status(429, {"Retry-After": action.retry_after or ""} if told else {},
                             b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
-        if isinstance(action, DropRequest):
+        if isinstance(action, DropRequest):  # a body shorter than ``after`` goes on whole
+            body = []
             for piece in body_pieces(conn.reader, headers, is_response=False):
                 record.received += len(piece)
                 if record.received >= action.after:
                     raise Cut
+                body.append(piece)
         if isinstance(action, Status | Redirect):
             for piece in body_pieces(conn.reader, headers, is_response=False):
                 record.received += len(piece)  # read, so the client sees our answer
