@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from registry.resume import (
 )
 from registry.retry import RetryPolicy
 from registry.session import Registries
+from registry.spool import Spool
 from tests.support.fake_registry import FakeRegistry, error, plain_http, route
 
 MiB = 1024 * 1024
@@ -80,13 +82,18 @@ def test_range_headers_read_as_offsets() -> None:
 
 
 # -- uploads cut part-way -------------------------------------------------------------------
-def copy(handler: Handler, caps: CapabilityStore, dest: str = "dst.test/app") -> CopyResult:
+def copy(handler: Handler, caps: CapabilityStore, dest: str = "dst.test/app", *,
+         spool: Path | None = None) -> CopyResult:
     async def run() -> CopyResult:
+        spooled = Spool(spool, 1 << 30) if spool else None
         async with Registries(None, CHUNKED, transport=plain_http(handler, CHUNKED),
-                              capabilities=caps, retry=FAST) as regs:
+                              capabilities=caps, retry=FAST, spool=spooled) as regs:
             copier = Copier(regs, CopyOptions(retry=FAST, referrers=False))
-            return await copier.copy(parse_reference("src.test/app:v1"),
-                                     parse_repository(dest), ("v1",))
+            result = await copier.copy(parse_reference("src.test/app:v1"),
+                                       parse_repository(dest), ("v1",))
+        if spooled is not None:
+            await spooled.aclose()
+        return result
 
     return asyncio.run(run())
 
@@ -191,8 +198,9 @@ class _CutStream(httpx.AsyncByteStream):
         raise httpx.ReadError("connection reset by peer")
 
 
-@pytest.mark.parametrize("ranges", [True, False])
-def test_a_source_read_cut_part_way_goes_on_with_range(ranges: bool) -> None:
+@pytest.mark.parametrize(("ranges", "spooled"), [(True, False), (False, False), (True, True)])
+def test_a_source_read_cut_part_way_goes_on_with_range(ranges: bool, spooled: bool,
+                                                      tmp_path: Path) -> None:
     layer = os.urandom(4 * MiB)
     src, dst = pair(layer)
     digest = next(d for d, b in src.blobs["app"].items() if b == layer)
@@ -211,7 +219,8 @@ def test_a_source_read_cut_part_way_goes_on_with_range(ranges: bool) -> None:
         return httpx.Response(206, content=layer[start:], headers={
             "Content-Range": f"bytes {start}-{len(layer) - 1}/{len(layer)}"})
 
-    result = copy(route({"src.test": cut_source, "dst.test": dst.handle}), CapabilityStore())
+    result = copy(route({"src.test": cut_source, "dst.test": dst.handle}), CapabilityStore(),
+                  spool=tmp_path / "spool" if spooled else None)
     assert result.ok, result.error
     assert asked == [None, f"bytes={3 * MiB}-"]
     assert dst.blobs["app"][digest] == layer
