@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.docs import byte_compile  # noqa: E402
 from tests.support import images  # noqa: E402
 from tests.support.registries import RegistryServer, start_registry  # noqa: E402
 
@@ -161,6 +162,7 @@ def main() -> int:
     parser.add_argument("--memory-gb", type=float, default=0,
                         help="run only the memory benchmark with one layer of this size")
     args = parser.parse_args()
+    byte_compile()
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
         if args.memory_gb:
             lines = memory_benchmark(args, Path(tmp))

@@ -178,8 +178,8 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> Results:
             server.wait_ready()
         redis_server.start()
         fill_source(source, tags, args.images)
-        source_proxy = QuirkProxy(source.url, profiles.paging(DOCKER_HUB_PAGE)).start()
-        dest_proxies = {tool: QuirkProxy(dests[tool].url, []).start() for tool in TOOLS}
+        source_proxy = _for_skopeo(QuirkProxy(source.url, profiles.paging(DOCKER_HUB_PAGE)))
+        dest_proxies = {tool: _for_skopeo(QuirkProxy(dests[tool].url, [])) for tool in TOOLS}
         proxies = [source_proxy, *dest_proxies.values()]
 
         docker = tmp / "docker"
@@ -299,6 +299,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 1 <= args.images <= args.tags:
         parser.error("--images must be between 1 and --tags")
     return args
+
+
+def _for_skopeo(proxy: QuirkProxy) -> QuirkProxy:
+    """Started, resetting TLS handshakes at once: skopeo tries HTTPS first, then HTTP."""
+    proxy.reset_tls = True
+    return proxy.start()
 
 
 def main() -> int:

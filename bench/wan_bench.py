@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.copy_bench import SKOPEO_CACHES, distribution_version, skopeo_version  # noqa: E402
-from bench.docs import write_section  # noqa: E402
+from bench.docs import byte_compile, write_section  # noqa: E402
 from bench.latency_proxy import (  # noqa: E402
     Hop,
     LatencyProxy,
@@ -375,6 +375,7 @@ def main() -> int:
     args = parser.parse_args()
     if any("=" not in item for item in args.fanout_env):
         parser.error("--fanout-env takes KEY=VALUE")
+    byte_compile()
     with tempfile.TemporaryDirectory(prefix="fanout-wan-") as tmp:
         runs, image_bytes = benchmark(args, Path(tmp))
     lines = report(runs, image_bytes, args)

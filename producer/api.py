@@ -20,6 +20,7 @@ destinations, as ``fanout check`` runs it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -235,7 +236,10 @@ async def _resolve_all(
     sources: Sequence[Reference], env: Mapping[str, str], insecure: Sequence[str],
     transport: httpx.AsyncBaseTransport | None,
 ) -> list[Reference]:
-    options = transport_options_from_env(env, insecure=list(insecure))
+    # One request per source after the probe: connections opened ahead of need (for a copy's
+    # burst of requests after its first token) would be spare, three per host by default.
+    options = dataclasses.replace(transport_options_from_env(env, insecure=list(insecure)),
+                                  preconnect=0)
     async with Registries(credentials(env), options, transport=transport) as registries:
         return await _resolve_with(registries, sources)
 

@@ -24,6 +24,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from registry.layout import Layout
@@ -67,13 +69,17 @@ async def copy_all(
     """The Python entry point behind ``fanout copy``; ``local``: hosts served in-process
     (OCI layouts, ``registry.layout``)."""
     from registry.copy import Copier
+    from registry.envconfig import bandwidth_from_env
     from registry.session import Registries
+    from registry.throttle import LocalThrottle
 
     from .inputs import credentials
 
+    caps = bandwidth_from_env(env)  # FANOUT_BANDWIDTH: kept by this process alone
+    throttle = LocalThrottle(caps) if caps else None
     with _run_spool(len(targets), env) as spool:
-        async with Registries(credentials(env), transport, spool=spool,
-                              local=local) as registries:
+        async with Registries(credentials(env), transport, spool=spool, local=local,
+                              throttle=throttle) as registries:
             copier = Copier(registries, options, progress=progress)
             try:
                 return await copier.copy_many(source, targets)
@@ -137,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         layouts.close()
     results = layouts.renamed(results)
+    optional = frozenset(layouts.name(text) for text in optional)
     seconds = time.monotonic() - started
     if args.json:
         print(results_json(results, seconds, optional))
@@ -153,6 +160,7 @@ class _Layouts:
     def __init__(self) -> None:
         self.open: list[tuple[Layout, str]] = []
         self._names: dict[str, str] = {}
+        self._writing: dict[tuple[str, Path], Layout] = {}
 
     def plan(self, args: argparse.Namespace) -> tuple[
             Reference, list[tuple[Repository, tuple[str, ...]]], frozenset[str]]:
@@ -179,18 +187,26 @@ class _Layouts:
                                  f" (it has {', '.join(names) or 'none'})")
             source = layout.reference(ref=ref)
             self._names[str(source)] = args.source
-        texts = []
-        for text in args.destinations:
-            place = parse_place(text)
-            if place is None:
-                texts.append(text)
-                continue
-            layout = Layout(place.path, archive=place.archive, write=True)
+        texts = [self._destination(text) for text in args.destinations]
+        optional = [self._destination(text) for text in args.optional]
+        targets, marked = parse_targets(texts, optional, source, args.tag)
+        return source, targets, marked
+
+    def _destination(self, text: str) -> str:
+        """A DEST (or ``--optional`` DEST) as the copy engine names it: a layout's synthetic
+        reference, the layout opened for writing once however often it is named."""
+        from registry.layout import Layout, parse_place
+
+        place = parse_place(text)
+        if place is None:
+            return text
+        key = (place.kind, place.path.resolve())
+        layout = self._writing.get(key)
+        if layout is None:
+            layout = self._writing[key] = Layout(place.path, archive=place.archive, write=True)
             self.open.append((layout, text))
             self._names[str(layout.reference().repository)] = text
-            texts.append(str(layout.reference(ref=place.ref)))
-        targets, optional = parse_targets(texts, args.optional, source, args.tag)
-        return source, targets, optional
+        return str(layout.reference(ref=place.ref))
 
     def local(self) -> dict[str, httpx.AsyncBaseTransport]:
         return {layout.host: layout.transport for layout, _ in self.open}

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from .bundle_base import read_base
     from .bundle_output import export_json, print_export
     from .bundle_plan import plan_bundle
+    from .bundle_results import BundleResult
     from .bundles import export_bundle
     from .config import load_config
     from .inputs import credentials, transport_options
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to export: no release of the last {args.since} reached a destination"
               + (f" of set {args.to!r}" if args.to else "")
               + (f" from {args.source_repo}" if args.source_repo else ""), file=sys.stderr)
+        if args.json:  # a script still gets its document: no images, no file (sha256 null)
+            print(export_json(BundleResult("export", args.bundle, (), 0.0)))
         return 0
     # Referrers always travel: a bundle carries what was released, signatures included.
     options = copy_options_from_env(env, referrers=True)

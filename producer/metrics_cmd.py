@@ -27,7 +27,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "metrics", help="serve Prometheus metrics (copies, bytes, durations, queues, releases)",
         description="Serve /metrics for Prometheus: copies by registry and outcome, bytes, "
-                    "copy durations, lost workers, queue depths and releases by state, read "
+                    "copy durations, lost workers, queue depths, releases by state and "
+                    "bandwidth caps (rate and time waited per host), read "
                     "from Redis (FANOUT_LEDGER_URL, FANOUT_BROKER_URL) at each scrape. Runs "
                     "until interrupted; exit 2 when the port cannot be listened on.",
     )
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from workers.bandwidth_metrics import BandwidthCollector
     from workers.connections import is_redis_url, redact, redis_client
     from workers.metrics import LedgerCollector
     from workers.mirror_metrics import MirrorCollector
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(ledger, broker, retention=settings.retention))
     registry.register(MirrorCollector(ledger, names))
+    registry.register(BandwidthCollector(ledger))
     try:
         server, _ = start_http_server(args.port, addr=args.host, registry=registry)
     except OSError as exc:

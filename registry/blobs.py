@@ -13,7 +13,9 @@
 A :class:`BlobMover` serves every destination of a run: it remembers where each blob landed per
 registry (sure mount sources for later copies), and records it in the pool's
 :class:`~registry.locations.BlobLocations` index, whose hints later runs mount from, in this
-process or, on workers, any other: the bytes cross the network once per registry.
+process or, on workers, any other: the bytes cross the network once per registry. Hosts served
+in-process (OCI layouts, ``Registries.is_local``) stay out of the index: their names are this
+process's own.
 
 A hint may be stale (the repository deleted, the blob collected): a registry then answers the
 mount with an upload session, as ECR and Artifactory answer every mount. So only a 202 to a
@@ -50,6 +52,7 @@ from .resume import plan_chunk
 from .retry import RetryPolicy, retry_async
 from .session import Registries
 from .singleflight import SingleFlight
+from .throttle import throttled
 from .upload_claims import claimant_for, holding, wait_for_release
 
 T = TypeVar("T")
@@ -92,6 +95,9 @@ class BlobMover:
         """Make ``blob`` present at ``target``: HEAD, then mount, then upload; ``stats`` counts
         which it took, ``slots`` bounds the destination's transfers in flight."""
         client = self.registries.client(target.registry)
+        # An OCI layout served in-process: no other worker can be uploading there, and where
+        # its blobs land is no hint for anyone (registries.locations is shared, layouts not).
+        local = self.registries.is_local(target.registry)
         # Outside the slots: a HEAD is cheap, and a manifest's blobs are all asked at once
         # rather than in waves behind transfers.
         size = await self._retry(
@@ -120,7 +126,7 @@ class BlobMover:
                     await upload_cancel(client, session)
                     session = None
             claimant: str | None = None
-            if session is None and _may_mount(client):
+            if session is None and _may_mount(client) and not local:
                 # Another worker (process or host) sending these bytes to this registry.
                 landed, claimant, session = await self._take_turn(
                     client, source, target, blob, stats)
@@ -179,8 +185,9 @@ class BlobMover:
 
     def _landed_at(self, repository: Repository, digest: str) -> None:
         self._landed.setdefault((repository.registry, digest), set()).add(repository.path)
-        self._beside(self.registries.locations.record(
-            repository.registry, digest, repository.path))
+        if not self.registries.is_local(repository.registry):
+            self._beside(self.registries.locations.record(
+                repository.registry, digest, repository.path))
 
     def _is_landed(self, target: Repository, blob: Descriptor) -> bool:
         return target.path in self._landed.get((target.registry, blob.digest), set())
@@ -222,7 +229,7 @@ class BlobMover:
             # does not mount, and the upload it opened is used.
             caps.mounts = False
             return outcome
-        if caps.mounts_refused:
+        if caps.mounts_refused or self.registries.is_local(target.registry):
             return None
         locations = self.registries.locations
         hints = await locations.holders(*key)
@@ -306,7 +313,9 @@ class BlobMover:
                         chunk = plan_chunk(blob.size, caps)
                     if caps.chunked is False and caps.whole_blob is not False:
                         chunk = None  # a chunk size is a preference; this host takes none
-                    stream = VerifyingStream(response.aiter_bytes(), blob, advance)
+                    body = throttled(response.aiter_bytes(), client.throttle,
+                                     target.registry, "upload", blob.size)
+                    stream = VerifyingStream(body, blob, advance)
                     if chunk:
                         await upload_chunks(client, current, blob, stream, chunk)
                         caps.chunked = True

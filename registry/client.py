@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .capabilities import Capabilities
     from .credentials import Credential, CredentialStore
     from .spool import Spool
+    from .throttle import Throttle
 
 # An error body is for a diagnostic code and a message; never worth more than this.
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -93,6 +94,7 @@ class RegistryClient:
         # Where source blobs read by this client are shared with the host's other readers;
         # set by the pool (registry.session), None reads straight from the registry.
         self.spool: Spool | None = None
+        self.throttle: Throttle | None = None  # its bandwidth caps, set by the pool likewise
         self.plain_http = uses_plain_http(registry, options.insecure_registries)
         self._host = api_host(registry)
         self.base_url = f"https://{self._host}"

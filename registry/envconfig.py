@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from .bandwidth import BandwidthCaps, BandwidthError, parse_caps
 from .options import (
     DEFAULT_BLOB_CONCURRENCY,
     DEFAULT_PRECONNECT,
@@ -138,3 +139,12 @@ def spool_from_env(env: Mapping[str, str]) -> tuple[str, int]:
         return directory, 0
     return directory, (parse_size(raw, name="FANOUT_SPOOL_BYTES") if raw
                        else DEFAULT_SPOOL_BYTES)
+
+
+def bandwidth_from_env(env: Mapping[str, str]) -> BandwidthCaps:
+    """``FANOUT_BANDWIDTH``: bytes per second per host (``harbor.example=40MiB``, globs,
+    ``source:`` for downloads; registry.bandwidth). Unset or blank: no caps."""
+    try:
+        return parse_caps(env.get("FANOUT_BANDWIDTH", ""))
+    except BandwidthError as exc:
+        raise ConfigError(f"FANOUT_BANDWIDTH: {exc}") from None

@@ -20,7 +20,8 @@ from .manifest import (
     Manifest,
     parse_manifest,
 )
-from .spool_io import BlobBody, skip
+from .spool_io import BlobBody, SourceBody, skip
+from .throttle import ThrottledBody
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +143,14 @@ async def blob_stream(
 @asynccontextmanager
 async def _blob_get(
     client: RegistryClient, repository: str, digest: str,
-) -> AsyncIterator[_ResumingBody]:
+) -> AsyncIterator[SourceBody]:
     async with AsyncExitStack() as stack:
         response = await stack.enter_async_context(_blob_request(client, repository, digest, 0))
-        yield _ResumingBody(client, repository, digest, response, stack)
+        body = _ResumingBody(client, repository, digest, response, stack)
+        if client.throttle is not None and client.throttle.rate(client.registry, "download"):
+            yield ThrottledBody(body, client.throttle, client.registry)
+        else:
+            yield body
 
 
 @asynccontextmanager

@@ -5,7 +5,9 @@ whole API for one account, not about the one request that heard it. Other copies
 sending in the meantime are each refused, and on registries that count refused requests they
 push the window further out. So a hold is kept in a :class:`HoldStore` that every client
 consults before it sends: :class:`MemoryHolds` shares it within one process (``fanout copy``);
-``workers.holds.RedisHolds`` shares it across every worker of a queue.
+``workers.holds.RedisHolds`` shares it across every worker of a queue. ``until`` is asked before
+every request, so a store must answer it without a round trip each time: the Redis store
+knows its own holds at once and another worker's within a quarter of a second.
 
 Times are wall clock (``time.time()``), not monotonic: a monotonic clock means nothing in
 another process or on another host. Keys are the ``host[:port]`` a client is for.

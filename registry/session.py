@@ -18,6 +18,7 @@ from .locations import BlobLocations, MemoryLocations
 from .options import TransportOptions
 from .retry import REQUEST_RETRY, RetryPolicy
 from .spool import Spool
+from .throttle import Throttle
 
 
 class Registries:
@@ -40,13 +41,15 @@ class Registries:
         locations: BlobLocations | None = None,
         retry: RetryPolicy = REQUEST_RETRY,
         spool: Spool | None = None,
+        throttle: Throttle | None = None,
         local: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     ) -> None:
         """``local``: hosts served in-process by a transport of their own (an OCI layout,
         ``registry.layout``): no auth, no spool, never the network.
         ``tls``: a context built once (``tls_context(options)``) for callers that open many
         pools, such as a worker's tasks; by default the first client builds one. ``spool``:
-        where source blobs are read once for every destination of the host (registry.spool)."""
+        where source blobs are read once for every destination of the host (registry.spool).
+        ``throttle``: the bandwidth caps blob bytes keep to (registry.throttle)."""
         self.credentials = credentials
         self.options = options or TransportOptions()
         self.capabilities = capabilities if capabilities is not None else CapabilityStore()
@@ -55,6 +58,7 @@ class Registries:
         self.locations = locations if locations is not None else MemoryLocations()
         self.retry = retry
         self.spool = spool
+        self.throttle = throttle
         self._transport = transport
         self._local = dict(local or {})
         self._clients: dict[str, RegistryClient] = {}
@@ -76,8 +80,14 @@ class Registries:
             )
             # A local read costs nothing to repeat: spooling it would only copy it to disk.
             found.spool = None if local else self.spool
+            found.throttle = None if local else self.throttle
             self._clients[registry] = found
         return found
+
+    def is_local(self, registry: str) -> bool:
+        """Whether ``registry`` is served in-process (an OCI layout's synthetic host): where its
+        blobs are means nothing outside this process, so it goes in no shared index."""
+        return canonical_host(registry) in self._local
 
     def renew_credentials(self, credentials: CredentialStore | None, *,
                           older_than: float) -> None:

@@ -34,8 +34,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from .errors import ConnectionFailed
-from .spool_io import CHUNK, BlobBody, SourceBody, download, in_thread, skip, unless_cancelled
+from .spool_io import CHUNK, BlobBody, SourceBody, download, skip, unless_cancelled
 from .spool_store import Entry, SpoolStore
+from .threads import in_thread
 
 log = logging.getLogger("fanout.spool")
 

@@ -1,5 +1,6 @@
 """The spool's byte moving (:mod:`registry.spool`): a download into a partial file, hashed on
-the way, and file I/O on threads that a cancellation never leaves running on a closed descriptor.
+the way, and file I/O on threads that a cancellation never leaves running on a closed descriptor
+(``in_thread``, from :mod:`registry.threads`).
 """
 
 from __future__ import annotations
@@ -7,15 +8,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import AsyncExitStack
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from .errors import DigestMismatch, SizeMismatch
 from .manifest import new_hasher
 from .spool_store import Entry, SpoolStore
-
-T = TypeVar("T")
+from .threads import in_thread
 
 # Bytes per read of a spool file: few thread hops, little memory per reader.
 CHUNK = 1024 * 1024
@@ -84,17 +84,6 @@ def _append(fd: int, hasher: hashlib._Hash, pieces: list[bytes]) -> int:
             view = view[done:]
         written += len(piece)
     return written
-
-
-async def in_thread(function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)`` on a thread; cancelled, it still waits for the thread, so that the
-    descriptor it uses is never closed (and its number reused) under it."""
-    task = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
 
 
 async def unless_cancelled(work: Coroutine[Any, Any, int | None]) -> int | None:

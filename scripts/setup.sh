@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 machine: the real parts the tests and demo drive
-# (distribution's registry, skopeo, redis) and a virtualenv with fanout installed.
+# (distribution's registry, skopeo, redis, GNU time for the memory tests) and a virtualenv
+# with fanout installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in docker-registry:docker-registry skopeo:skopeo redis-server:redis-server htpasswd:apache2-utils chromium:chromium; do
+for pair in docker-registry:docker-registry skopeo:skopeo /usr/bin/time:time redis-server:redis-server htpasswd:apache2-utils chromium:chromium; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if ((${#need[@]})); then

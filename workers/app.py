@@ -24,6 +24,8 @@ from typing import Any
 
 from celery import Celery
 
+from registry.envconfig import bandwidth_from_env
+
 from .connections import broker_transport_options
 from .notify_settings import NotifySettings
 from .routing import DEFAULT_QUEUE
@@ -78,6 +80,8 @@ settings = WorkerSettings.from_env(os.environ)
 # Release-finished notifications (workers/notify_settings.py): a bad one stops the worker here.
 notify_settings = NotifySettings.from_env(os.environ,
                                          visibility_timeout=settings.visibility_timeout)
+# Bandwidth caps (FANOUT_BANDWIDTH): a bad entry stops the worker here, not its first copy.
+bandwidth_from_env(os.environ)
 app = Celery("fanout", include=["workers.tasks", "workers.notify", "workers.sync_tasks"])
 app.conf.update(celery_config(settings))
 # `celery -A workers.app beat`: the mirrors' and the verify's entries, read from fanout.toml by

@@ -20,15 +20,21 @@ from registry.capabilities import CapabilityStore
 from registry.client import tls_context
 from registry.copy import Copier
 from registry.credentials import default_store
-from registry.envconfig import copy_options_from_env, transport_options_from_env
+from registry.envconfig import (
+    bandwidth_from_env,
+    copy_options_from_env,
+    transport_options_from_env,
+)
 from registry.errors import Timeout
 from registry.holds import HoldStore
 from registry.locations import BlobLocations
 from registry.reference import parse_reference, parse_repository
 from registry.session import Registries
 from registry.tag_gate import TagGate
+from registry.throttle import Throttle
 
 from .access import AccessPolicy
+from .bandwidth import RedisThrottle
 from .holds import RedisHolds
 from .job import CopyJob
 from .locations import RedisLocations
@@ -60,11 +66,14 @@ class CopyEngine:
 
     ``holds``: where a registry's rate-limit hold is kept; by default in the ledger's Redis,
     so that a 429 one worker hears holds that registry for every worker. ``locations``: the
-    blob-location index, likewise in the ledger's Redis by default.
+    blob-location index, likewise in the ledger's Redis by default. ``throttle``: the
+    bandwidth caps (``FANOUT_BANDWIDTH``), by default kept in the ledger's Redis so that the
+    whole cluster shares each cap; None when nothing is capped.
     """
 
     def __init__(self, env: Mapping[str, str], *, holds: HoldStore | None = None,
-                 locations: BlobLocations | None = None) -> None:
+                 locations: BlobLocations | None = None,
+                 throttle: Throttle | None = None) -> None:
         self._env = dict(env)
         # Read once, at worker start: a bad setting fails the worker, not every task.
         self._transport = transport_options_from_env(self._env)
@@ -79,6 +88,9 @@ class CopyEngine:
         # Where each blob was seen, per registry: every worker mounts from where any landed it.
         self._locations = (locations if locations is not None
                            else RedisLocations.from_settings(settings))
+        caps = bandwidth_from_env(self._env)
+        self._throttle = throttle if throttle is not None else (
+            RedisThrottle.from_settings(settings, caps) if caps else None)
         # What each registry host accepts (chunk bounds, mounts, the referrers API), learnt by
         # one task and known to every later task of this process.
         self.capabilities = CapabilityStore()
@@ -118,7 +130,7 @@ class CopyEngine:
             self._registries = Registries(
                 credentials, self._transport, tls=self._tls, holds=self._holds,
                 capabilities=self.capabilities, locations=self._locations,
-                retry=self._retry, spool=self._spool)
+                retry=self._retry, spool=self._spool, throttle=self._throttle)
         else:
             self._registries.renew_credentials(credentials, older_than=CREDENTIAL_MAX_AGE)
         return self._registries

@@ -3,13 +3,21 @@
 One string key per registry, ``fanout:hold:<host[:port]>``, holding the wall-clock time the hold
 ends and expiring a little after it. ``hold`` raises the value, never lowers it: a read, then a
 write under ``WATCH`` (atomic without Lua, so fakeredis runs it as is, as ``workers.locks``
-does; Redis has no ``SET ... GT``). ``until`` is one ``GET``.
+does; Redis has no ``SET ... GT``).
+
+``until`` is asked before every registry request, so it must not cost a round trip each time
+(Redis across a network would add its latency to every request). Each store keeps what it last
+read per registry for ``refresh`` seconds (a quarter of a second by default): one ``GET`` per
+registry per refresh at most, however many requests go there. A hold this process sets (the
+429 it heard) is known at once; one set by another worker is learnt within ``refresh``, which
+is soon enough for an advisory hold (requests already on their way when a registry started
+refusing could not have known of it either).
 
 The store advises; it never fails a copy. Its client has short timeouts and no retries, an
 error is logged and treated as "not held", and after one the store stays quiet for a few
 seconds rather than make every request of a copy wait out a timeout on a Redis that is gone.
-The calls block (the engine asks before each request, from its event loop): one ``GET`` on the
-ledger's Redis, bounded by the socket timeout.
+The calls block (the engine asks before each request, from its event loop): at most one ``GET``
+per refresh on the ledger's Redis, bounded by the socket timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from registry.holds import MemoryHolds
 
 from .connections import SentinelOptions, redis_client
 
@@ -39,6 +49,8 @@ _TTL_MARGIN_MS = 1000
 _TIMEOUT_S = 0.5
 # After an error, how long ``until`` answers 0.0 without asking.
 _QUIET_S = 5.0
+# How long a read of a registry's hold is trusted before Redis is asked again.
+REFRESH_S = 0.25
 
 
 class RedisHolds:
@@ -47,13 +59,17 @@ class RedisHolds:
     def __init__(
         self, client: redis.Redis[Any], prefix: str = KEY_PREFIX, *,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = time.monotonic, refresh: float = REFRESH_S,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._clock = clock
         self._monotonic = monotonic
         self._quiet_until = 0.0
+        self._refresh = refresh
+        # registry -> (the hold's end as last read, monotonic time of the read)
+        self._known: dict[str, tuple[float, float]] = {}
+        self._mine = MemoryHolds(clock)  # the holds this process set
 
     @classmethod
     def from_url(cls, url: str, prefix: str = KEY_PREFIX, *,
@@ -74,21 +90,32 @@ class RedisHolds:
         return f"{self._prefix}{registry}"
 
     def until(self, registry: str) -> float:
-        if self._monotonic() < self._quiet_until:
+        return max(self._mine.until(registry), self._read(registry))
+
+    def _read(self, registry: str) -> float:
+        now = self._monotonic()
+        known = self._known.get(registry)
+        if known is not None and now - known[1] < self._refresh:
+            until = known[0]
+        elif now < self._quiet_until:
             return 0.0
-        try:
-            raw = self._redis.get(self.key(registry))
-        except redis.RedisError as exc:
-            self._quiet_until = self._monotonic() + _QUIET_S
-            log.debug("could not read the hold on %s (treated as none): %s", registry, exc)
-            return 0.0
-        until = _number(raw)
+        else:
+            try:
+                raw = self._redis.get(self.key(registry))
+            except redis.RedisError as exc:
+                self._quiet_until = self._monotonic() + _QUIET_S
+                log.debug("could not read the hold on %s (treated as none): %s", registry, exc)
+                return 0.0
+            until = _number(raw)
+            self._known[registry] = (until, now)
         return until if until > self._clock() else 0.0
 
     def hold(self, registry: str, until: float) -> None:
         ttl_ms = math.ceil((until - self._clock()) * 1000) if math.isfinite(until) else 0
         if ttl_ms <= 0:
             return  # already over, or nonsense: nothing to hold
+        # Known here at once, and kept whatever Redis says: this process heard the registry.
+        self._mine.hold(registry, until)
         try:
             self._raise_to(self.key(registry), until, ttl_ms + _TTL_MARGIN_MS)
         except redis.RedisError as exc:

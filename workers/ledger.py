@@ -107,7 +107,9 @@ class Ledger(LedgerReader):
                 pipe.hset(dest_key(release_id, destination), mapping=_fields(row))
             pipe.zadd(RELEASES_KEY, {release_id: now})
             pipe.zremrangebyscore(RELEASES_KEY, "-inf", now - self.retention)
-            self._expire(pipe, release_id, [d for d, _ in targets])
+            # No history exists yet: an EXPIRE of each would be a command per destination
+            # for nothing (the first attempt to end gives its history the release's lifetime).
+            self._expire(pipe, release_id, [d for d, _ in targets], histories=False)
             pipe.execute()
         return release_id
 
@@ -187,15 +189,21 @@ class Ledger(LedgerReader):
     def mark_succeeded(
         self, release_id: str, destination: str, *, stats: Mapping[str, int], seconds: float,
         attempt: int | None = None, superseded: Mapping[str, str] | None = None,
-    ) -> None:
+        lock: tuple[str, str] | None = None,
+    ) -> bool:
         """Done; ``last_error`` keeps the error of an earlier attempt, if there was one.
-        ``superseded``: the tags left to a newer release, each with that release's id."""
+        ``superseded``: the tags left to a newer release, each with that release's id.
+        ``lock``: the copy's lock (key, token), deleted in the same transaction if it is
+        still that token's; returns whether it was (its own compare-and-delete would cost a
+        WATCH, MULTI and EXEC more)."""
+        released: list[bool] = []
         self._transition(release_id, destination, {
             "state": "succeeded", "stats": json.dumps(dict(stats), sort_keys=True),
             "superseded": json.dumps(dict(superseded or {}), sort_keys=True),
             "bytes": str(int(stats.get("bytes_transferred", 0))), "seconds": repr(seconds),
             "finished_at": repr(self._clock()), "next_retry_at": "",
-        }, outcome="succeeded", expect_attempt=attempt)
+        }, outcome="succeeded", expect_attempt=attempt, lock=lock, released=released)
+        return bool(released)
 
     def mark_failed(
         self, release_id: str, destination: str, *, error: str, error_type: str,
@@ -314,13 +322,16 @@ class Ledger(LedgerReader):
         self, release_id: str, destination: str, fields: dict[str, str], *,
         attempt: bool = False, seconds_since_start: float | None = None,
         outcome: str | None = None, lease: float | None = None,
-        expect_attempt: int | None = None,
+        expect_attempt: int | None = None, lock: tuple[str, str] | None = None,
+        released: list[bool] | None = None,
     ) -> int:
         key = dest_key(release_id, destination)
         now = self._clock()
         number = [0]
 
         def apply(pipe: Pipeline) -> None:
+            if released is not None:
+                released.clear()
             # After WATCH the pipeline runs commands at once; the stubs do not know that.
             current = decode_map(cast(Mapping[Any, Any], pipe.hgetall(key)))
             number[0] = int(current.get("attempts") or 0) + (1 if attempt else 0)
@@ -332,8 +343,15 @@ class Ledger(LedgerReader):
             if expect_attempt is not None and int(current.get("attempts") or 0) != expect_attempt:
                 pipe.multi()
                 return  # a newer attempt owns the record now
-            left = self._lifetime_left(pipe, release_id)
-            others = [] if left is not None else self._dest_names(pipe, release_id)
+            # HSET and HINCRBY keep a key's expiry: only a key this write creates (the record
+            # itself, or the history an ending attempt starts) needs one, so a transition that
+            # creates none (an attempt's start) costs no PTTL and no PEXPIREs.
+            creates = not current or (current.get("state") == "running"
+                                      and (attempt or outcome is not None))
+            left = self._lifetime_left(pipe, release_id) if creates else None
+            others = [] if left is not None or not creates else self._dest_names(pipe,
+                                                                                  release_id)
+            holder = pipe.get(lock[0]) if lock is not None else None
             update = dict(fields, updated_at=repr(now))
             if not current:  # unknown (expired, flushed): start a full record
                 update = {**new_record(destination, (), now), **update}
@@ -365,9 +383,16 @@ class Ledger(LedgerReader):
                 # ensure_destination): without a head, `fanout status` could not find it.
                 pipe.hsetnx(release_key(release_id), "created_at", repr(now))
                 pipe.zadd(RELEASES_KEY, {release_id: now}, nx=True)
-            self._expire(pipe, release_id, [destination, *others], left_ms=left)
+            if creates:
+                self._expire(pipe, release_id, [destination, *others], left_ms=left,
+                             records=not current)
+            if lock is not None and holder is not None and text(holder) == lock[1]:
+                pipe.delete(lock[0])
+                if released is not None:
+                    released.append(True)
 
-        self._redis.transaction(apply, key)  # type: ignore[no-untyped-call]
+        watched = [key] if lock is None else [key, lock[0]]
+        self._redis.transaction(apply, *watched)  # type: ignore[no-untyped-call]
         return number[0]
 
     def _end_attempt(
@@ -410,10 +435,14 @@ class Ledger(LedgerReader):
         return left
 
     def _expire(self, pipe: Pipeline, release_id: str, destinations: Sequence[str], *,
-                left_ms: int | None = None) -> None:
+                left_ms: int | None = None, histories: bool = True,
+                records: bool = True) -> None:
+        """``records``/``histories`` False: leave those keys' expiry as it is (a key that
+        exists already has the release's, and HSET keeps it; one not made yet has none)."""
         if left_ms is not None:
             for name in dict.fromkeys(destinations):
-                pipe.pexpire(dest_key(release_id, name), left_ms)
+                if records:
+                    pipe.pexpire(dest_key(release_id, name), left_ms)
                 pipe.pexpire(history_key(release_id, name), left_ms)
             return
         # Every key of the release, not just the one written: a release expires whole.
@@ -422,7 +451,9 @@ class Ledger(LedgerReader):
         pipe.expire(dests_key(release_id), ttl)
         for name in dict.fromkeys(destinations):
             pipe.expire(dest_key(release_id, name), ttl)
-            pipe.expire(history_key(release_id, name), ttl)
+            if histories:
+                pipe.expire(history_key(release_id, name), ttl)
+
 
 def _fields(row: Mapping[str, str]) -> _Fields:
     return cast(_Fields, row)

@@ -2,10 +2,14 @@
 
 One sorted set per (registry, blob), ``fanout:blob:<host[:port]>/<digest>``: its members are
 repositories seen to hold the blob, scored by when (wall clock, as in ``workers.holds``). A
-record adds or refreshes its member, drops members older than the TTL
-(``FANOUT_BLOB_INDEX_TTL``, a day) and all but the newest ``PER_BLOB``, and pushes the key's
-expiry out to the TTL, so an index nobody writes to empties itself. ``holders`` reads the members
-younger than the TTL, newest first: one command.
+record adds or refreshes its member: one ``ZADD``. Its upkeep — dropping members older than the
+TTL (``FANOUT_BLOB_INDEX_TTL``, a day) and all but the newest ``PER_BLOB``, and pushing the key's
+expiry out to the TTL, so an index nobody writes to empties itself — rides along with a
+process's first record of a key, then with every ``PER_BLOB``-th, or the first after a tenth of
+the TTL: a copy's records cost one command each (they were six, with ``MULTI``/``EXEC``), a set
+holds at most about twice ``PER_BLOB`` members per writing process between upkeeps, and a
+member outlives its record by at least 90% of the TTL. ``holders`` reads the members younger
+than the TTL, newest first: one command.
 
 Entries are hints (``registry/locations.py``): a lost or stale one costs an upload, never a copy.
 So the index advises and never fails a copy. Its client has short timeouts and no retries; an
@@ -50,6 +54,9 @@ _TIMEOUT_S = 0.5
 _QUIET_S = 5.0
 # At most one warning per this many seconds: a Redis that is down must not flood the log.
 _LOG_EVERY_S = 60.0
+# Keys whose upkeep this process remembers; past that it forgets them all (each then gets its
+# upkeep again at its next record).
+_UPKEEP_KEYS = 4096
 
 
 class RedisLocations:
@@ -71,6 +78,8 @@ class RedisLocations:
         self._monotonic = monotonic
         self._quiet_until = 0.0
         self._logged_at: float | None = None
+        # key -> (wall-clock time of its last upkeep here, records since)
+        self._upkeep: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = KEY_PREFIX, *, ttl: float = DEFAULT_TTL,
@@ -120,12 +129,22 @@ class RedisLocations:
 
     def _record(self, key: str, repository: str) -> None:
         now = self._clock()
-        with self._redis.pipeline(transaction=True) as pipe:
+        last, since = self._upkeep.get(key, (-math.inf, 0))
+        if since + 1 < self._per_blob and now - last < self._ttl / 10:
+            self._redis.zadd(key, {repository: now})
+            self._upkeep[key] = (last, since + 1)
+            return
+        # Not a transaction: a reader that sees the member before the trim reads the newest
+        # PER_BLOB anyway, and none of it is worth more than a hint.
+        with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {repository: now})
             pipe.zremrangebyscore(key, "-inf", f"({now - self._ttl!r}")
             pipe.zremrangebyrank(key, 0, -(self._per_blob + 1))
             pipe.expire(key, math.ceil(self._ttl))
             pipe.execute()
+        if len(self._upkeep) >= _UPKEEP_KEYS:
+            self._upkeep.clear()
+        self._upkeep[key] = (now, 0)
 
     def _holders(self, key: str) -> list[str]:
         found = self._redis.zrevrangebyscore(key, "+inf", f"({self._clock() - self._ttl!r}",

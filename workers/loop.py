@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# How long a stopped copy (lease lost, soft time limit) gets to close its uploads before the
-# task goes on without it; the copy's own cancellation handlers are quick.
+# How long a stopped copy (lease lost, soft time limit) gets to close its uploads, and to
+# settle a tag its PUT may have moved back to an older release (workers/tag_order.py: a fresh
+# lease, a HEAD, perhaps a restore), before the task goes on without it. A settle still under
+# way then goes on on the loop, which outlives the task, and logs how it ended.
 _CANCEL_GRACE = 10.0
 # How often a waiting task looks at its abort flag.
 _POLL = 0.1

@@ -149,7 +149,9 @@ class CopyRunner:
             return self._copy(job, worker, lock, kwargs, order)
         finally:
             try:
-                if not lock.release():
+                if not lock.held:
+                    pass  # given back with the ledger's last transition
+                elif not lock.release():
                     log.warning("lock %s had expired before the copy ended", lock.key)
             except redis.RedisError as exc:  # it expires by itself; say so and move on
                 log.warning("could not release lock %s: %s", lock.key, exc)
@@ -238,8 +240,10 @@ class CopyRunner:
                 return self._failed_attempt(job, exc, attempt)
         seconds = self._monotonic() - started
         superseded = dict(gate.superseded) if gate is not None else {}
-        self.ledger.mark_succeeded(job.release_id, job.destination, stats=stats, seconds=seconds,
-                                   attempt=attempt, superseded=superseded)
+        if self.ledger.mark_succeeded(job.release_id, job.destination, stats=stats,
+                                      seconds=seconds, attempt=attempt, superseded=superseded,
+                                      lock=(lock.key, lock.token)):
+            lock.held = False
         self._settle(job.release_id, job.destination)
         log.info("%s: %s copied to %s in %.2fs: %s", job.release_id, job.source,
                  job.destination, seconds, stats)

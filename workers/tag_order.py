@@ -16,7 +16,15 @@ do), at one Redis command and no registry request. Otherwise, under the tag's le
 3. record this release as the owner (only if the owner is what step 1 read);
 4. give the lease back. If it had lapsed meanwhile (a stalled process, a PUT held in the
    network), another writer may have written beside this one: look again under a fresh lease,
-   and give the tag back to its owner if this write landed over a newer one.
+   and give the tag back to its owner if this write landed over a newer one. A copy stopped
+   or failing once its PUT may have been sent (a lost lease, a time limit, an answer lost
+   and its retry refused) does the same before it goes.
+
+Step 4 runs as one task of its own on the loop, which the copy waits for however often it is
+cancelled meanwhile: on waking, a stalled worker's heartbeat stops its copy at about the moment
+the PUT's answer arrives, and a cancellation landing anywhere in step 4 (while the lease is
+given back, before the settle starts) must not leave a tag on an older release. Its outcome is
+logged, a failure included: the tag is then left for ``fanout verify`` to report.
 
 The fence runs before every PUT: it refuses once the tag's lease, or the copy's own, is too
 near its end (local monotonic time, so a stopped or partitioned worker, whose clock ran on,
@@ -28,6 +36,7 @@ Writers outside fanout cannot be fenced at all; ``fanout verify`` reports them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -42,7 +51,7 @@ from registry.reference import Repository
 from registry.tag_gate import TagWriter
 
 from .locks import Lease, canonical_repository
-from .records import decode_map
+from .records import decode_map, text
 
 log = logging.getLogger("fanout.tags")
 T = TypeVar("T")
@@ -53,6 +62,9 @@ DEFAULT_LOCK_TTL = 15.0
 # Passes of steps 1-4 before the copy gives up and is retried by the task tier: a lease that
 # lapses again and again means a Redis or a process in trouble.
 _PASSES = 3
+# Each copy's step 4 while it runs (see TagOrder._finish).
+_FINISHING: set[asyncio.Task[Any]] = set()
+_LAPSED = "its lease lapsed mid-write; another writer may have written it beside this one"
 
 
 class TagOrderUnavailable(TransientError):
@@ -116,22 +128,38 @@ class TagOwners:
               expected: TagOwner | None) -> bool:
         """Record ``owner`` if the record is still ``expected``; False when it changed (a
         writer whose lease had lapsed is not the only one any more)."""
+        return self.claim_and_release(repository, tag, owner, expected, None)[0]
+
+    def claim_and_release(self, repository: str, tag: str, owner: TagOwner,
+                          expected: TagOwner | None, lease: Lease | None,
+                          ) -> tuple[bool, bool]:
+        """:meth:`claim`, and when it succeeds give ``lease`` back in the same transaction if
+        it is still ours: (claimed, lease given back). One transaction rather than two: the
+        lease's compare-and-delete was five commands of its own."""
         key = owner_key(repository, tag)
+        watched = [key] if lease is None else [key, lease.key]
         with self._redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(*watched)
                     # After WATCH the pipeline runs commands at once; the stubs do not know that.
                     current = cast(Mapping[Any, Any], pipe.hgetall(key))
                     if TagOwner.from_fields(current) != expected:
                         pipe.unwatch()
-                        return False
+                        return False, False
+                    holder = pipe.get(lease.key) if lease is not None else None
+                    ours = lease is not None and holder is not None and (
+                        text(holder) == lease.token)
                     pipe.multi()
-                    pipe.delete(key)
+                    # Every field is written, so nothing of an older record survives the HSET.
                     pipe.hset(key, mapping=cast(Mapping[str | bytes, str], owner.to_fields()))
                     pipe.pexpire(key, self._ttl_ms)
+                    if ours and lease is not None:
+                        pipe.delete(lease.key)
                     pipe.execute()
-                    return True
+                    if ours and lease is not None:
+                        lease.held = False
+                    return True, ours
                 except redis.WatchError:
                     continue
 
@@ -187,27 +215,54 @@ class TagOrder:
             return None
         sent = _Sent()
         held = await self._acquire(repository, tag)
-        raced = False
         try:
             outcome = await self._write(held, repository, tag, digest, writer,
                                         trust_early=True, sent=sent)
         except _Raced:
-            raced = True
-        except asyncio.CancelledError:
-            # Stopped (a lost lease, a time limit) with our PUT perhaps on the wire: it may
-            # land over a newer release's write, so settle the tag before going. Shielded, on
-            # the worker's long-lived loop: the copy's cancellation must not cut the fix short.
-            if sent.put:
-                await self._release(held)  # the settling takes a lease of its own
-                await asyncio.shield(self._settle(repository, tag, digest, writer))
+            return await self._finish(held, repository, tag, digest, writer,
+                                      why=_LAPSED)
+        except BaseException as exc:
+            if not sent.put:
+                await self._release(held)
+                raise
+            # Stopped (a lost lease, a time limit) or failed with our PUT perhaps landed over a
+            # newer release's write: settle the tag before going. The settle's own failure is
+            # logged; the copy ends as it was going to.
+            with contextlib.suppress(Exception):
+                await self._finish(held, repository, tag, digest, writer,
+                                   why=f"stopped with its PUT perhaps landed ({_named(exc)})")
             raise
-        finally:
-            kept = await self._release(held)
-        if kept and not raced:
+        return await self._finish(held, repository, tag, digest, writer, outcome=outcome)
+
+    async def _finish(self, held: _Held, repository: str, tag: str, digest: str,
+                      writer: TagWriter, *, outcome: str | None = None,
+                      why: str | None = None) -> str | None:
+        """Step 4 (give the lease back, settle the tag if it lapsed or ``why`` says so) as one
+        task of its own, waited for through any cancellation of this copy; ``outcome`` when
+        there was nothing to settle."""
+        task = asyncio.get_running_loop().create_task(
+            self._release_then_settle(held, repository, tag, digest, writer, outcome, why))
+        _FINISHING.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_FINISHING.discard)
+        return await _outlast(task)
+
+    async def _release_then_settle(self, held: _Held, repository: str, tag: str, digest: str,
+                                   writer: TagWriter, outcome: str | None,
+                                   why: str | None) -> str | None:
+        if await self._release(held) and why is None:
             return outcome
-        log.warning("%s: another writer wrote tag %s:%s beside this one (its lease lapsed "
-                    "mid-write); settling it", self.release_id, repository, tag)
-        return await asyncio.shield(self._settle(repository, tag, digest, writer))
+        log.warning("%s: settling tag %s:%s: %s", self.release_id, repository, tag,
+                    why or _LAPSED)
+        try:
+            newer = await self._settle(repository, tag, digest, writer)
+        except BaseException as exc:
+            # Never silent: a tag left on an older release is what ``fanout verify`` reports.
+            log.error("%s: could not settle tag %s:%s: %s", self.release_id, repository, tag,
+                      _named(exc))
+            raise
+        log.info("%s: tag %s:%s settled: %s", self.release_id, repository, tag,
+                 f"left to {newer}" if newer else f"names {digest[:19]}")
+        return newer
 
     async def _settle(self, repository: str, tag: str, digest: str,
                       writer: TagWriter) -> str | None:
@@ -251,8 +306,14 @@ class TagOrder:
             await writer.put(fence)
         if not ours:
             mine = TagOwner(self.order, self.release_id, digest, self._clock())
-            if not await self._call(self._owners.claim, repository, tag, mine, owner):
+            claimed, released = await self._call(self._owners.claim_and_release, repository,
+                                                 tag, mine, owner, held.lease)
+            if not claimed:
                 raise _Raced
+            if released:
+                # Given back with the claim: the lease was ours throughout.
+                await self._stop_renewing(held)
+                held.kept = True
         self.superseded.pop(tag, None)
         return None
 
@@ -307,10 +368,13 @@ class TagOrder:
         held.kept = await self._give_back(held)
         return held.kept
 
-    async def _give_back(self, held: _Held) -> bool:
+    async def _stop_renewing(self, held: _Held) -> None:
         if held.renewer is not None:
             held.renewer.cancel()
             await asyncio.gather(held.renewer, return_exceptions=True)
+
+    async def _give_back(self, held: _Held) -> bool:
+        await self._stop_renewing(held)
         surely_ours = self._monotonic() < held.deadline
         try:
             released = await asyncio.to_thread(held.lease.release)
@@ -343,6 +407,26 @@ class TagOrdering:
 @dataclass
 class _Sent:
     put: bool = False
+
+
+def _named(exc: BaseException) -> str:
+    # str() of a registry error is redacted; its repr() is not.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _outlast(task: asyncio.Task[T]) -> T:
+    """``task``'s result, waited for however often the caller is cancelled meanwhile; the
+    cancellation is raised once ``task`` is done. A cancellation must not end a copy before
+    it has undone a write that would move a tag backwards."""
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return task.result()
 
 
 class _Raced(Exception):

@@ -122,6 +122,7 @@ class Layout:
         self._done = True
         try:
             if self.write:
+                await self._settle()
                 await asyncio.to_thread(self._commit)
         finally:
             await self._tidy()
@@ -133,9 +134,12 @@ class Layout:
         self._done = True
         await self._tidy()
 
-    async def _tidy(self) -> None:
+    async def _settle(self) -> None:
         if isinstance(self.transport, LayoutTransport):
-            self.transport.drop_uploads()
+            await self.transport.settle()
+
+    async def _tidy(self) -> None:
+        await self._settle()
         if self._work is not None:
             await asyncio.to_thread(shutil.rmtree, self._work, True)
             self._work = None
@@ -204,8 +208,10 @@ async def open_layout(
     digests a write treats as already there (answered present, never written), for an
     incremental bundle whose base carried them. Raises NotALayout for a path that cannot be
     used as asked."""
-    layout = Layout(Path(path), archive=archive, write=write, naming=naming,
-                    assume_present=assume_present)
+    # Opening reads index.json, an archive's member headers and the manifests it lists: on
+    # a thread, as every other read of the layout is.
+    layout = await asyncio.to_thread(Layout, Path(path), archive=archive, write=write,
+                                     naming=naming, assume_present=assume_present)
     try:
         yield layout
     except BaseException:

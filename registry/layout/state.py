@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import InvalidManifest, NotFound, RegistryError
 from ..manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from ..referrers import referrer_descriptor
+from ..threads import in_thread
 from .index import LayoutEntry, Naming, annotated, make_entry, ref_name_for, sort_key, tag_of
 from .store import BlobStore, is_digest
 
@@ -63,13 +64,23 @@ class LayoutState:
         return self.store.size(digest)
 
     def manifest(self, digest: str) -> Manifest:
-        """A manifest held in the layout, its bytes checked; BlobNotInLayout if absent."""
+        """A manifest held in the layout, its bytes checked; BlobNotInLayout if absent. Reads
+        the disk the first time: on the event loop, use :meth:`read_manifest`."""
         found = self._parsed.get(digest)
-        if found is not None:
-            return found
+        return found if found is not None else self._parse(digest, self._raw(digest))
+
+    async def read_manifest(self, digest: str) -> Manifest:
+        """:meth:`manifest`, its bytes read on a thread."""
+        found = self._parsed.get(digest)
+        return found if found is not None else self._parse(digest,
+                                                           await in_thread(self._raw, digest))
+
+    def _raw(self, digest: str) -> bytes:
         if self.store.size(digest) is None:
             raise self.store.missing(digest)
-        raw = self.store.read_small(digest, MAX_MANIFEST_BYTES + 1)
+        return self.store.read_small(digest, MAX_MANIFEST_BYTES + 1)
+
+    def _parse(self, digest: str, raw: bytes) -> Manifest:
         manifest = parse_manifest(raw, self._media.get(digest), expected_digest=digest)
         for child in manifest.children:
             self._media.setdefault(child.digest, child.media_type)
@@ -95,13 +106,14 @@ class LayoutState:
 
     # -- writes --------------------------------------------------------------------------
 
-    def put_manifest(self, repository: str, reference: str, raw: bytes,
-                     content_type: str | None) -> Manifest:
-        """Store a manifest's exact bytes, by digest or under a tag."""
+    async def put_manifest(self, repository: str, reference: str, raw: bytes,
+                           content_type: str | None) -> Manifest:
+        """Store a manifest's exact bytes (written and synced on a thread), by digest or under
+        a tag."""
         manifest = parse_manifest(raw, content_type,
                                   expected_digest=reference if is_digest(reference) else None)
         if manifest.digest not in self.assume_present:
-            self.store.put_bytes(manifest.digest, raw)
+            await in_thread(self.store.put_bytes, manifest.digest, raw)
         self._media[manifest.digest] = manifest.media_type
         self._parsed[manifest.digest] = manifest
         self._note_referrer(manifest)

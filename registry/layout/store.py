@@ -1,5 +1,9 @@
 """A layout's blobs: read from a directory (``blobs/<alg>/<hex>``) or an archive's members,
-written into a directory through uploads hashed on the way in, and checked on the way out."""
+written into a directory through uploads hashed on the way in, and checked on the way out.
+
+The methods here block on the disk (reads, writes, fsync); the transport calls them on a thread,
+a piece of :data:`CHUNK` bytes or more at a time, so that a big layer never stalls the event
+loop that serves every other destination of the same copy."""
 
 from __future__ import annotations
 
@@ -8,15 +12,17 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BlobNotInLayout, CorruptBlob, DigestMismatch
 from ..manifest import new_hasher
+from ..threads import in_thread
 from .tarindex import TarIndex
 
-# Read and written in pieces this big: memory stays flat whatever a layer weighs.
+# Read and written in pieces this big: memory stays flat whatever a layer weighs, and a thread
+# hop per piece costs nothing next to the piece's disk time and hashing.
 CHUNK = 1024 * 1024
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 
@@ -34,19 +40,29 @@ def is_digest(text: str) -> bool:
 
 
 class Upload:
-    """One blob on its way in: a scratch file, hashed and counted as it is written."""
+    """One blob on its way in: a scratch file, hashed and counted as it is written. The file is
+    created by the first write (or the close), so that beginning an upload touches no disk."""
 
     def __init__(self, scratch: Path) -> None:
         self.id = uuid.uuid4().hex
         self.path = scratch / f"{self.id}.partial"
-        self._file: BinaryIO = self.path.open("wb")
+        self._file: BinaryIO | None = None
         self.size = 0
         self._sha256 = hashlib.sha256()
 
+    def _handle(self) -> BinaryIO:
+        if self._file is None:
+            self._file = self.path.open("wb")
+        return self._file
+
     def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
+        self._handle().write(chunk)
         self._sha256.update(chunk)
         self.size += len(chunk)
+
+    def write_all(self, pieces: Iterable[bytes]) -> None:
+        for piece in pieces:
+            self.write(piece)
 
     def digest(self, algorithm: str) -> str:
         if algorithm == "sha256":
@@ -59,16 +75,56 @@ class Upload:
         return f"{algorithm}:{hasher.hexdigest()}"
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+        handle = self._handle()
+        if not handle.closed:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
 
     def drop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+class BlobReader:
+    """One blob read piece by piece and hashed as it goes: the last piece is held back until
+    the whole has been checked, so a reader never takes corrupt or short content as complete.
+    Opened by the first :meth:`read`; each read blocks on the disk."""
+
+    def __init__(self, store: BlobStore, digest: str) -> None:
+        self._store = store
+        self.digest = digest
+        self._fd: int | None = None
+        self._size = self._left = 0
+        self._hasher = hashlib.new(digest.partition(":")[0])
+
+    def read(self) -> bytes:
+        """The next piece; empty at the end."""
+        if self._fd is None:
+            self._fd, self._size, _ = self._store.open_blob(self.digest)
+            self._left = self._size
+        if self._left <= 0:
+            return b""
+        digest, label = self.digest, self._store.label
+        chunk = os.read(self._fd, min(CHUNK, self._left))
+        if not chunk:
+            raise CorruptBlob(f"{label}: blob {digest} is cut short "
+                              f"({self._size - self._left} of {self._size} bytes)", digest=digest)
+        self._left -= len(chunk)
+        self._hasher.update(chunk)
+        if self._left == 0 and (f"{digest.partition(':')[0]}:{self._hasher.hexdigest()}"
+                                != digest):
+            raise CorruptBlob(f"{label}: blob {digest} is corrupt (its bytes hash to another "
+                              "digest)", digest=digest)
+        return chunk
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class BlobStore:
@@ -93,7 +149,7 @@ class BlobStore:
             return self.archive.members[name].size
         return None
 
-    def _open(self, digest: str) -> tuple[int, int, int]:
+    def open_blob(self, digest: str) -> tuple[int, int, int]:
         """(descriptor at the first byte, declared size, bytes really there)."""
         name = blob_name(digest)
         if self.directory is not None:
@@ -117,7 +173,7 @@ class BlobStore:
 
     def read_small(self, digest: str, limit: int) -> bytes:
         """A manifest's bytes (at most ``limit``), checked against ``digest``."""
-        fd, size, present = self._open(digest)
+        fd, size, present = self.open_blob(digest)
         try:
             data = os.read(fd, min(size, limit))
         finally:
@@ -134,31 +190,23 @@ class BlobStore:
         return data
 
     def pieces(self, digest: str) -> Iterator[bytes]:
-        """The blob in pieces, hashed as they go: the last piece is held back until the whole
-        has been checked, so a reader never takes corrupt or short content as complete."""
-        fd, size, _ = self._open(digest)
-        hasher = hashlib.new(digest.partition(":")[0])
-        left = size
+        """The blob in checked pieces (:class:`BlobReader`), read on the caller's thread."""
+        reader = BlobReader(self, digest)
         try:
-            while left > 0:
-                chunk = os.read(fd, min(CHUNK, left))
-                if not chunk:
-                    raise CorruptBlob(f"{self.label}: blob {digest} is cut short "
-                                      f"({size - left} of {size} bytes)", digest=digest)
-                left -= len(chunk)
-                hasher.update(chunk)
-                if left == 0 and (f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
-                                  != digest):
-                    raise CorruptBlob(f"{self.label}: blob {digest} is corrupt (its bytes "
-                                      "hash to another digest)", digest=digest)
+            while chunk := reader.read():
                 yield chunk
         finally:
-            os.close(fd)
+            reader.close()
 
     async def stream(self, digest: str) -> AsyncIterator[bytes]:
-        """:meth:`pieces` for an async reader (local reads of a piece do not wait long)."""
-        for chunk in self.pieces(digest):
-            yield chunk
+        """:meth:`pieces` for the event loop: each piece read and hashed on a thread, and the
+        descriptor closed only once no read is under way on it."""
+        reader = BlobReader(self, digest)
+        try:
+            while chunk := await in_thread(reader.read):
+                yield chunk
+        finally:
+            reader.close()
 
     def begin(self) -> Upload:
         if self.scratch is None:

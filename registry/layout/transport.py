@@ -15,21 +15,27 @@ The subset the engine uses::
 
 A blob or manifest the layout lacks on GET raises BlobNotInLayout (a NotFound) with its digest,
 rather than answering 404, so a reader of an incomplete layout knows which one.
+
+Bytes are read, written, hashed and synced on threads (``registry.threads.in_thread``), a MiB or
+more at a time, so a big layer never stalls the event loop, and with it the run's other
+destinations. Lookups (a ``stat``, an index of the archive held in memory) stay on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
-from ..errors import DigestMismatch, RegistryError
+from ..errors import DigestMismatch, NotALayout, RegistryError
 from ..manifest import MAX_MANIFEST_BYTES, OCI_INDEX
+from ..threads import in_thread
 from .state import LayoutState
-from .store import Upload, is_digest
+from .store import CHUNK, Upload, is_digest
 
 _MANIFEST = re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)")
 _UPLOAD = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<id>[^/]*)")
@@ -68,6 +74,10 @@ class LayoutTransport(httpx.AsyncBaseTransport):
     def __init__(self, state: LayoutState) -> None:
         self.state = state
         self._uploads: dict[str, Upload] = {}
+        # Writes on a thread right now, and whether the layout still takes any (settle()).
+        self._busy = 0
+        self._idle: asyncio.Future[None] | None = None
+        self._settled = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         method, path = request.method, request.url.path
@@ -78,7 +88,7 @@ class LayoutTransport(httpx.AsyncBaseTransport):
         if m := _MANIFEST.fullmatch(path):
             if method == "PUT":
                 return await self._put_manifest(request, m["name"], m["ref"])
-            return self._manifest(method, m["name"], m["ref"])
+            return await self._manifest(method, m["name"], m["ref"])
         if m := _BLOB.fullmatch(path):
             return self._blob(method, m["digest"])
         if (m := _TAGS.fullmatch(path)) and method == "GET":
@@ -91,17 +101,17 @@ class LayoutTransport(httpx.AsyncBaseTransport):
 
     # -- manifests -------------------------------------------------------------------------
 
-    def _manifest(self, method: str, name: str, ref: str) -> httpx.Response:
+    async def _manifest(self, method: str, name: str, ref: str) -> httpx.Response:
         digest = self.state.resolve(name, ref)
         if digest is None:
             if method == "GET" and is_digest(ref):
-                self.state.manifest(ref)  # raises BlobNotInLayout, naming it
+                await self.state.read_manifest(ref)  # raises BlobNotInLayout, naming it
             return _error(404, "MANIFEST_UNKNOWN", f"{ref} is not in {self.state.label}")
         if is_digest(ref):
             self.state.found_by_digest(digest)
         if digest in self.state.assume_present and self.state.store.size(digest) is None:
             return httpx.Response(200, headers={"Docker-Content-Digest": digest})
-        manifest = self.state.manifest(digest)
+        manifest = await self.state.read_manifest(digest)
         headers = {"Docker-Content-Digest": digest, "Content-Type": manifest.media_type,
                    "Content-Length": str(len(manifest.raw))}
         if method == "HEAD":
@@ -118,8 +128,8 @@ class LayoutTransport(httpx.AsyncBaseTransport):
             if len(raw) > MAX_MANIFEST_BYTES:
                 return _error(400, "MANIFEST_INVALID", "manifest over 4 MiB")
         try:
-            manifest = self.state.put_manifest(name, ref, bytes(raw),
-                                               request.headers.get("content-type"))
+            manifest = await self._write(self.state.put_manifest, name, ref, bytes(raw),
+                                         request.headers.get("content-type"))
         except DigestMismatch as exc:
             return _error(400, "DIGEST_INVALID", str(exc))
         except RegistryError as exc:
@@ -184,7 +194,7 @@ class LayoutTransport(httpx.AsyncBaseTransport):
                 upload.drop()
                 return _error(400, "DIGEST_INVALID", f"{digest[:80]!r} is not a digest")
             try:
-                self.state.store.finish(upload, digest)
+                await self._write(in_thread, self.state.store.finish, upload, digest)
             except DigestMismatch as exc:
                 return _error(400, "DIGEST_INVALID", str(exc))
             return httpx.Response(201, headers={"Docker-Content-Digest": digest,
@@ -192,17 +202,46 @@ class LayoutTransport(httpx.AsyncBaseTransport):
         return _error(405, "UNSUPPORTED", f"{method} of an upload")
 
     async def _take(self, request: httpx.Request, upload: Upload) -> None:
-        """Write the request's body to the upload as it arrives (never held whole)."""
+        """Write the request's body to the upload as it arrives, never held whole: gathered
+        into pieces of at least CHUNK bytes, each written and hashed on a thread."""
+        pending: list[bytes] = []
+        gathered = 0
         try:
             async for piece in request.stream:  # type: ignore[union-attr]
-                upload.write(piece)
+                pending.append(piece)
+                gathered += len(piece)
+                if gathered >= CHUNK:
+                    await self._write(in_thread, upload.write_all, pending)
+                    pending, gathered = [], 0
+            if gathered:
+                await self._write(in_thread, upload.write_all, pending)
         except BaseException:
             self._uploads.pop(upload.id, None)
             upload.drop()
             raise
 
-    def drop_uploads(self) -> None:
-        """Remove every upload still under way (a copy that failed or was cancelled)."""
+    async def _write(self, write: Callable[..., Any], *args: Any) -> Any:
+        """Await ``write(*args)``, a write to the layout, counted so that :meth:`settle` can
+        wait for it; refused once the layout is settled."""
+        if self._settled:
+            raise NotALayout(f"{self.state.label} was already committed or discarded")
+        self._busy += 1
+        try:
+            return await write(*args)
+        finally:
+            self._busy -= 1
+            if not self._busy and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+
+    async def settle(self) -> None:
+        """Take no more writes, wait for those on a thread now, and remove every upload still
+        under way. A blob upload can outlive the copy that started it (it is shared between
+        destinations and not cancelled with one): the layout is committed or its scratch
+        removed only once nothing writes there any more."""
+        self._settled = True
+        while self._busy:
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
         for upload in self._uploads.values():
             upload.drop()
         self._uploads.clear()

@@ -105,6 +105,17 @@ def test_a_window_goes_registry_to_bundle_to_registry_unchanged(
         signature.manifest
 
 
+def test_an_empty_window_writes_no_bundle(redis_server: RedisServer, tmp_path: Path) -> None:
+    env = fanout_env(FANOUT_BROKER_URL=redis_server.url)
+    out = tmp_path / "bundles"
+    out.mkdir()
+    code, doc, log = _fanout(env, "export", str(out / "week.tar"), "--since", "7d")
+    assert code == 0, log
+    assert "nothing to export" in log
+    assert doc["images"] == [] and doc["sha256"] is None and doc["ok"] is True
+    assert list(out.iterdir()) == []  # no file, not even an empty archive
+
+
 def test_unmapped_repositories_push_nothing(
     registries: RegistrySet, redis_server: RedisServer, unique_repo: str, tmp_path: Path,
 ) -> None:

@@ -132,6 +132,35 @@ def test_several_images_share_one_layout_and_its_blobs(
     assert report["destinations"][0]["blobs_uploaded"] == 0  # type: ignore[index]
 
 
+def test_an_optional_layout_destination_is_optional_like_any_other(
+    registries: RegistrySet, unique_repo: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = images.push_oci_image(registries.source, unique_repo, "v1", layer_size=4096)
+    target = f"{registries.dest1.host}/{unique_repo}/copy"
+    layout = tmp_path / "optional"
+    code, report = _copy(capsys, image.tagged_reference or "", target, "--optional",
+                         f"oci:{layout}")
+    assert code == 0, report
+    assert {d["destination"]: d["optional"] for d in report["destinations"]} == {  # type: ignore[attr-defined]
+        target: False, f"oci:{layout}": True}
+    [entry] = json.loads((layout / "index.json").read_text())["manifests"]
+    assert entry["digest"] == image.digest
+
+    # One that fails (its blobs/ is a file, so no blob can land) fails alone: exit 0.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (broken / "index.json").write_text('{"schemaVersion":2,"manifests":[]}')
+    (broken / "blobs").write_text("not a directory")
+    code, report = _copy(capsys, image.tagged_reference or "", target, "--optional",
+                         f"oci:{broken}")
+    assert code == 0, report
+    failed = {d["destination"]: d for d in report["destinations"]}[f"oci:{broken}"]  # type: ignore[attr-defined]
+    assert failed["optional"] is True and failed["status"] == "failed", report
+    assert json.loads((broken / "index.json").read_text())["manifests"] == []
+
+
 def test_bad_layout_references_are_usage_errors(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert fanout(["copy", f"oci:{tmp_path}/missing:v1", "localhost:5000/x"]) == 2

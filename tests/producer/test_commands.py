@@ -105,6 +105,22 @@ def test_enqueue_without_destinations_is_a_usage_error(
     assert enqueued == []
 
 
+@pytest.mark.parametrize(("args", "named"), [
+    (["oci:/data/layout:1.0", "a.io/app"], "oci:/data/layout:1.0"),
+    ([SOURCE, "oci-archive:/media/usb/app.tar"], "oci-archive:/media/usb/app.tar"),
+    ([SOURCE, "a.io/app", "--optional", "oci:/data/layout"], "oci:/data/layout"),
+])
+def test_enqueue_refuses_layouts_and_points_to_fanout_copy(
+    enqueued: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], args: list[str],
+    named: str,
+) -> None:
+    # A worker, on another machine, has no business reading or writing this one's files.
+    assert main(["enqueue", *args]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "copy to or from an OCI layout or archive with fanout copy" in err
+    assert enqueued == []
+
+
 def test_timeout_needs_wait(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "rel-x", "--timeout", "3"]) == 2
     assert "--timeout needs --wait" in capsys.readouterr().err

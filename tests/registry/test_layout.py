@@ -7,15 +7,20 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from registry.copy import Copier
 from registry.errors import BlobNotInLayout, CorruptBlob, NotALayout
 from registry.layout import Layout, open_layout, parse_place
-from registry.layout.store import BlobStore
+from registry.layout.store import CHUNK, BlobReader, BlobStore, Upload
 from registry.layout.tarindex import TarIndex
+from registry.locations import MemoryLocations
 from registry.options import CopyOptions
 from registry.results import CopyResult
 from registry.retry import RetryPolicy
@@ -128,6 +133,96 @@ def test_a_failed_copy_leaves_the_previous_archive_byte_identical(tmp_path: Path
     assert f"sha256:{layer.name}" in str(caught.value)
     assert archive.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tar", "src"]
+
+
+def test_blob_bytes_move_on_threads_never_on_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big layer read or written on the loop would stall every other destination of the
+    run: each read, write and fsync of blob or manifest bytes happens on a thread."""
+    make_layout(tmp_path / "src", {"v1": os.urandom(3 * CHUNK + 5)})
+    calls: list[tuple[str, bool]] = []
+
+    def watched(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def record(*args: Any) -> Any:
+            calls.append((name, threading.current_thread() is threading.main_thread()))
+            return method(*args)
+        return record
+
+    for owner, name in ((BlobReader, "read"), (Upload, "write"), (Upload, "close"),
+                        (BlobStore, "read_small")):
+        monkeypatch.setattr(owner, name, watched(name, getattr(owner, name)))
+    copy(tmp_path / "src", tmp_path / "out", "v1", archive=False)
+
+    assert {name for name, _ in calls} == {"read", "write", "close", "read_small"}
+    assert [name for name, on_loop in calls if on_loop] == []
+    out = BlobStore("out", directory=tmp_path / "out")
+    assert list(out.digests()) == list(BlobStore("src", directory=tmp_path / "src").digests())
+
+
+def test_a_write_outliving_its_copy_is_waited_for_then_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob upload is shared between destinations, so it can outlive the copy that failed:
+    discarding the layout waits for a write on a thread, then refuses the next one, and the
+    scratch it removed is not made again."""
+    entered, release = threading.Event(), threading.Event()
+    write = Upload.write
+
+    def held(upload: Upload, chunk: bytes) -> None:
+        entered.set()
+        release.wait(30)
+        write(upload, chunk)
+
+    monkeypatch.setattr(Upload, "write", held)
+
+    async def go() -> None:
+        layout = Layout(tmp_path / "out", archive=False, write=True)
+        more = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * CHUNK
+            await more.wait()
+            yield b"y"
+
+        async with httpx.AsyncClient(transport=layout.transport,
+                                     base_url="http://layout") as client:
+            started = await client.post("/v2/app/blobs/uploads/")
+            put = asyncio.ensure_future(client.put(
+                f"{started.headers['Location']}?digest=sha256:{'0' * 64}", content=body()))
+            await asyncio.to_thread(entered.wait, 30)
+            discard = asyncio.ensure_future(layout.discard())
+            for _ in range(50):
+                await asyncio.sleep(0)
+            assert not discard.done()  # the write on its thread holds it
+            release.set()
+            await discard
+            more.set()
+            with pytest.raises(NotALayout, match="already committed or discarded"):
+                await put
+
+    asyncio.run(go())
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_layout_hosts_stay_out_of_the_blob_location_index(tmp_path: Path) -> None:
+    # layout-<n>.oci.invalid names a different file in every process: a hint recorded under
+    # it in a shared index (Redis, on workers) would point another process at the wrong one.
+    make_layout(tmp_path / "src", {"v1": os.urandom(20_000)})
+    locations = MemoryLocations()
+
+    async def go() -> None:
+        source = Layout(tmp_path / "src", archive=False, write=False)
+        async with open_layout(tmp_path / "out.tar", archive=True, write=True) as dest, \
+                Registries(locations=locations, local={
+                    source.host: source.transport, dest.host: dest.transport}) as pool:
+            result = await Copier(pool, CopyOptions(retry=FAST)).copy(
+                source.reference(ref="v1"), dest.reference().repository, ["v1"])
+            assert result.error is None, result.error
+            assert result.stats.blobs_uploaded == 2
+            assert pool.is_local(dest.host) and not pool.is_local("ghcr.io")
+
+    asyncio.run(go())
+    assert locations.count() == 0
 
 
 def test_a_truncated_archive_names_the_blob_cut_short(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ never again. ``TooManyRequests`` is a rate limit that names its window once::
     ...
     held = [s for s in proxy.seen if limit.opened <= s.time < limit.opened + 4]
 
-Everything the proxy saw is in ``proxy.seen`` (time, method, path, status, Authorization present).
+Everything the proxy saw is in ``proxy.seen`` (time, method, path, status, Authorization present);
+``proxy.body_pieces`` has the time and size of every request body piece it relayed.
 The serving itself (threads, lifecycle, the log) is ``loopback_proxy.LoopbackProxy``'s.
 """
 
@@ -214,6 +215,9 @@ class FaultProxy(LoopbackProxy[Seen]):
         super().__init__(upstream)
         self._rules: list[Rule] = []
         self._release = threading.Event()  # set by clear(): ends the stalls under way
+        # (time.monotonic(), bytes) of each request body piece relayed upstream, in order: a
+        # byte count with timestamps, for a test of upload rates.
+        self.body_pieces: list[tuple[float, int]] = []
 
     def start(self) -> FaultProxy:
         """Listen on a free port (the same one again after ``stop_listening()``)."""
@@ -318,6 +322,7 @@ class FaultProxy(LoopbackProxy[Seen]):
             upstream.sendall(frame(piece, chunked_request))
             sent += len(piece)
             record.received = sent
+            self.body_pieces.append((time.monotonic(), len(piece)))
         if chunked_request:
             upstream.sendall(b"0\r\n\r\n")
 

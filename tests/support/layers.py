@@ -66,16 +66,20 @@ def bytes_blob(data: bytes, media_type: str) -> Blob:
 
 
 def make_layer(
-    size: int = DEFAULT_LAYER_SIZE, *, compress: bool = True, docker: bool = False
+    size: int = DEFAULT_LAYER_SIZE, *, compress: bool = True, docker: bool = False,
+    directory: Path | None = None,
 ) -> Layer:
-    """A tar with one file of `size` random bytes; gzip level 1 unless `compress=False`."""
+    """A tar with one file of `size` random bytes; gzip level 1 unless `compress=False`.
+
+    A layer over 16 MiB is a temporary file in `directory` (a test's `tmp_path`, say), else in
+    the system's temporary directory."""
     if docker and not compress:
         raise ValueError("Docker schema 2 layers here are always gzip'd")
     media_type = (DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP) if compress else OCI_LAYER_TAR
     big = size > _IN_MEMORY_MAX
     if big:
         fd, name = tempfile.mkstemp(
-            prefix="fanout-layer-", suffix=".tar.gz" if compress else ".tar"
+            prefix="fanout-layer-", suffix=".tar.gz" if compress else ".tar", dir=directory
         )
         out: IO[bytes] = os.fdopen(fd, "wb")
     else:

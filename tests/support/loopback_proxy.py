@@ -63,7 +63,15 @@ class Connection:
 
 
 class LoopbackProxy(Generic[S]):
-    """A reverse proxy on a free loopback port in front of ``upstream`` (``http://host:port``)."""
+    """A reverse proxy on a free loopback port in front of ``upstream`` (``http://host:port``).
+
+    ``reset_tls``: reset a connection that opens with a TLS handshake at once. A client that
+    tries HTTPS first and falls back to HTTP only after its handshake times out (skopeo: Go's
+    10 s) needs it; fanout tries both at once and sees a stalled handshake as a fault proxies
+    inject on purpose, so it is off unless asked for.
+    """
+
+    reset_tls = False
 
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
@@ -196,7 +204,7 @@ class LoopbackProxy(Generic[S]):
             # A TLS ClientHello (a client trying HTTPS first, as skopeo does) has no line end
             # to read up to: reset it at once, or the client waits out its handshake timeout
             # (Go: 10 s) before it falls back to HTTP, on every connection.
-            if conn.reader.peek(1)[:1] == _TLS_HANDSHAKE:
+            if self.reset_tls and conn.reader.peek(1)[:1] == _TLS_HANDSHAKE:
                 raise ValueError("a TLS handshake, not an HTTP request")
             head = read_head(conn.reader)
             if head is not None:

@@ -207,3 +207,54 @@ def test_real_redis_forgets_a_hold_after_it_ends(real: tuple[redis.Redis[Any], s
     assert holds.until(HOST) == 0.0  # held no longer, though the key lingers a moment
     time.sleep(1.1)
     assert client.exists(f"{prefix}{HOST}") == 0
+
+
+# -- no round trip per request -----------------------------------------------------------------
+
+
+class Counting:
+    """fakeredis, counting the GETs."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.gets = 0
+
+    def get(self, key: str) -> Any:
+        self.gets += 1
+        return self.client.get(key)
+
+    def pipeline(self) -> Any:
+        return self.client.pipeline()
+
+
+def test_a_read_is_trusted_for_the_refresh_then_asked_again(
+    redis_client: Any, clock: FakeClock,
+) -> None:
+    counting, monotonic = Counting(redis_client), FakeClock(100.0)
+    holds = RedisHolds(counting, clock=clock, monotonic=monotonic,  # type: ignore[arg-type]
+                       refresh=0.25)
+    other = RedisHolds(redis_client, clock=clock)  # another worker
+    # Every request asks; Redis is asked once per refresh, not once per request.
+    assert [holds.until(HOST) for _ in range(50)] == [0.0] * 50
+    assert counting.gets == 1
+    other.hold(HOST, clock.now + 10)
+    assert holds.until(HOST) == 0.0  # not yet learnt: within the refresh
+    monotonic.advance(0.25)
+    assert holds.until(HOST) == clock.now + 10  # learnt within a quarter second
+    assert counting.gets == 2
+    assert holds.until("other.example") == 0.0  # per registry
+    assert counting.gets == 3
+
+
+def test_a_hold_this_process_sets_is_known_at_once_even_if_redis_fails(
+    clock: FakeClock,
+) -> None:
+    client, monotonic = Failing(), FakeClock(100.0)
+    holds = RedisHolds(client, clock=clock, monotonic=monotonic)  # type: ignore[arg-type]
+    assert holds.until(HOST) == 0.0
+    holds.hold(HOST, clock.now + 5)  # the 429 this process heard; Redis refuses the write
+    assert holds.until(HOST) == clock.now + 5
+    monotonic.advance(10)
+    assert holds.until(HOST) == clock.now + 5
+    clock.advance(5)
+    assert holds.until(HOST) == 0.0

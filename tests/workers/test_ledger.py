@@ -125,10 +125,11 @@ def test_a_write_aligns_its_own_keys_with_the_release_and_leaves_the_rest(
     # A write must not cost as many commands as the release has destinations.
     release_id = ledger.create_release(SOURCE, TARGETS)
     head, other = release_key(release_id), dest_key(release_id, "r2.example/app")
-    redis_client.expire(head, 3500)  # a release written a while ago
-    redis_client.expire(other, 3500)
-    ledger.mark_running(release_id, "r1.example/app", worker=None)
     mine = dest_key(release_id, "r1.example/app")
+    for key in (head, other, mine):
+        redis_client.expire(key, 3500)  # a release written a while ago
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    # HSET keeps the expiry it had, the head's: an attempt's start sets none.
     assert 3490 < redis_client.ttl(mine) <= 3500  # expires with the head ...
     assert redis_client.ttl(head) <= 3500 and redis_client.ttl(other) <= 3500  # ... untouched
     ledger.mark_failed(release_id, "r1.example/app", error="denied", error_type="Denied")
@@ -143,6 +144,8 @@ def test_a_release_past_a_tenth_of_its_retention_is_renewed_whole(
     for key in redis_client.keys("fanout:release:*"):
         redis_client.expire(key, 3000)  # 600 s of 3600 gone: due
     ledger.mark_running(release_id, "r1.example/app", worker=None)
+    # at the next write that creates a key (an attempt's end starts its history)
+    ledger.mark_failed(release_id, "r1.example/app", error="denied", error_type="Denied")
     assert all(redis_client.ttl(k) > 3590 for k in redis_client.keys("fanout:release:*"))
 
 
@@ -237,3 +240,22 @@ def test_exactly_one_finisher_wins_each_final_transition_on_real_redis() -> None
         ledger.mark_succeeded(release_id, "r.example/a", stats={}, seconds=1)
         assert ledger.settle_final(release_id) is not None
         assert ledger.settle_final(release_id) is None
+
+
+def test_succeeded_gives_back_the_copys_lock_only_while_it_is_that_tokens(
+    ledger: Ledger, redis_client: Any,
+) -> None:
+    release_id = ledger.create_release(SOURCE, TARGETS)
+    redis_client.set("fanout:lock:mine", "tok-a")
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    assert ledger.mark_succeeded(release_id, "r1.example/app", stats={}, seconds=1.0,
+                                 lock=("fanout:lock:mine", "tok-a"))
+    assert not redis_client.exists("fanout:lock:mine")
+    # A lock that expired and was taken by another copy stays theirs.
+    redis_client.set("fanout:lock:theirs", "tok-b")
+    ledger.mark_running(release_id, "r2.example/app", worker=None)
+    assert not ledger.mark_succeeded(release_id, "r2.example/app", stats={}, seconds=1.0,
+                                     lock=("fanout:lock:theirs", "tok-a"))
+    assert redis_client.get("fanout:lock:theirs") in ("tok-b", b"tok-b")
+    record = ledger.record(release_id, "r2.example/app")
+    assert record is not None and record.state == "succeeded"

@@ -16,6 +16,7 @@ import fakeredis
 import pytest
 import redis
 
+from registry.errors import ConnectionFailed
 from registry.reference import parse_repository
 from registry.tag_gate import Fence
 from tests.support.round_trips import CountingFakeRedis
@@ -157,6 +158,21 @@ def test_the_no_op_path_adds_no_registry_request_and_one_redis_read(
     assert asyncio.run(write(again, tag, 4, early=digest(4))) is None
     assert tag.puts == [digest(4)] and tag.heads == 0
     assert counting.tally.count == 1 and not client.exists(lock_key(str(DEST), TAG))
+
+
+def test_a_first_write_gives_its_lease_back_with_the_claim(
+    client: redis.Redis[Any], server: fakeredis.FakeServer,
+) -> None:
+    tag = Tag()
+    counting = CountingFakeRedis(server=server, decode_responses=True)
+    assert asyncio.run(write(gate(counting, 6), tag, 6)) is None
+    assert tag.puts == [digest(6)] and not client.exists(lock_key(str(DEST), TAG))
+    found = owner(client)
+    assert found is not None and found.release == "rel-6"
+    # The early read, the lease, the read under it, then one transaction that records the
+    # owner and gives the lease back (no compare-and-delete of its own).
+    assert counting.tally.commands == ["HGETALL", "SET", "HGETALL", "WATCH", "HGETALL", "GET",
+                                       "MULTI/EXEC"], counting.tally.commands
 
 
 def test_a_superseded_tag_costs_one_redis_read(
@@ -332,6 +348,133 @@ def test_a_copy_stopped_while_its_put_was_on_the_wire_still_settles_the_tag(
         asyncio.run(main())
     assert writer.restored == [digest(2)] and tag.value == digest(2)
     assert older.superseded == {TAG: "rel-2"}
+
+
+class CancelsCopy:
+    """A monotonic clock that, once armed, cancels the copy's task at its next reading: the
+    heartbeat's abort arriving at that moment. The writer reads the clock as it gives its
+    lease back, between the awaits there, so that is where an armed clock stops it."""
+
+    def __init__(self) -> None:
+        self.copy: asyncio.Task[Any] | None = None
+        self.armed = False
+
+    def __call__(self) -> float:
+        if self.armed and self.copy is not None:
+            self.armed = False
+            self.copy.cancel()
+        return 100.0
+
+    def run(self, work: Awaitable[str | None]) -> None:
+        async def main() -> None:
+            self.copy = asyncio.ensure_future(work)
+            await self.copy
+        asyncio.run(main())
+
+
+def test_a_copy_stopped_as_it_gives_its_lease_back_still_settles_the_tag(
+    client: redis.Redis[Any],
+) -> None:
+    # The late PUT lands over release 2's and its answer arrives; the older writer finds the
+    # owner changed and gives its lease back, and right then its copy is stopped (on waking,
+    # the heartbeat's abort races the PUT's answer). The tag must still go back to release 2.
+    tag = Tag()
+    clock = CancelsCopy()
+
+    async def held_in_the_network() -> None:
+        client.delete(lock_key(str(DEST), TAG))
+        assert await write(gate(client, 2), tag, 2, early=None) is None
+        clock.armed = True
+
+    older = gate(client, 1, monotonic=clock)
+    writer = Writer(tag, digest(1), during_put=held_in_the_network)
+    with pytest.raises(asyncio.CancelledError):
+        clock.run(older.write(DEST, TAG, digest(1), writer))
+    # asyncio.run cancels what is left when the copy ends: the settle was waited for.
+    assert writer.restored == [digest(2)] and tag.value == digest(2)
+    assert older.superseded == {TAG: "rel-2"}
+    found = owner(client)
+    assert found is not None and found.release == "rel-2"
+
+
+def test_a_copy_stopped_twice_with_its_put_on_the_wire_still_settles_the_tag(
+    client: redis.Redis[Any],
+) -> None:
+    # Stopped while the PUT is on the wire, then again as it gives its lease back.
+    tag = Tag()
+    clock = CancelsCopy()
+
+    async def lands_late_then_stopped() -> None:
+        client.delete(lock_key(str(DEST), TAG))
+        assert await write(gate(client, 2), tag, 2, early=None) is None
+        tag.value = digest(1)  # the held PUT lands over release 2's
+        assert clock.copy is not None
+        clock.copy.cancel()
+        clock.armed = True
+        await asyncio.sleep(5)
+
+    leases = iter([True])
+    older = gate(client, 1, monotonic=clock, lease=lambda: next(leases, False))
+    writer = Writer(tag, digest(1), during_put=lands_late_then_stopped)
+    with pytest.raises(asyncio.CancelledError):
+        clock.run(older.write(DEST, TAG, digest(1), writer))
+    assert not clock.armed  # the second cancellation did arrive
+    assert writer.restored == [digest(2)] and tag.value == digest(2)
+    found = owner(client)
+    assert found is not None and found.release == "rel-2"
+
+
+def test_a_put_whose_answer_is_lost_is_settled_before_the_failure_is_raised(
+    client: redis.Redis[Any],
+) -> None:
+    # The PUT lands over release 2's, its answer is lost, and the retry is refused by the
+    # fence (the copy's lease is gone by now): the copy fails, but not before settling.
+    tag = Tag()
+
+    async def held_in_the_network() -> None:
+        client.delete(lock_key(str(DEST), TAG))
+        assert await write(gate(client, 2), tag, 2, early=None) is None
+
+    class AnswerLost(Writer):
+        async def put(self, fence: Fence) -> None:
+            await super().put(fence)
+            fence()  # the retry
+
+    leases = iter([True])
+    older = gate(client, 1, lease=lambda: next(leases, False))
+    writer = AnswerLost(tag, digest(1), during_put=held_in_the_network)
+    with pytest.raises(TagOrderUnavailable, match="copy's lease ran out"):
+        asyncio.run(older.write(DEST, TAG, digest(1), writer))
+    assert writer.restored == [digest(2)] and tag.value == digest(2)
+    found = owner(client)
+    assert found is not None and found.release == "rel-2"
+
+
+def test_a_settle_that_fails_says_so(
+    client: redis.Redis[Any], caplog: pytest.LogCaptureFixture,
+) -> None:
+    tag = Tag()
+
+    async def lands_late_then_stopped() -> None:
+        client.delete(lock_key(str(DEST), TAG))
+        assert await write(gate(client, 2), tag, 2, early=None) is None
+        tag.value = digest(1)
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()
+        await asyncio.sleep(5)
+
+    class RestoreFails(Writer):
+        async def restore(self, found: str, fence: Fence) -> None:
+            raise ConnectionFailed("registry unreachable")
+
+    writer = RestoreFails(tag, digest(1), during_put=lands_late_then_stopped)
+    with pytest.raises(asyncio.CancelledError):  # the copy's own ending, not the settle's
+        asyncio.run(gate(client, 1).write(DEST, TAG, digest(1), writer))
+    failures = [r for r in caplog.records
+                if r.levelname == "ERROR" and "could not settle" in r.getMessage()]
+    assert len(failures) == 1 and "registry unreachable" in failures[0].getMessage()
+    assert tag.value == digest(1)  # left for fanout verify to report
 
 
 def test_redis_down_is_a_transient_failure_before_any_put() -> None:

@@ -1,0 +1,38 @@
+"""Redis commands per destination copy, counted (``bench/redis_commands.py`` at a small size):
+one release of 30 destinations through a real worker, ``CONFIG RESETSTAT`` before it and
+``INFO commandstats`` after. Counts, not time, so a loaded machine changes nothing but the
+broker's idle polls."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import redis_commands
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(shutil.which("redis-server") is None,
+                       reason="redis-server is not installed"),
+]
+
+# What a copy costs now: about 62 (98 before issue 18's work: hold reads per request, six
+# commands per blob-location record, expiries on keys that had theirs, the tag lease's and
+# the copy lock's own compare-and-delete). Issue 18 asks for 40; what remains is listed in
+# docs/benchmarks.md, "Redis commands per copy": the ledger's WATCH-based transitions and
+# metrics counters, the tag order's reads, Celery's delivery. Below 40 needs each transition
+# as one script (EVALSHA), which fakeredis runs only with lupa installed.
+CEILING = 64
+
+
+def test_a_copy_costs_few_redis_commands_and_no_hold_reads_per_request(tmp_path: Path) -> None:
+    result = redis_commands.measure(30, tmp_path)
+    assert result.per_copy <= CEILING, redis_commands.report(result)
+    # Holds are read at most once per registry per refresh, not before every request
+    # (about ten requests per copy).
+    assert result.by_kind["hold"] / result.destinations < 2, result.by_kind
+    # A blob-location record is one ZADD between upkeeps.
+    assert result.commands["zremrangebyrank"] < result.destinations, result.commands
