@@ -8,6 +8,7 @@
     blob_mount (from the source, then repositories this run or the index saw it in) ──201──▶ done
        │ 202: an upload session to use  /  refused: upload
     upload: whole-blob PUT ──refused as unsupported──▶ chunks (and the host is remembered)
+            (a big blob: chunks a cut resumes from, where the host can: registry/resume.py)
 
 A :class:`BlobMover` serves every destination of a run: it remembers where each blob landed per
 registry (sure mount sources for later copies), and records it in the pool's
@@ -47,6 +48,7 @@ from .push import (
 )
 from .reference import Repository
 from .results import CopyStats, ProgressSink
+from .resume import plan_chunk
 from .retry import RetryPolicy, retry_async
 from .session import Registries
 from .singleflight import SingleFlight
@@ -307,6 +309,8 @@ class BlobMover:
                     chunk = self.registries.options.chunk_size
                     if chunk is None and (current.chunk_min or caps.whole_blob is False):
                         chunk = max(current.chunk_min, _FALLBACK_CHUNK)
+                    if chunk is None:  # a big blob goes in chunks that a cut resumes from
+                        chunk = plan_chunk(blob.size, caps)
                     if caps.chunked is False and caps.whole_blob is not False:
                         chunk = None  # a chunk size is a preference; this host takes none
                     body = throttled(response.aiter_bytes(), client.throttle,

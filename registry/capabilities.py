@@ -34,6 +34,10 @@ class Capabilities:
     # Chunk bounds, from OCI-Chunk-Min-Length, a 416 with Range, or a refused chunk.
     chunk_min: int = 0
     chunk_max: int | None = None
+    # An upload cut part-way can be continued: its status (GET on the upload URL) says where it
+    # stands. False: the status was refused, or the upload was gone after a cut (distribution
+    # 2.8 drops one cut mid-body: BLOB_UPLOAD_INVALID), so big blobs go whole as before.
+    resumes: bool | None = None
     # Cross-repository mounts honoured (201) rather than answered with a fresh upload. A
     # declined mount costs nothing (its upload is used), so a False does not stop asking.
     mounts: bool | None = None

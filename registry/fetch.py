@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -11,7 +11,7 @@ import httpx
 from . import scopes
 from .bounded import read_bounded
 from .client import RegistryClient
-from .errors import Denied, InvalidManifest, NotFound, ProtocolError
+from .errors import Denied, InvalidManifest, NotFound, ProtocolError, error_from_transport
 from .manifest import (
     ACCEPT_MANIFESTS,
     MAX_MANIFEST_BYTES,
@@ -20,7 +20,7 @@ from .manifest import (
     Manifest,
     parse_manifest,
 )
-from .spool_io import BlobBody, SourceBody
+from .spool_io import BlobBody, SourceBody, skip
 from .throttle import ThrottledBody
 
 
@@ -127,6 +127,7 @@ async def blob_stream(
     """Open a blob for streaming (read it with ``aiter_bytes()``); redirects to storage hosts
     are followed without credentials.
 
+    A read cut part-way goes on from where it was, with ``Range``.
     With a spool (``client.spool``), the blob comes through it: destinations on this host that
     need it at once share one read of the source (:mod:`registry.spool`).
     """
@@ -143,20 +144,78 @@ async def blob_stream(
 async def _blob_get(
     client: RegistryClient, repository: str, digest: str,
 ) -> AsyncIterator[SourceBody]:
+    async with AsyncExitStack() as stack:
+        response = await stack.enter_async_context(_blob_request(client, repository, digest, 0))
+        body = _ResumingBody(client, repository, digest, response, stack)
+        if client.throttle is not None and client.throttle.rate(client.registry, "download"):
+            yield ThrottledBody(body, client.throttle, client.registry)
+        else:
+            yield body
+
+
+@asynccontextmanager
+async def _blob_request(
+    client: RegistryClient, repository: str, digest: str, offset: int,
+) -> AsyncIterator[httpx.Response]:
+    """GET the blob (from ``offset`` on, with ``Range``, when it is not 0)."""
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     async with client.stream(
-        "GET", blob_path(repository, digest), expected=(200,),
-        headers={"Accept-Encoding": "identity"}, what=f"get blob {digest[:19]}",
-        scopes=scopes.pull(repository),
+        "GET", blob_path(repository, digest), expected=(200, 206) if offset else (200,),
+        headers=headers, what=f"get blob {digest[:19]}", scopes=scopes.pull(repository),
     ) as response:
         if response.headers.get("content-encoding", "identity") not in ("identity", ""):
             raise ProtocolError(
                 f"blob {digest[:19]} was sent with a content encoding; refusing to re-encode it",
                 method="GET", url=response.request.url,
             )
-        if client.throttle is not None and client.throttle.rate(client.registry, "download"):
-            yield ThrottledBody(response, client.throttle, client.registry)
-        else:
-            yield response
+        yield response
+
+
+# Resumes of one blob GET cut part-way before the cut is the answer (the copy's retry then
+# reads it again from the start).
+_MAX_RESUMES = 5
+
+
+class _ResumingBody:
+    """A blob GET's body that, cut part-way (reset, timeout), goes on with a ``Range`` GET
+    from the byte it had reached, rather than reading the blob again from the start."""
+
+    def __init__(self, client: RegistryClient, repository: str, digest: str,
+                 response: httpx.Response, stack: AsyncExitStack) -> None:
+        self._client, self._repository, self._digest = client, repository, digest
+        self._response, self._stack = response, stack
+        self.headers = response.headers
+        declared = response.headers.get("content-length", "")
+        self._size = int(declared) if declared.isdigit() else None
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        offset, resumes, pieces = 0, 0, self._response.aiter_bytes()
+        while True:
+            try:
+                async for piece in pieces:
+                    offset += len(piece)
+                    yield piece
+                return
+            except httpx.TransportError as exc:
+                resumes += 1
+                if self._size is None or offset >= self._size or resumes > _MAX_RESUMES:
+                    raise error_from_transport(exc, f"get blob {self._digest[:19]}") from None
+                pieces = await self._from(offset)
+
+    async def _from(self, offset: int) -> AsyncIterator[bytes]:
+        """The blob's bytes from ``offset`` on: a ``Range`` GET, or all of it less what we had."""
+        response = await self._stack.enter_async_context(
+            _blob_request(self._client, self._repository, self._digest, offset))
+        if response.status_code == 206:
+            start = response.headers.get("content-range", "").removeprefix("bytes ")
+            if start.partition("-")[0] != str(offset):
+                raise ProtocolError(f"blob {self._digest[:19]}: asked for bytes from {offset}, "
+                                    f"was sent {start[:40]!r}", method="GET",
+                                    url=response.request.url)
+            return response.aiter_bytes()
+        return skip(response.aiter_bytes(), offset)  # no ranges there: read past what we had
 
 
 # -- listings: referrers here, tags in registry.tags; each possibly paginated through ``Link`` --

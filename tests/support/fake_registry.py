@@ -154,6 +154,10 @@ class FakeRegistry:
             del self.uploads[upload]
             return httpx.Response(204)
         body = request.read()
+        if request.method == "GET":  # the upload's status
+            return httpx.Response(204, headers={
+                "Location": f"/v2/{name}/blobs/uploads/{upload}",
+                "Range": f"0-{max(len(buffer) - 1, 0)}"})
         if request.method == "PATCH":
             if self.chunk_min and 0 < len(body) < self.chunk_min and buffer:
                 return error(416, "SIZE_INVALID", "chunk below the minimum")

@@ -74,6 +74,15 @@ class CutRequest:
 
 
 @dataclass(frozen=True)
+class DropRequest:
+    """Take ``after`` bytes of the request body from the client, then reset its connection;
+    nothing reaches the registry. A cut in front of a proxy that buffers request bodies
+    (nginx does by default): the registry's upload stays as it was."""
+
+    after: int
+
+
+@dataclass(frozen=True)
 class CutResponse:
     """Pass ``after`` bytes of the response body to the client, then reset its connection."""
 
@@ -151,8 +160,8 @@ class TooManyRequests:
     retry_after: str | None = None
 
 
-Action = (Status | Refuse | CutRequest | CutResponse | Stall | Delay | Hold | FlipBytes
-          | WrongDigest | Redirect | DropLocation | TooManyRequests)
+Action = (Status | Refuse | CutRequest | DropRequest | CutResponse | Stall | Delay | Hold
+          | FlipBytes | WrongDigest | Redirect | DropLocation | TooManyRequests)
 
 
 @dataclass
@@ -190,10 +199,12 @@ class Seen(_Seen):
     """One request the proxy received (see ``loopback_proxy.Seen``); ``status`` is None also when
     the request was refused, stalled, or cut while still arriving. A response cut part-way keeps
     its status. ``fault`` is the action's class name, when a rule fired. ``sent`` counts the
-    response body bytes relayed to the client (what a test asks "how much was read" of)."""
+    response body bytes relayed to the client (what a test asks "how much was read" of);
+    ``received`` the request body bytes taken from the client ("how much was sent")."""
 
     fault: str | None = None
     sent: int = 0
+    received: int = 0
 
 
 # -- the proxy ------------------------------------------------------------------------------------
@@ -274,9 +285,16 @@ class FaultProxy(LoopbackProxy[Seen]):
             told = hit == 1 and action.retry_after is not None
             action = Status(429, {"Retry-After": action.retry_after or ""} if told else {},
                             b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}')
+        if isinstance(action, DropRequest):  # a body shorter than ``after`` goes on whole
+            body = []
+            for piece in body_pieces(conn.reader, headers, is_response=False):
+                record.received += len(piece)
+                if record.received >= action.after:
+                    raise Cut
+                body.append(piece)
         if isinstance(action, Status | Redirect):
-            for _ in body_pieces(conn.reader, headers, is_response=False):
-                pass  # read, so the client sees our answer rather than a failed write
+            for piece in body_pieces(conn.reader, headers, is_response=False):
+                record.received += len(piece)  # read, so the client sees our answer
             _answer(conn.client, action, target, record)
             return
         upstream = self._connect_upstream(conn)
@@ -299,9 +317,11 @@ class FaultProxy(LoopbackProxy[Seen]):
         for piece in pieces:
             if isinstance(action, CutRequest) and sent + len(piece) >= action.after:
                 upstream.sendall(frame(piece[: action.after - sent], chunked_request))
+                record.received = sent + len(piece)
                 raise Cut
             upstream.sendall(frame(piece, chunked_request))
             sent += len(piece)
+            record.received = sent
             self.body_pieces.append((time.monotonic(), len(piece)))
         if chunked_request:
             upstream.sendall(b"0\r\n\r\n")
