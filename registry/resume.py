@@ -33,19 +33,20 @@ MiB = 1024 * 1024
 # this much again, which over any link is less than the round trips chunks would add to every
 # blob; most layers (and every config) are under it.
 RESUMABLE_FROM = 64 * MiB
-# Bigger blobs go in CHUNKS_PER_BLOB PATCHes: a cut loses at most the chunk in flight, an
-# eighth of the blob (a cut at 80% of 200 MiB sends 1.06-1.125x, measured; starting over sends
-# 1.8x), for 8 more round trips than one PUT. Each body streams from the source as it arrives,
-# so reading and sending overlap as in one PUT, and a round trip of idle link per chunk is the
-# whole cost: nothing on loopback (200 MiB in the same time either way, measured on tmpfs;
-# distribution's filesystem driver adds an fsync per PATCH on a disk), under 10% at 1 Gbit/s
-# and 50 ms at the cap (a 64 MiB chunk takes 0.5 s there), under 1% at 100 Mbit/s. A chunk's
-# bytes are held in memory until the registry has taken them (a resume sends them again from
-# there), hence the cap; the floor keeps chunks long next to a round trip for blobs just over
-# RESUMABLE_FROM.
+# Bigger blobs go in PATCHes of an eighth of the blob, kept between CHUNK_FLOOR and CHUNK_CAP:
+# a cut loses at most the chunk in flight (a cut at 80% of 200 MiB sends at most 1.08x; starting
+# over sends 1.8x), for a round trip per chunk more than one PUT. Each body streams from the
+# source as it arrives, so reading and sending overlap as in one PUT, and a round trip of idle
+# link per chunk is the whole cost: nothing on loopback (200 MiB in the same time either way,
+# measured on tmpfs; distribution's filesystem driver adds an fsync per PATCH on a disk), about
+# 3% at 1 Gbit/s and 50 ms (a 16 MiB chunk takes 0.13 s there), under 1% at 100 Mbit/s. A
+# chunk's bytes are held in memory until the registry has taken them (a resume sends them again
+# from there), so the cap is what an upload in flight holds: 16 MiB keeps a worker copying many
+# big layers at once flat in memory, whatever the layer size. The floor keeps chunks long next
+# to a round trip for blobs just over RESUMABLE_FROM.
 CHUNKS_PER_BLOB = 8
-CHUNK_FLOOR = 16 * MiB
-CHUNK_CAP = 64 * MiB
+CHUNK_FLOOR = 8 * MiB
+CHUNK_CAP = 16 * MiB
 # Resumes of one upload before the failure is the answer (the attempt then starts over).
 MAX_RESUMES = 5
 # Answers to a status GET meaning "this upload cannot go on": the registry dropped it.

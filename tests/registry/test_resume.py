@@ -42,9 +42,9 @@ Handler = Callable[[httpx.Request], httpx.Response]
 @pytest.mark.parametrize(("size", "chunk"), [
     (4 * MiB, None),  # small: one PUT, two round trips
     (RESUMABLE_FROM - 1, None),
-    (RESUMABLE_FROM, CHUNK_FLOOR),  # an eighth would be 8 MiB: the floor
-    (200 * MiB, 25 * MiB),  # an eighth: a cut loses at most 12.5%
-    (5 * 1024 * MiB, CHUNK_CAP),  # 80 chunks, none over what is held in memory
+    (RESUMABLE_FROM, CHUNK_FLOOR),  # an eighth: exactly the floor (8 MiB)
+    (200 * MiB, CHUNK_CAP),  # an eighth would be 25 MiB: the cap, so a cut loses at most 8%
+    (5 * 1024 * MiB, CHUNK_CAP),  # 320 chunks, none over what is held in memory
 ])
 def test_big_blobs_go_in_about_eight_chunks_and_small_ones_whole(size: int,
                                                                   chunk: int | None) -> None:
