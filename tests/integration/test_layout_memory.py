@@ -1,14 +1,15 @@
-"""A layer over 500 MiB through OCI archives with memory flat (issue 17: "a 1 GiB layer under
-100 MB RSS"): registry → ``oci-archive:`` → registry, and registry → bundle → registry, each
-step the real ``fanout`` command in a process of its own, its peak RSS read from the kernel.
+"""A layer over 500 MiB through an OCI archive with memory flat (issue 17: "a 1 GiB layer under
+100 MB RSS"): registry → ``oci-archive:`` → registry, each step the real ``fanout`` command in a
+process of its own, its peak RSS read from the kernel.
 
-One image, pushed once, all four steps: the layer is the expensive part (written to disk,
-pushed, then carried four times), so the steps share it rather than each building its own.
+Both directions of the layout code a bundle uses too (``fanout export`` writes an archive
+through the same transport, ``fanout import`` reads one), so the bundle commands are not
+carried through it again here: the layer is the expensive part of the whole suite (written to
+disk, pushed, hashed at every hop), and ``tests/integration/test_bundles.py`` covers them.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -21,13 +22,12 @@ import pytest
 
 from tests.support.cli import REPO_ROOT, fanout_env
 from tests.support.images import get_manifest, make_layer, push_oci_image
-from tests.support.queue import RedisServer, ledger_for
 from tests.support.registries import RegistryServer
 from tests.support.registry_client import RepoClient
 
 pytestmark = pytest.mark.timeout(240)
 
-# Over the 500 MiB the issue names, and no more: four copies of it cross the disk.
+# Over the 500 MiB the issue names, and no more: copies of it cross the disk.
 LAYER_BYTES = 520 * 1024 * 1024
 # The issue's bound for a 1 GiB layer (100 MB), in the KiB the kernel counts in.
 RSS_LIMIT_KIB = 100_000 * 1000 // 1024
@@ -75,8 +75,8 @@ def _blob_size(registry: RegistryServer, repo: str, digest: str) -> int | None:
     return int(head.headers["Content-Length"]) if head.status_code == 200 else None
 
 
-def test_a_layer_over_500_mib_crosses_archives_and_bundles_in_flat_memory(
-    fresh_registry: Callable[..., RegistryServer], redis_server: RedisServer, tmp_path: Path,
+def test_a_layer_over_500_mib_crosses_an_archive_both_ways_in_flat_memory(
+    fresh_registry: Callable[..., RegistryServer], tmp_path: Path,
 ) -> None:
     # Registries of this test's own, under tmp_path: their storage goes with the test, not
     # with the session (the shared ones would hold the layer until every test has run).
@@ -101,24 +101,8 @@ def test_a_layer_over_500_mib_crosses_archives_and_bundles_in_flat_memory(
         assert get_manifest(far, "copied/app:1.0")[0] == image.manifest  # the same digest
         assert _blob_size(far, "copied/app", digest) == size
         archive.unlink()
-
-        ledger = ledger_for(redis_server.url)
-        release = ledger.create_release(image.reference, [("far.example/app", ("1.0",))])
-        ledger.mark_running(release, "far.example/app", worker="w1@host")
-        ledger.mark_succeeded(release, "far.example/app", stats={}, seconds=0.1)
-        env = fanout_env(FANOUT_BROKER_URL=redis_server.url)
-        bundle = work / "bundle.tar"
-        _check(_fanout_measured(["export", str(bundle), "--since", "1h", "--json"], env, work),
-               "fanout export")
-        imported = _fanout_measured(["import", str(bundle), "--map",
-                                     f"{source.host}/big={far.host}/imported", "--json"],
-                                    env, work)
-        _check(imported, "fanout import")
-        assert get_manifest(far, "imported/app:1.0")[0] == image.manifest
-        assert _blob_size(far, "imported/app", digest) == size
-        assert [i["digest"] for i in json.loads(imported.stdout)["images"]] == [image.digest]
     finally:
-        # Over 2 GiB on disk by now: gone at once, not kept with pytest's last three runs.
+        # Over 1.5 GiB on disk by now: gone at once, not kept with pytest's last three runs.
         for server in (source, far):
             server.close()
             shutil.rmtree(server.root / "storage", ignore_errors=True)
