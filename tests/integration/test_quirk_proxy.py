@@ -221,7 +221,9 @@ def test_acr(plain: RegistryServer) -> None:
         assert too_big.status_code == 400
 
 
-def test_gitlab_tokens_die_before_they_say(plain: RegistryServer) -> None:
+def test_gitlab_tokens_die_before_they_say(
+        plain: RegistryServer, index: images.PushedImage) -> None:
+    # ``index``: acme/app must exist there, whatever test of the module ran first.
     profile = profiles.gitlab(lifetime=0.5)
     with _proxy(plain, profile) as proxy:
         response = httpx.get(f"{proxy.url}/jwt/auth", auth=_creds(profile),
