@@ -41,6 +41,16 @@ def start_beat(env: dict[str, str], tmp: Path) -> Process:
     return Process("beat", argv, tmp / "beat.log", env).start()
 
 
+def start_scheduled(redis_url: str, config: Path, tmp: Path) -> tuple[Process, Process]:
+    """A worker and a beat on ``redis_url``, reading ``config``."""
+    docker = tmp / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text('{"auths": {}}')
+    env = queue_env(redis_url, docker, FANOUT_CONFIG=str(config))
+    worker = start_worker("scheduled", env, tmp, loglevel="INFO")
+    return worker, start_beat(env, tmp)
+
+
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     server = RedisServer(tmp_path / "redis", persistent=False).start()
@@ -63,12 +73,7 @@ def test_beat_runs_the_scheduled_verify_which_repairs_drift(
 
     config = tmp_path / "fanout.toml"
     config.write_text('[verify]\nevery = "2s"\nsince = "1h"\nrepair = true\n')
-    docker = tmp_path / "docker"
-    docker.mkdir()
-    (docker / "config.json").write_text('{"auths": {}}')
-    env = queue_env(redis_url, docker, FANOUT_CONFIG=str(config))
-    worker = start_worker("scheduled", env, tmp_path, loglevel="INFO")
-    beat = start_beat(env, tmp_path)
+    worker, beat = start_scheduled(redis_url, config, tmp_path)
     try:
         wait_until(lambda: manifest_exists(registries.dest1, f"{unique_repo}:v1"), 30,
                    f"the scheduled verify to repair {destination}\n{beat.log()[-2000:]}\n"
@@ -101,12 +106,7 @@ tags = ["1.*"]
 to = "dr"
 every = "2s"
 """)
-    docker = tmp_path / "docker"
-    docker.mkdir()
-    (docker / "config.json").write_text('{"auths": {}}')
-    env = queue_env(redis_url, docker, FANOUT_CONFIG=str(config))
-    worker = start_worker("scheduled", env, tmp_path, loglevel="INFO")
-    beat = start_beat(env, tmp_path)
+    worker, beat = start_scheduled(redis_url, config, tmp_path)
     try:
         wait_until(lambda: manifest_exists(registries.dest1, f"{unique_repo}:1.0"), 30,
                    f"the scheduled sync to copy 1.0\n{beat.log()[-2000:]}\n"
