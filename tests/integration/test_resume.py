@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from pathlib import Path
 
 import pytest
 
+from producer import api
 from registry.capabilities import CapabilityStore
 from registry.copy import Copier
 from registry.options import CopyOptions, TransportOptions
@@ -22,6 +24,7 @@ from registry.resume import CHUNKS_PER_BLOB
 from registry.retry import RetryPolicy
 from registry.session import Registries
 from tests.support import images
+from tests.support.cli import write_docker_config
 from tests.support.fault_proxy import (
     CutRequest,
     CutResponse,
@@ -31,6 +34,7 @@ from tests.support.fault_proxy import (
     Rule,
     Status,
 )
+from tests.support.queue import RedisServer, ledger_for, queue_env, start_worker
 from tests.support.registries import RegistrySet
 from tests.support.registry_client import RepoClient
 
@@ -137,3 +141,38 @@ def test_a_host_that_drops_a_cut_upload_gets_whole_blobs_from_then_on(
     assert [s.method for s in seen if s.method == "PATCH"] == ["PATCH"]
     assert sum(1 for s in seen if s.method == "PUT" and "digest=" in s.query) == 3
     assert_landed(registries, unique_repo, image)
+
+
+def test_a_queued_upload_cut_at_80_percent_resumes_in_the_worker(
+    registries: RegistrySet, big_image: images.PushedImage, unique_repo: str, tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    """The same cut, through the queue: a Redis of the test's own and one real ``celery worker``."""
+    # FAST_ENV's 12 s time limit is for small images; a 200 MiB layer gets room to cross.
+    env = queue_env(f"{redis_server.url}/0",
+                    write_docker_config(tmp_path / "docker", registries.all()),
+                    FANOUT_TASK_TIME_LIMIT="300", FANOUT_VISIBILITY_TIMEOUT="400")
+    ledger = ledger_for(env["FANOUT_BROKER_URL"])
+    with FaultProxy(registries.dest1.url) as proxy:
+        # Six chunks of eight go through; the seventh (75%-87.5% of the layer) is cut.
+        proxy.add(Rule(Delay(0), "PATCH", UPLOADS, times=CHUNKS_PER_BLOB - 2))
+        cut = proxy.add(Rule(DropRequest(BIG // CHUNKS_PER_BLOB // 2), "PATCH", UPLOADS,
+                             times=1))
+        worker = start_worker("resume", env, tmp_path, loglevel="INFO")
+        try:
+            target = f"{proxy.host}/{unique_repo}"
+            [release_id] = api.enqueue(big_image.reference, [target], tags=["v1"],
+                                       referrers=False, env=env, ledger=ledger)
+            release = api.wait(release_id, timeout=240, poll=0.2, ledger=ledger)
+        finally:
+            worker.stop()
+        seen = proxy.seen
+    log = worker.log()
+    assert release.done and release.ok, (release.to_dict(), log[-3000:])
+    assert cut.hits == 1
+    sent = sum(s.received for s in seen)
+    print(f"\nqueued, reset mid-PATCH: {sent / BIG:.3f}x the layer sent, {len(seen)} requests")
+    assert sent <= MAX_RATIO * BIG
+    assert [s.method for s in seen if s.method == "GET" and UPLOADS in s.path] == ["GET"]
+    assert f"resuming blob {layer_of(big_image)[:19]} at byte " in log, log[-3000:]
+    assert_landed(registries, unique_repo, big_image)
