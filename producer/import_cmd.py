@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .common import UsageError, add_registry_flags
 
@@ -44,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     env = os.environ
     maps = parse_maps(args.maps)  # bad syntax fails before the archive is opened
+    bundle = Path(args.bundle)
+    if not bundle.is_file():
+        # A path that names no file is the command's input gone wrong (exit 2), not an image
+        # that failed; a file that is not a bundle is a corrupt archive (exit 1).
+        raise UsageError(f"{bundle}: no such file" if not bundle.exists()
+                         else f"{bundle}: not a file")
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
     # Referrers always travel: a bundle carries what was released, signatures included.

@@ -136,7 +136,7 @@ class Copier:
             log.exception("unexpected error copying %s to %s", source, destination)
             error = InternalError(f"unexpected {type(exc).__name__} (a fanout bug; see the log)")
         if error is not None:
-            warming.cancel()
+            _stop(warming)
         return CopyResult(str(source), str(destination), digest, tuple(tags), stats,
                           time.monotonic() - started, error)
 
@@ -148,7 +148,7 @@ class Copier:
         try:
             pinned = await self.resolve(source)
         except RegistryError as exc:
-            warming.cancel()
+            _stop(warming)
             return [CopyResult(str(source), str(repo), "", tuple(tags), error=exc)
                     for repo, tags in targets]
         return list(await asyncio.gather(*(
@@ -373,3 +373,11 @@ async def _beside(main: Awaitable[None], side: Coroutine[Any, Any, None]) -> Non
         await asyncio.gather(task, return_exceptions=True)
         raise
     await task
+
+
+def _stop(warming: asyncio.Future[Any]) -> None:
+    """Cancel a warm-up that is no longer wanted, and take its outcome when it comes: a
+    cancelled ``gather`` ends holding a CancelledError that asyncio would otherwise log, with
+    a traceback, as "exception was never retrieved" under a copy's ordinary failure."""
+    warming.cancel()
+    warming.add_done_callback(lambda done: None if done.cancelled() else done.exception())

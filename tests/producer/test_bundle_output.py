@@ -149,6 +149,8 @@ def test_import_names_the_missing_blobs_and_dry_run_pushes_nothing() -> None:
     ["export", "b.tar"],
     ["export", "b.tar", "--since", "7 days"],
     ["export", "b.tar", "--since", "7d", "--to", "x", "--source-repo", "ghcr.io/a/b"],
+    ["import", "/nonexistent/b.tar", "--map", "ghcr.io/acme=registry.airgap/acme"],
+    ["import", "/", "--map", "ghcr.io/acme=registry.airgap/acme"],
 ])
 def test_usage_errors_exit_2_before_anything_is_read(argv: list[str],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
