@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_TIMEOUT = 3
 EXIT_UNLISTED = 4
 EXIT_HELP = ("Exit 0 when in sync (with --wait: every release it made succeeded), 1 when a "
              "release or a destination failed, 2 for usage or config errors, 3 when --wait "

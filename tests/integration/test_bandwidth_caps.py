@@ -31,7 +31,7 @@ from tests.support.queue import (
     RedisServer,
     ledger_for,
     queue_env,
-    start_worker,
+    start_workers,
     wait_until,
 )
 from tests.support.registries import RegistrySet
@@ -66,11 +66,9 @@ def workers(redis_server: RedisServer, proxy: FaultProxy,
     env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []),
                     FANOUT_BANDWIDTH=f"{proxy.host}={CAP}",
                     FANOUT_SPOOL_DIR=str(tmp_path / "spool"))
-    started = [start_worker(f"bw{i}", env, tmp_path, loglevel="INFO", wait=False)
-               for i in range(WORKERS)]
+    started = start_workers((f"bw{i}" for i in range(WORKERS)), env, tmp_path,
+                            loglevel="INFO")
     try:
-        for worker in started:
-            worker.wait_for_log(" ready.")
         yield env, started
     finally:
         for worker in started:

@@ -27,7 +27,7 @@ from tests.support.queue import (
     RedisServer,
     ledger_for,
     queue_env,
-    start_worker,
+    start_workers,
     wait_until,
 )
 from tests.support.registries import RegistrySet
@@ -127,10 +127,7 @@ def start_pool(server: RedisServer, db: int, docker: Path, log_dir: Path, names:
     url = f"{server.url}/{db}"
     redis.Redis.from_url(url).flushdb()
     env = queue_env(url, docker, **NOTIFY_ENV, **extra)
-    workers = [start_worker(name, env, log_dir, wait=False) for name in names]
-    for worker in workers:  # started together: two cores, two interpreters booting at once
-        worker.wait_for_log(" ready.")
-    return Pool(env, ledger_for(url), workers)
+    return Pool(env, ledger_for(url), start_workers(names, env, log_dir))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from tests.support.queue import (
     RedisServer,
     ledger_for,
     queue_env,
-    start_worker,
+    start_workers,
     wait_until,
 )
 from tests.support.registries import RegistrySet
@@ -51,11 +51,9 @@ pytestmark = [
 def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[dict[str, str],
                                                                          list[Process]]]:
     env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []))
-    started = [start_worker(f"rl{i}", env, tmp_path, loglevel="INFO", wait=False)
-               for i in range(WORKERS)]
+    started = start_workers((f"rl{i}" for i in range(WORKERS)), env, tmp_path,
+                            loglevel="INFO")
     try:
-        for worker in started:
-            worker.wait_for_log(" ready.")
         yield env, started
     finally:
         for worker in started:

@@ -197,6 +197,21 @@ def start_worker(name: str, env: Mapping[str, str], log_dir: Path, *,
     return process
 
 
+def start_workers(names: Iterable[str], env: Mapping[str, str], log_dir: Path, *,
+                  loglevel: str = "DEBUG") -> list[Process]:
+    """One worker per name, started together and then waited for (two cores, interpreters
+    booting at once); those started are stopped if one never gets ready."""
+    started = [start_worker(name, env, log_dir, loglevel=loglevel, wait=False) for name in names]
+    try:
+        for worker in started:
+            worker.wait_for_log(" ready.")
+    except BaseException:
+        for worker in started:
+            worker.stop()
+        raise
+    return started
+
+
 def ledger_for(url: str) -> Ledger:
     return Ledger(redis.Redis.from_url(url))
 
