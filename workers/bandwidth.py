@@ -36,13 +36,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from registry.bandwidth import BandwidthCaps, Direction
 from registry.throttle import MAX_CREDIT_S, LocalThrottle
 
-from .connections import SentinelOptions, redis_client
+from .connections import SentinelOptions, advisory_client
 
 if TYPE_CHECKING:
     from .settings import WorkerSettings
@@ -57,7 +55,6 @@ SECOND_PREFIX = "fanout:metrics:bw:s:"
 SECOND_TTL_S = 60
 # A clock key outlives its last take by this much; a later take starts a fresh one.
 _CLOCK_TTL_MS = 3600 * 1000
-_TIMEOUT_S = 0.5
 _QUIET_S = 5.0
 _US = 1_000_000
 
@@ -94,9 +91,7 @@ class RedisThrottle:
                  sentinel: SentinelOptions | None = None) -> RedisThrottle:
         """A throttle on its own client for ``url`` (the ledger's Redis): short timeouts, no
         retries."""
-        client = redis_client(
-            url, sentinel, decode_responses=True, socket_connect_timeout=_TIMEOUT_S,
-            socket_timeout=_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        client = advisory_client(url, sentinel)
         return cls(client, caps)
 
     @classmethod

@@ -103,6 +103,20 @@ def parse_sentinel_url(url: str, name: str = "the URL") -> SentinelURL:
     return SentinelURL(tuple(sentinels), db=first[0], username=first[1], password=first[2])
 
 
+# Redis on the workers' network answers in a millisecond; one that takes this long is as good
+# as down for advice (a rate-limit hold, a blob's location, a bandwidth grant).
+ADVISORY_TIMEOUT_S = 0.5
+
+
+def advisory_client(url: str, sentinel: SentinelOptions | None = None) -> redis.Redis[Any]:
+    """A client for what only advises a copy (holds, blob locations, bandwidth caps): short
+    timeouts and no retries, unlike the ledger's client, which rides out a Redis restart; the
+    caller treats an error as "no advice" and stays quiet for a while."""
+    return redis_client(url, sentinel, decode_responses=True,
+                        socket_connect_timeout=ADVISORY_TIMEOUT_S,
+                        socket_timeout=ADVISORY_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+
+
 def redis_client(url: str, sentinel: SentinelOptions | None = None,
                  **options: Any) -> redis.Redis[Any]:
     """A client for ``url`` with ``options`` (timeouts, retry, decoding) as the caller gives

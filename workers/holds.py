@@ -29,12 +29,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from registry.holds import MemoryHolds
 
-from .connections import SentinelOptions, redis_client
+from .connections import SentinelOptions, advisory_client
 
 if TYPE_CHECKING:
     from .settings import WorkerSettings
@@ -44,9 +42,6 @@ log = logging.getLogger("fanout.holds")
 KEY_PREFIX = "fanout:hold:"
 # A key outlives its hold by this much, so a reader never sees it vanish early.
 _TTL_MARGIN_MS = 1000
-# Redis on the worker's network answers in a millisecond; one that takes this long is as
-# good as down for an advisory read.
-_TIMEOUT_S = 0.5
 # After an error, how long ``until`` answers 0.0 without asking.
 _QUIET_S = 5.0
 # How long a read of a registry's hold is trusted before Redis is asked again.
@@ -76,9 +71,7 @@ class RedisHolds:
                  sentinel: SentinelOptions | None = None) -> RedisHolds:
         """A store on its own client for ``url`` (the ledger's Redis): short timeouts, no
         retries, unlike the ledger's client, which rides out a Redis restart."""
-        client = redis_client(
-            url, sentinel, decode_responses=True, socket_connect_timeout=_TIMEOUT_S,
-            socket_timeout=_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        client = advisory_client(url, sentinel)
         return cls(client, prefix)
 
     @classmethod

@@ -30,12 +30,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from registry.locations import PER_BLOB, UPLOAD_CLAIM_SECONDS
 
-from .connections import SentinelOptions, error_text, redis_client, scrub
+from .connections import SentinelOptions, advisory_client, error_text, scrub
 
 if TYPE_CHECKING:
     from .settings import WorkerSettings
@@ -47,9 +45,6 @@ KEY_PREFIX = "fanout:blob:"
 # An upload's claim (registry/upload_claims.py): the claimant, expiring unless renewed.
 CLAIM_PREFIX = "fanout:uploading:"
 DEFAULT_TTL = 86400.0
-# As for holds: Redis on the workers' network answers in a millisecond; one that takes this
-# long is as good as down for a hint.
-_TIMEOUT_S = 0.5
 # After an error, how long the index is not asked (no hints, records dropped).
 _QUIET_S = 5.0
 # At most one warning per this many seconds: a Redis that is down must not flood the log.
@@ -86,9 +81,7 @@ class RedisLocations:
                  sentinel: SentinelOptions | None = None) -> RedisLocations:
         """An index on its own client for ``url`` (the ledger's Redis): short timeouts, no
         retries. Nothing connects until the first call."""
-        client = redis_client(
-            url, sentinel, decode_responses=True, socket_connect_timeout=_TIMEOUT_S,
-            socket_timeout=_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        client = advisory_client(url, sentinel)
         return cls(client, prefix, ttl=ttl, url=url)
 
     @classmethod
