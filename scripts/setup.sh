@@ -19,7 +19,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.fanout-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/pip install -q -U pip >.venv/install.log 2>&1
-    .venv/bin/pip install -q -e '.[test]' >>.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
+    # CI builds this venv from nothing on every run: uv installs the same requirements in about
+    # a third of pip's time (9 s against 29 s here). pip stays the way when uv cannot be had.
+    if .venv/bin/pip install -q uv >.venv/install.log 2>&1; then
+        .venv/bin/uv pip install -q --python .venv/bin/python -e '.[test]' \
+            >>.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
+    else
+        .venv/bin/pip install -q -U pip >>.venv/install.log 2>&1
+        .venv/bin/pip install -q -e '.[test]' >>.venv/install.log 2>&1 \
+            || { cat .venv/install.log >&2; exit 1; }
+    fi
     touch "$stamp"
 fi
