@@ -108,9 +108,7 @@ class BlobMover:
             self._landed_at(target, blob.digest)
             return
         async with slots:
-            refused = self._refused.get((target.registry, target.path))
-            if refused is not None:
-                raise refused
+            self._raise_if_refused(target)
             key = (target.registry, blob.digest)
             for _ in range(_MAX_ROUNDS):
                 # Another destination sending these bytes to this registry: mount after it.
@@ -182,6 +180,13 @@ class BlobMover:
             if session is not None:  # the registry opened an upload instead: use it
                 return False, None, session
         return False, None, None
+
+    def _raise_if_refused(self, target: Repository) -> None:
+        """Fail with the answer ``target`` gave when it refused an upload for good: a POST
+        is never opened there once any transfer of the run has heard it."""
+        refused = self._refused.get((target.registry, target.path))
+        if refused is not None:
+            raise refused
 
     def _landed_at(self, repository: Repository, digest: str) -> None:
         self._landed.setdefault((repository.registry, digest), set()).add(repository.path)
@@ -262,6 +267,7 @@ class BlobMover:
     ) -> UploadSession | bool:
         """One mount from ``origin``: True mounted, False refused, else the upload the registry
         opened instead."""
+        self._raise_if_refused(target)  # a transfer beside this one may have learnt it since
         try:
             session = await self._retry(
                 lambda: blob_mount(client, target.path, blob.digest, origin),
@@ -296,7 +302,10 @@ class BlobMover:
 
         async def open_session() -> UploadSession:
             given, opened[0] = opened[0], None  # it serves one attempt; a retry opens another
-            return given or await upload_start(client, target.path)
+            if given is not None:
+                return given
+            self._raise_if_refused(target)  # learnt beside this transfer since its slot came
+            return await upload_start(client, target.path)
 
         async def attempt() -> None:
             # The upload's POST and the source's GET need nothing of each other: both at once.
