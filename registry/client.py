@@ -46,6 +46,7 @@ from .probe import Probe, probe_host
 from .retry import REQUEST_RETRY, RetryPolicy
 from .scopes import SCOPES, Scopes, scope_key
 from .singleflight import SingleFlight
+from .tls import tls_context
 
 if TYPE_CHECKING:
     from .capabilities import Capabilities
@@ -60,16 +61,6 @@ MAX_HOLD_SECONDS = 3600.0
 # 256 KiB (measured on loopback, bench/copy_bench.py). It is a class attribute, so this sets it
 # for the process; should httpcore drop it, the assignment is simply unused.
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024
-
-
-def tls_context(options: TransportOptions) -> ssl.SSLContext:
-    """Verification always on; the system's trust plus a custom CA bundle when given.
-
-    Building one costs tens of milliseconds (loading the trust store), so callers share it.
-    """
-    if options.ca_bundle:
-        return ssl.create_default_context(cafile=options.ca_bundle)
-    return httpx.create_ssl_context()
 
 
 class RegistryClient:

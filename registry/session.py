@@ -10,7 +10,7 @@ from types import TracebackType
 import httpx
 
 from .capabilities import CapabilityStore
-from .client import RegistryClient, tls_context
+from .client import RegistryClient
 from .credentials import CredentialStore
 from .holds import HoldStore, MemoryHolds
 from .hosts import canonical_host
@@ -19,6 +19,7 @@ from .options import TransportOptions
 from .retry import REQUEST_RETRY, RetryPolicy
 from .spool import Spool
 from .throttle import Throttle
+from .tls import tls_context
 
 
 class Registries:

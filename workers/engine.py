@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
 from registry.capabilities import CapabilityStore
-from registry.client import tls_context
 from registry.copy import Copier
 from registry.credentials import default_store
 from registry.envconfig import (
@@ -32,6 +31,7 @@ from registry.reference import parse_reference, parse_repository
 from registry.session import Registries
 from registry.tag_gate import TagGate
 from registry.throttle import Throttle
+from registry.tls import tls_context
 
 from .access import AccessPolicy
 from .bandwidth import RedisThrottle
@@ -80,8 +80,8 @@ class CopyEngine:
         self._access = AccessPolicy.from_env(self._env)
         self._retry = copy_options_from_env(self._env).retry
         settings = WorkerSettings.from_env(self._env)
-        # Loading the trust store costs tens of milliseconds: once per worker process, not per
-        # task (the runner is built after the prefork fork).
+        # One context per worker process, not per task (the runner is built after the prefork
+        # fork): the trust store it reads at its first handshake (tens of ms) is read once.
         self._tls = tls_context(self._transport)
         # One per worker process, like the TLS context; its client connects on first use.
         self._holds = holds if holds is not None else RedisHolds.from_settings(settings)
