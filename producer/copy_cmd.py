@@ -53,7 +53,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     add_registry_flags(parser)
     add_referrer_flags(parser)
-    parser.set_defaults(run=run)
+    # Nothing is left open once run returns: the process may skip the interpreter's teardown.
+    parser.set_defaults(run=run, quick_exit=True)
 
 
 async def copy_all(
@@ -164,7 +165,7 @@ class _Layouts:
 
     def plan(self, args: argparse.Namespace) -> tuple[
             Reference, list[tuple[Repository, tuple[str, ...]]], frozenset[str]]:
-        from registry.layout import Layout, parse_place
+        from registry.layout_ref import parse_place
 
         from .inputs import parse_source, parse_targets
 
@@ -172,6 +173,8 @@ class _Layouts:
         if place is None:
             source = parse_source(args.source)
         else:
+            from registry.layout import Layout  # only for a layout: tarfile, the store, ...
+
             layout = Layout(place.path, archive=place.archive, write=False)
             self.open.append((layout, args.source))
             names = layout.state.ref_names()
@@ -195,11 +198,13 @@ class _Layouts:
     def _destination(self, text: str) -> str:
         """A DEST (or ``--optional`` DEST) as the copy engine names it: a layout's synthetic
         reference, the layout opened for writing once however often it is named."""
-        from registry.layout import Layout, parse_place
+        from registry.layout_ref import parse_place
 
         place = parse_place(text)
         if place is None:
             return text
+        from registry.layout import Layout
+
         key = (place.kind, place.path.resolve())
         layout = self._writing.get(key)
         if layout is None:

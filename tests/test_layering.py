@@ -139,6 +139,9 @@ def test_copy_loads_no_queue_exporter_or_display_before_it_starts(tmp_path: Path
     # dependencies would load for nothing (httpx's CLI, tenacity's Tornado support).
     assert "producer.progress" not in loaded
     assert not _packages(loaded) & {"rich", "click", "pygments", "tornado"}
+    # Nor the OCI layout package: registry.layout_ref tells a registry reference apart.
+    assert not {name for name in loaded if name.startswith(("registry.layout.", "tarfile"))}
+    assert "registry.layout" not in loaded and "registry.layout_ref" in loaded
 
 
 def test_enqueue_through_a_server_loads_no_queue() -> None:

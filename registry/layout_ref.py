@@ -1,6 +1,10 @@
 """Where an image can be besides a registry: skopeo's ``oci:DIR[:REF]`` and
 ``oci-archive:FILE[:REF]``, parsed.
 
+A leaf beside :mod:`registry.reference` rather than a module of :mod:`registry.layout`:
+``fanout copy`` asks it of every argument, and a registry-to-registry copy then loads none of
+the layout package (its store, tar index, archive writer, tarfile and uuid).
+
 ``REF`` is the ``org.opencontainers.image.ref.name`` annotation of an ``index.json`` entry. As
 skopeo does, the text after the last ``:`` is the REF, unless that leaves a path ending in
 ``/`` or it holds a ``/`` (``oci:/data/x:y/z`` is the path ``/data/x:y/z``).
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import NotALayout
+from .errors import NotALayout
 
 Kind = Literal["oci", "oci-archive"]
 _PREFIXES: tuple[tuple[str, Kind], ...] = (("oci-archive:", "oci-archive"), ("oci:", "oci"))
