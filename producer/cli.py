@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import (
     check_cmd,
@@ -67,8 +68,29 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code, _ = _run(argv)
+    return code
+
+
+def console() -> NoReturn:
+    """The ``fanout`` console script, and ``python -m producer.cli``: main, then a command that
+    asks for it (``fanout copy``) exits without tearing the interpreter down
+    (:mod:`producer.quick_exit`)."""
+    code, args = _run(None)
+    if getattr(args, "quick_exit", False):
+        from .quick_exit import exit_quickly
+
+        exit_quickly(code)
+    sys.exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> tuple[int, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return _dispatch(args), args
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     _skip_unused_extras()
     # Loaded after parsing: every command's run needs them anyway, and --help has exited.
@@ -103,4 +125,4 @@ def _skip_unused_extras() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

@@ -4,13 +4,15 @@ skopeo, an independent client."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support import images
-from tests.support.cli import fanout_env, run_fanout, write_docker_config
+from tests.support.cli import REPO_ROOT, fanout_env, run_fanout, write_docker_config
 from tests.support.registries import RegistryServer, RegistrySet
 from tests.support.skopeo import assert_skopeo_same
 
@@ -139,3 +141,33 @@ def test_missing_source_fails_clearly(registries: RegistrySet, unique_repo: str)
                       f"{registries.dest1.host}/{unique_repo}"], fanout_env())
     assert out.returncode == 1
     assert "nope" in out.stdout + out.stderr
+
+
+def test_a_registry_to_registry_copy_loads_only_what_it_uses(
+    registries: RegistrySet, unique_repo: str, tmp_path: Path,
+) -> None:
+    # A whole copy, by the modules it loaded (never by time; docs/benchmarks.md, "Copy CPU"):
+    # no OCI layout package (a registry reference is told apart by registry.layout_ref), no
+    # queue, exporter, display, nor our dependencies' optional extras; the output all there
+    # after the quick exit.
+    image = images.push_oci_image(registries.source, unique_repo, "v1")
+    code = ("import sys\nfrom producer import cli\n"
+            f"sys.argv = ['fanout', 'copy', {image.reference!r}, "
+            f"{registries.dest1.host + '/' + unique_repo!r}, '--tag', 'v1']\n"
+            "import atexit\n"
+            "atexit.register(lambda: print('modules:' + ','.join(sorted(\n"
+            "    k for k, v in sys.modules.items() if v is not None))))\n"
+            "cli.console()")
+    out = subprocess.run([sys.executable, "-c", code], env=fanout_env(tmp_path),
+                         cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 of 1 destinations succeeded" in out.stdout
+    loaded = set(out.stdout.rsplit("modules:", 1)[1].strip().split(","))
+    assert {"registry.copy", "registry.referrers", "registry.layout_ref"} <= loaded
+    assert not {name for name in loaded if name.startswith("registry.layout.")
+                or name == "registry.layout"}
+    packages = {name.split(".")[0] for name in loaded}
+    assert not packages & {"celery", "kombu", "redis", "billiard", "prometheus_client", "rich",
+                           "click", "pygments", "tornado", "tarfile", "service", "fastapi"}
+    assert {name for name in loaded if name.split(".")[0] == "workers"} <= {
+        "workers", "workers.errors"}
