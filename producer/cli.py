@@ -119,9 +119,21 @@ def _dispatch(args: argparse.Namespace) -> int:
 _UNUSED_EXTRAS = ("httpx._main", "tornado")
 
 
+# Optional modules our dependencies look for again at every use when they are not installed
+# (Python remembers a module it found, not one it did not): httpcore asks for sniffio each time
+# it sets up a lock, some 200 times in a copy, each a search of sys.path (about 10 ms in all).
+# An absent one gets the same None, which answers at once; an installed one is left alone.
+_ASKED_FOR_OFTEN = ("sniffio",)
+
+
 def _skip_unused_extras() -> None:
+    import importlib.util
+
     for name in _UNUSED_EXTRAS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # the import protocol
+    for name in _ASKED_FOR_OFTEN:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None  # type: ignore[assignment]  # the import protocol
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -250,3 +250,17 @@ def test_enqueue_on_a_redis_broker_loads_no_celery() -> None:
     loaded = _loaded_by(code)
     assert "workers.redis_publish" in loaded
     assert not _packages(loaded) & {"celery", "kombu", "billiard"}
+
+
+def test_a_missing_module_httpcore_keeps_asking_for_is_answered_at_once() -> None:
+    # Python remembers a module it found, not one it did not: httpcore looks for sniffio at
+    # every lock it sets up. Absent, it gets the None an import answers at once; installed, it
+    # is left alone.
+    code = ("import importlib.util, sys\nfrom producer import cli\n"
+            "absent = importlib.util.find_spec('sniffio') is None\n"
+            "cli._skip_unused_extras()\n"
+            "print(absent, 'sniffio' in sys.modules and sys.modules['sniffio'] is None)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    absent, answered = out.stdout.split()
+    assert absent == answered
