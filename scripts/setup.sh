@@ -21,8 +21,11 @@ stamp=.venv/.fanout-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     # CI builds this venv from nothing on every run: uv installs the same requirements in about
     # a third of pip's time (9 s against 29 s here). pip stays the way when uv cannot be had.
+    # --compile-bytecode, as pip does: uv otherwise leaves the dependencies as source, and with
+    # PYTHONDONTWRITEBYTECODE=1 (as some shells set) every process compiles httpx, anyio and the
+    # rest again, about 0.25 s of CPU per fanout copy (docs/benchmarks.md, "Copy CPU").
     if .venv/bin/pip install -q uv >.venv/install.log 2>&1; then
-        .venv/bin/uv pip install -q --python .venv/bin/python -e '.[test]' \
+        .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e '.[test]' \
             >>.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
     else
         .venv/bin/pip install -q -U pip >>.venv/install.log 2>&1
