@@ -29,14 +29,13 @@ from bench.docs import byte_compile  # noqa: E402
 from tests.support import images  # noqa: E402
 from tests.support.registries import start_registry  # noqa: E402
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
 
 def run(command: list[str]) -> tuple[float, float]:
     """Wall seconds and the process's user+system CPU seconds."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # as byte_compile left it
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=ENV, stdout=subprocess.DEVNULL, cwd=ROOT)
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -72,7 +71,7 @@ def main() -> int:
                                               layer_size=args.layer_mb * 1024 * 1024,
                                               compress=True)
                 print(f"{image.total_blob_bytes / 1e6:.0f} MB of blobs")
-                for i in range(args.rounds):
+                for i in range(args.rounds + 1):  # the first round warms caches, uncounted
                     for tool in samples:
                         dest = start_registry(Path(tmp) / f"{tool}-{i}")
                         try:
@@ -82,11 +81,15 @@ def main() -> int:
                                 forget_skopeo_cache()
                                 command = [*SKOPEO, f"docker://{image.reference}",
                                            f"docker://{dest.host}/bench/app:v1"]
-                            samples[tool].append(run(command))
+                            timed = run(command)
+                            if i:
+                                samples[tool].append(timed)
                         finally:
                             dest.close()
         finally:
             source.close()
+    print("load average (1, 5, 15 min) at the end: "
+          + " ".join(f"{load:.2f}" for load in os.getloadavg()))
     for tool, runs in samples.items():
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
         print(f"{tool}: median {statistics.median(walls):.2f} s wall, "

@@ -3,8 +3,9 @@ once take, and how many modules each loads.
 
     .venv/bin/python bench/startup.py [--runs 10] [--baseline DIR] [--no-write]
 
-Every run is a fresh process of the console script (``.venv/bin/fanout``), the commands
-interleaved; the median is reported. The copy goes to a closed loopback port with one attempt:
+Every run is a fresh process running what the console script runs (``producer.cli:console``),
+the commands interleaved, after a round that warms caches and bytecode (``bench/docs.py:
+byte_compile``); the median is reported. The copy goes to a closed loopback port with one attempt:
 it measures what ``fanout copy`` costs before it sends anything (it loads the engine and httpx).
 ``--baseline DIR`` times the packages in DIR too, put ahead of this tree on PYTHONPATH (say
 ``git archive HEAD producer registry workers | tar -x -C DIR``), for a before and after.
@@ -26,14 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.docs import write_section  # noqa: E402
+from bench.docs import byte_compile, write_section  # noqa: E402
 
-FANOUT = str(Path(sys.executable).parent / "fanout")
+# What the console script pip writes for pyproject's entry point runs, `producer.cli:console`
+# (`main` in a tree from before it had one), so that neither the venv's script, written when
+# the venv was installed, nor an editable install's import hook decides what is timed. -P: the
+# working directory is not put on sys.path (a script's own directory would be), so PYTHONPATH
+# picks the tree.
+FANOUT = [sys.executable, "-P", "-c", "import sys, producer.cli as cli\n"
+          "sys.exit(getattr(cli, 'console', cli.main)())"]
 COMMANDS = {
     "python -c pass (the floor)": [sys.executable, "-c", "pass"],
-    "fanout --help": [FANOUT, "--help"],
-    "fanout copy --help": [FANOUT, "copy", "--help"],
-    "fanout copy, up to its first request": [FANOUT, "copy", "127.0.0.1:1/src:v1",
+    "fanout --help": [*FANOUT, "--help"],
+    "fanout copy --help": [*FANOUT, "copy", "--help"],
+    "fanout copy, up to its first request": [*FANOUT, "copy", "127.0.0.1:1/src:v1",
                                              "127.0.0.1:1/dst"],
 }
 
@@ -83,6 +90,7 @@ def main() -> None:
                         help="also time the packages in DIR (the tree before a change)")
     parser.add_argument("--no-write", action="store_true", help="print, leave the doc alone")
     args = parser.parse_args()
+    byte_compile()
     trees: dict[str, Path | None] = {"this tree": None}
     if args.baseline:
         trees = {"before": args.baseline.resolve(), "after": None}
