@@ -52,12 +52,18 @@ the modules `fanout --help` and every `fanout COMMAND --help` load. Before that,
 subcommand's module loaded its implementation to build the parser, so `--help` paid for httpx
 and tenacity (most of it), rich and asyncio.
 
-What `fanout copy` still pays before its first request is mostly not its own: httpx imports its
-optional command-line tool (click, rich, pygments) and tenacity its Tornado support whenever
-they are installed, as they are with fanout's dependencies (click comes with Celery, tornado with
-flower); by `-X importtime` that is about 0.1 s. The console script pip generates imports
-`producer.cli` directly (no `importlib.metadata`), so it adds nothing; the editable install's
-import hook (`pip install -e`) adds some 10 ms to the floor that an ordinary install does not.
+What `fanout copy` pays before its first request is now what a copy uses: the engine's imports
+(httpx, httpcore, h11, tenacity, asyncio, and anyio at the first connection) and fanout's own
+registry modules (some 45, about 20 ms, mostly dataclasses being made). What it paid for nothing
+is gone: httpx's command-line client and tenacity's Tornado support (a None in `sys.modules`),
+the OCI layout package (`registry.layout_ref` tells a registry reference from `oci:` without it:
+tarfile, uuid and the store stay unloaded), the CA bundle (read when a server first answers a
+TLS handshake, `registry/tls.py`: 15-50 ms, and never between plain-HTTP registries), a search of
+`sys.path` each time httpcore looks for an absent sniffio, and the interpreter's teardown
+(`producer/quick_exit.py`, some 40 ms). `tests/integration/test_copy_e2e.py` checks a real
+copy's modules. Each command runs what the console script runs (`producer.cli:console`, with
+`-P -c`), bytecode as installed (`bench/docs.py: byte_compile`). The editable install's import
+hook (`pip install -e`) adds some 10 ms to the floor that an ordinary install does not.
 """
 
 
@@ -112,14 +118,16 @@ def main() -> None:
         counts = [str(modules[command, name]) for name in trees]
         lines.append(f"| {command} | " + " | ".join([*medians, *counts]) + " |")
     table = "\n".join(lines)
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     print(table)
     if args.no_write:
         return
     text = (f"## Start-up\n\n`.venv/bin/python bench/startup.py --runs {args.runs}"
-            f"{' --baseline DIR' if args.baseline else ''}`: fresh processes of the console "
-            f"script, interleaved, median of {args.runs}; CPython {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs. \"modules\" counts what `-X importtime` lists, the "
-            f"interpreter's own start-up included.\n\n{table}\n\n{NOTES}")
+            f"{' --baseline DIR' if args.baseline else ''}`: fresh processes running the "
+            f"console script's entry point, interleaved, median of {args.runs}; CPython "
+            f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {load} at the "
+            f"end. \"modules\" counts what `-X importtime` lists, the interpreter's own "
+            f"start-up included.\n\n{table}\n\n{NOTES}")
     write_section("## Start-up", text)
 
 
