@@ -127,7 +127,7 @@ def main() -> None:
             f"console script's entry point, interleaved, median of {args.runs}; CPython "
             f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {load} at the "
             f"end. \"modules\" counts what `-X importtime` lists, the interpreter's own "
-            f"start-up included.\n\n{table}\n\n{NOTES}")
+            f"start-up included.\n\n{table}\n\n{NOTES.rstrip()}")
     write_section("## Start-up", text)
 
 
