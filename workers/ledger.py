@@ -5,7 +5,8 @@ under ``WATCH`` of the destination's hash: it is applied whole or not at all, so
 between two transitions leaves the last one complete. No Lua, so fakeredis needs nothing extra.
 ``succeeded`` is final: a late redelivery of a task that already succeeded cannot move its
 destination back. An attempt that ends (succeeded, retrying, failed, or lost with its worker)
-is appended to the destination's history in the same transaction.
+is appended to the destination's history in the same transaction (as its record's
+``last_attempt``, the one before moving into the history list: ``workers/records.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .ledger_reader import LedgerReader
 from .records import (
     FINAL_STATES,
     HISTORY_LIMIT,
+    LAST_ATTEMPT,
     ORDER_KEY,
     RELEASES_KEY,
     RUNNING_KEY,
@@ -237,13 +239,14 @@ class Ledger(LedgerReader):
             if (state not in ("running", "retrying")
                     or int(current.get("attempts") or 0) != attempt):
                 return
+            ended = {}
             if state == "running":
-                self._end_attempt(pipe, release_id, destination, current, "lost", reason,
-                                  "WorkerLost", now)
+                ended[LAST_ATTEMPT] = self._end_attempt(
+                    pipe, release_id, destination, current, "lost", reason, "WorkerLost", now)
             pipe.hset(key, mapping=_fields({
                 "state": "retrying", "last_error": reason, "error_type": "WorkerLost",
                 "next_retry_at": repr(now), "updated_at": repr(now),
-                "generation": str(int(current.get("generation") or 0) + 1),
+                "generation": str(int(current.get("generation") or 0) + 1), **ended,
             }))
             self._expire(pipe, release_id, [destination, *others])
             handed.append(True)
@@ -344,10 +347,11 @@ class Ledger(LedgerReader):
                 pipe.multi()
                 return  # a newer attempt owns the record now
             # HSET and HINCRBY keep a key's expiry: only a key this write creates (the record
-            # itself, or the history an ending attempt starts) needs one, so a transition that
-            # creates none (an attempt's start) costs no PTTL and no PEXPIREs.
-            creates = not current or (current.get("state") == "running"
-                                      and (attempt or outcome is not None))
+            # itself, or the history list an ending attempt may start by moving the attempt
+            # before it there) needs one, so a transition that creates none (an attempt's
+            # start, the end of a destination's first attempt) costs no PTTL and no PEXPIREs.
+            ends = current.get("state") == "running" and (attempt or outcome is not None)
+            creates = not current or (ends and bool(current.get(LAST_ATTEMPT)))
             left = self._lifetime_left(pipe, release_id) if creates else None
             others = [] if left is not None or not creates else self._dest_names(pipe,
                                                                                   release_id)
@@ -363,16 +367,18 @@ class Ledger(LedgerReader):
                 # The previous attempt never ended: its worker died (the broker redelivered
                 # before any reaper noticed). Say so in the history.
                 who = current.get("worker") or "a worker"
-                self._end_attempt(pipe, release_id, destination, current, "lost",
-                                  f"{who} lost: its attempt never ended", "WorkerLost", now)
+                update[LAST_ATTEMPT] = self._end_attempt(
+                    pipe, release_id, destination, current, "lost",
+                    f"{who} lost: its attempt never ended", "WorkerLost", now)
             if outcome is not None and current.get("state") == "running":
-                self._end_attempt(pipe, release_id, destination, current, outcome,
-                                  fields.get("last_error"), fields.get("error_type"), now,
-                                  seconds=to_float(fields.get("seconds")),
-                                  nbytes=int(fields.get("bytes") or 0))
-            pipe.hset(key, mapping=_fields(update))
+                update[LAST_ATTEMPT] = self._end_attempt(
+                    pipe, release_id, destination, current, outcome, fields.get("last_error"),
+                    fields.get("error_type"), now, seconds=to_float(fields.get("seconds")),
+                    nbytes=int(fields.get("bytes") or 0))
             if attempt:
-                pipe.hincrby(key, "attempts", 1)
+                # Read under WATCH, so the count is exact: one HSET, not an HSET and HINCRBY.
+                update["attempts"] = str(number[0])
+            pipe.hset(key, mapping=_fields(update))
             if lease is not None:
                 pipe.zadd(RUNNING_KEY, {running_member(release_id, destination): lease})
             elif outcome is not None:
@@ -399,7 +405,10 @@ class Ledger(LedgerReader):
         self, pipe: Pipeline, release_id: str, destination: str, current: Mapping[str, str],
         outcome: str, error: str | None, error_type: str | None, now: float, *,
         seconds: float | None = None, nbytes: int = 0,
-    ) -> None:
+    ) -> str:
+        """Count the attempt that ends and return its entry, for the record's
+        ``LAST_ATTEMPT`` (written by the caller's HSET); the entry there before goes to the
+        history list."""
         started = to_float(current.get("started_at"))
         ended = now
         if outcome == "lost":
@@ -410,12 +419,15 @@ class Ledger(LedgerReader):
             attempt=int(current.get("attempts") or 0), worker=current.get("worker") or None,
             started_at=started, ended_at=ended, outcome=outcome, error=error or None,
             error_type=error_type or None)
-        hkey = history_key(release_id, destination)
-        pipe.rpush(hkey, json.dumps(entry.to_dict(), sort_keys=True))
-        pipe.ltrim(hkey, -HISTORY_LIMIT, -1)
+        previous = current.get(LAST_ATTEMPT)
+        if previous:
+            hkey = history_key(release_id, destination)
+            pipe.rpush(hkey, previous)
+            pipe.ltrim(hkey, -(HISTORY_LIMIT - 1), -1)  # the newest is in the record
         if self._observer is not None:
             took = seconds if seconds is not None else (now - started if started else None)
             self._observer.attempt_ended(pipe, destination, outcome, took, nbytes)
+        return json.dumps(entry.to_dict(), sort_keys=True)
 
     def _lifetime_left(self, reader: Pipeline, release_id: str) -> int | None:
         """Milliseconds the release has left, when that is recent enough to align a write's
