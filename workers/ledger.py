@@ -99,14 +99,17 @@ class Ledger(LedgerReader):
             pipe.hset(release_key(release_id), mapping={
                 "source": source, "digest": digest, "created_at": repr(now), "epoch": "0",
                 "order": str(order), **({"trigger": trigger} if trigger else {})})
+            places: dict[str | bytes, bytes | float | int | str] = {}
             for index, (destination, tags) in enumerate(targets):
+                places.setdefault(destination, index)  # NX: a name given twice keeps its first
                 row = new_record(destination, tags, now, optional=destination in optional)
                 task = (tasks or {}).get(destination)
                 if task is not None:
                     row["task"] = json.dumps({**task, "release_id": release_id, "order": order},
                                              sort_keys=True)
-                pipe.zadd(dests_key(release_id), {destination: index}, nx=True)
                 pipe.hset(dest_key(release_id, destination), mapping=_fields(row))
+            if places:  # one ZADD for every destination, not one each
+                pipe.zadd(dests_key(release_id), places, nx=True)
             pipe.zadd(RELEASES_KEY, {release_id: now})
             pipe.zremrangebyscore(RELEASES_KEY, "-inf", now - self.retention)
             # No history exists yet: an EXPIRE of each would be a command per destination
