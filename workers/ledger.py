@@ -65,8 +65,9 @@ class Ledger(LedgerReader):
     def __init__(
         self, redis_client: redis.Redis[Any], *, retention: float = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time, observer: TransitionObserver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(redis_client, clock=clock)
+        super().__init__(redis_client, clock=clock, monotonic=monotonic)
         self.retention = retention
         self._observer = observer
 
