@@ -108,6 +108,8 @@ class Monitor(threading.Thread):
                 words = shlex.split(event["command"]) if event["command"] else [""]
                 name = words[0].lower()
                 key = words[1] if len(words) > 1 else ""
+                if name in ("eval", "evalsha"):  # script, key count, keys: its first key
+                    key = words[3] if len(words) > 3 and words[2] != "0" else ""
                 self.seen[(name, key)] += 1
                 self.log.append(f"{event.get('client_port', '')} {event['command'][:160]}")
 
