@@ -9,8 +9,9 @@ fields checked: what a ``WATCH`` that never fired would have allowed. When the c
 nothing is written and the caller runs its transition the long way.
 
 Every command a script calls counts in ``INFO commandstats``; only the framing goes (issue 18:
-two commands of each of a copy's two common transitions). ``delete_if`` is the one command
-with a condition of its own: a lock's compare-and-delete.
+two commands of each of a copy's three common transitions: its start, its success, its tag's
+claim). ``delete_if`` is the one command with a condition of its own: a lock's
+compare-and-delete.
 
 fakeredis runs scripts with ``lupa`` (``fakeredis[lua]``, in the test dependencies). A Redis
 that refuses scripts (an ACL, a proxy that does not pass them) is told apart from a failed
@@ -90,6 +91,9 @@ class CheckedWrite:
 
     def zrem(self, key: str, member: str) -> None:
         self._add("ZREM", key, member)
+
+    def pexpire(self, key: str, milliseconds: int) -> None:
+        self._add("PEXPIRE", key, int(milliseconds))
 
     def delete_if(self, key: str, value: str) -> None:
         """Delete ``key`` if it holds ``value`` (a lock still ours)."""

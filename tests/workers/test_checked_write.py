@@ -13,9 +13,10 @@ import redis
 from tests.workers.conftest import FakeClock
 from workers.checked_write import CheckedWrite
 from workers.ledger import Ledger
-from workers.locks import DestinationLock
+from workers.locks import DestinationLock, Lease
 from workers.metrics import MetricsObserver
 from workers.records import dest_key
+from workers.tag_order import TagOwner, TagOwners, lock_key, owner_key
 
 SOURCE = "src.example/app@sha256:" + "a" * 64
 DEST = "r1.example/app"
@@ -174,3 +175,41 @@ class _Refusing:
             raise redis.ResponseError("NOPERM this user has no permissions to run the "
                                       "'evalsha' command")
         return call
+
+
+# -- the tag's claim (workers/tag_order.py) ---------------------------------------------------
+
+OLD = TagOwner(3, "rel-3", "sha256:" + "3" * 64, 1_700_000_000.25)
+NEW = TagOwner(5, "rel-5", "sha256:" + "5" * 64, 1_700_000_100.5)
+RECORDS: dict[str, dict[str, str] | None] = {
+    "none": None, "old": OLD.to_fields(), "new": NEW.to_fields(),
+    "damaged": {"order": "x", "release": "rel-9", "digest": "", "at": "0"},
+    "emptied": {"order": "1", "release": "", "digest": "", "at": "0"},
+    "spelt apart": {**OLD.to_fields(), "order": "03"},  # the same owner to from_fields
+}
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=str)
+@pytest.mark.parametrize("expected", [None, OLD], ids=["expects-none", "expects-old"])
+@pytest.mark.parametrize("lease_holder", ["ours", "another", "nobody", "no-lease"])
+def test_a_tag_claim_the_short_way_does_what_the_transaction_does(
+    record: str, expected: TagOwner | None, lease_holder: str,
+) -> None:
+    def run(scripts: bool) -> tuple[tuple[bool, bool], bool | None, dict[str, Any]]:
+        client = fakeredis.FakeRedis(decode_responses=True)
+        key = owner_key("r1.example/app", "v1")
+        if RECORDS[record] is not None:
+            client.hset(key, mapping=RECORDS[record])
+        lease = None
+        if lease_holder != "no-lease":
+            lease = Lease(client, lock_key("r1.example/app", "v1"), 30, token="rel-5/f00d")
+            if lease_holder == "ours":
+                assert lease.acquire()
+            elif lease_holder == "another":
+                client.set(lease.key, "rel-4/abc")
+        owners = TagOwners(client, ttl=3600)
+        owners._scripts = scripts
+        result = owners.claim_and_release("r1.example/app", "v1", NEW, expected, lease)
+        return result, (lease.held if lease is not None else None), dump(client)
+
+    assert run(scripts=True) == run(scripts=False)
