@@ -17,10 +17,11 @@ last non-empty read of a key for ``TRUST_S`` (an empty one not at all: an upload
 elsewhere is looked for at once), keeps its own records and forgets in that view, and drops it
 when another worker claims the blob's upload (the index is about to change). And a record that
 would add nothing is not sent: the repository is in the view already, recorded less than a
-tenth of the TTL ago, or the view holds ``PER_BLOB`` members that fresh (one more would only
-push out another fresh one). A key whose records are skipped so still lives at least 80% of
-the TTL: a member that fresh was recorded by a process that ran the upkeep (the expiry) at most
-a tenth of the TTL before.
+tenth of the TTL ago, or the view holds enough members that fresh for a reader: one per hint
+the mover tries, and one more for the repository it copies to (a reader never mounts from
+there); more would only push out one another. A key whose records are skipped so still lives
+at least 80% of the TTL: a member that fresh was recorded by a process that ran the upkeep (the
+expiry) at most a tenth of the TTL before.
 
 Entries are hints (``registry/locations.py``): a lost or stale one costs an upload, never a copy.
 So the index advises and never fails a copy. Its client has short timeouts and no retries; an
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
-from registry.locations import PER_BLOB, UPLOAD_CLAIM_SECONDS
+from registry.locations import HINT_TRIES, PER_BLOB, UPLOAD_CLAIM_SECONDS
 
 from .connections import SentinelOptions, advisory_client, error_text, scrub
 
@@ -216,7 +217,8 @@ class RedisLocations:
         fresh = now - self._ttl / 10
         if view.get(repository, -math.inf) > fresh:
             return True
-        return sum(1 for score in view.values() if score > fresh) >= self._per_blob
+        enough = min(self._per_blob, HINT_TRIES + 1)
+        return sum(1 for score in view.values() if score > fresh) >= enough
 
     def _claim(self, key: str, claimant: str) -> str | None:
         ms = round(UPLOAD_CLAIM_SECONDS * 1000)
