@@ -5,7 +5,7 @@ under ``WATCH`` of the destination's hash: it is applied whole or not at all, so
 between two transitions leaves the last one complete. The two every copy makes, an attempt's
 start and its success, go the short way when the caller knows what the record holds (its
 delivery read it; this process started the attempt): one script that checks those fields and
-writes what the transition would have (``workers/checked_write.py``), else the long way.
+writes what the transition would have (``workers/ledger_scripts.py``), else the long way.
 ``succeeded`` is final: a late redelivery of a task that already succeeded cannot move its
 destination back. An attempt that ends (succeeded, retrying, failed, or lost with its worker)
 is appended to the destination's history in the same transaction (as its record's
@@ -15,19 +15,18 @@ is appended to the destination's history in the same transaction (as its record'
 from __future__ import annotations
 
 import json
-import logging
 import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from registry.reference import parse_reference
 
-from .checked_write import CheckedWrite, ScriptsRefused
 from .ledger_reader import LedgerReader
+from .ledger_scripts import ScriptedTransitions, TransitionObserver
 from .records import (
     FINAL_STATES,
     HISTORY_LIMIT,
@@ -50,22 +49,12 @@ from .records import (
     to_float,
 )
 
-log = logging.getLogger("fanout.ledger")
 DEFAULT_RETENTION = 7 * 86400.0
-# Attempts this process started the short way and may end so; past that many, it forgets them
-# (their ends go the long way).
-_STARTED_KEPT = 1024
 _Fields = Mapping[str | bytes, bytes | float | int | str]
-__all__ = ["FINAL_STATES", "STATES", "Attempt", "DestinationRecord", "Ledger", "Release"]
+__all__ = ["FINAL_STATES", "STATES", "Attempt", "DestinationRecord", "Ledger", "Release",
+           "TransitionObserver"]
 if TYPE_CHECKING:
     Pipeline = redis.client.Pipeline[Any]
-
-
-class TransitionObserver(Protocol):
-    """Told of every attempt that ends, inside its transaction (the metrics counters)."""
-
-    def attempt_ended(self, pipe: Any, destination: str, outcome: str, seconds: float | None,
-                      nbytes: int) -> None: ...
 
 
 class Ledger(LedgerReader):
@@ -79,10 +68,7 @@ class Ledger(LedgerReader):
         super().__init__(redis_client, clock=clock, monotonic=monotonic)
         self.retention = retention
         self._observer = observer
-        # (release, destination) -> (attempt, started_at, worker) of a first attempt this
-        # process started the short way: its end needs no read to know the record.
-        self._started: dict[tuple[str, str], tuple[int, str, str]] = {}
-        self._scripts = True  # False once Redis has refused a script
+        self._scripted = ScriptedTransitions(redis_client, observer=observer, clock=clock)
 
     # -- a release and its destinations ---------------------------------------------------
 
@@ -184,7 +170,7 @@ class Ledger(LedgerReader):
             fields["task"] = json.dumps(dict(task), sort_keys=True)
         deadline = (now + lease) if lease is not None else None
         if expect is not None:
-            number = self._start_checked(release_id, destination, fields, expect, deadline, now)
+            number = self._scripted.start(release_id, destination, fields, expect, deadline, now)
             if number is not None:
                 return number
         return self._transition(release_id, destination, fields, attempt=True, lease=deadline)
@@ -228,9 +214,8 @@ class Ledger(LedgerReader):
             "bytes": str(int(stats.get("bytes_transferred", 0))), "seconds": repr(seconds),
             "finished_at": repr(self._clock()), "next_retry_at": "",
         }
-        started = self._started.pop((release_id, destination), None)
-        if started is not None and attempt is not None and started[0] == attempt:
-            done = self._succeed_checked(release_id, destination, fields, started, lock)
+        if attempt is not None:
+            done = self._scripted.succeed(release_id, destination, fields, attempt, lock)
             if done is not None:
                 return done
         self._transition(release_id, destination, fields, outcome="succeeded",
@@ -345,67 +330,6 @@ class Ledger(LedgerReader):
         self._redis.transaction(apply, head_key)  # type: ignore[no-untyped-call]
         return won[0] if won else None
 
-    # -- the short way: one script, when the record is known ------------------------------
-
-    def _start_checked(self, release_id: str, destination: str, fields: Mapping[str, str],
-                       expect: tuple[str, int], deadline: float | None, now: float,
-                       ) -> int | None:
-        """The start as :meth:`_transition` writes it for a record in ``expect``'s state, if
-        the record is still so; None when it is not (or the state needs the long way: an
-        attempt that never ended, a final record)."""
-        state, attempts = expect
-        if not self._scripts or state in ("running", "succeeded"):
-            return None
-        key = dest_key(release_id, destination)
-        number = attempts + 1
-        write = CheckedWrite(key, {"state": state, "attempts": str(attempts)})
-        write.hset(key, {**fields, "updated_at": repr(now), "attempts": str(number)})
-        if deadline is not None:
-            write.zadd(RUNNING_KEY, running_member(release_id, destination), deadline)
-        if not self._apply(write)[0]:
-            return None
-        if attempts == 0:  # no attempt before it to move to the history: its end can be short
-            if len(self._started) >= _STARTED_KEPT:
-                self._started.clear()
-            self._started[(release_id, destination)] = (number, fields["started_at"],
-                                                        fields["worker"])
-        return number
-
-    def _succeed_checked(self, release_id: str, destination: str, fields: Mapping[str, str],
-                         started: tuple[int, str, str], lock: tuple[str, str] | None,
-                         ) -> bool | None:
-        """The success as :meth:`_transition` writes it for the first attempt this process
-        started, if the record is still as that start left it: whether the lock was given
-        back; None when the record has moved (then the long way decides)."""
-        number, started_at, worker = started
-        now = self._clock()
-        key = dest_key(release_id, destination)
-        write = CheckedWrite(key, {"state": "running", "attempts": str(number),
-                                   "started_at": started_at, "worker": worker,
-                                   LAST_ATTEMPT: ""})
-        entry = Attempt(attempt=number, worker=worker or None, started_at=to_float(started_at),
-                        ended_at=now, outcome="succeeded")
-        if self._observer is not None:
-            self._observer.attempt_ended(write, destination, "succeeded",
-                                         to_float(fields.get("seconds")),
-                                         int(fields.get("bytes") or 0))
-        write.hset(key, {**fields, "updated_at": repr(now),
-                         LAST_ATTEMPT: json.dumps(entry.to_dict(), sort_keys=True)})
-        write.zrem(RUNNING_KEY, running_member(release_id, destination))
-        if lock is not None:
-            write.delete_if(*lock)
-        applied, released = self._apply(write)
-        return released if applied else None
-
-    def _apply(self, write: CheckedWrite) -> tuple[bool, bool]:
-        try:
-            return write.apply(self._redis)
-        except ScriptsRefused as exc:
-            self._scripts = False
-            log.warning("Redis runs no scripts (%s): every ledger transition goes under WATCH",
-                        exc)
-            return False, False
-
     # -- plumbing -------------------------------------------------------------------------
 
     def _new_id(self, now: float) -> str:
@@ -422,8 +346,8 @@ class Ledger(LedgerReader):
         key = dest_key(release_id, destination)
         now = self._clock()
         number = [0]
-        if outcome is not None:  # the attempt ends: nothing left for its short end
-            self._started.pop((release_id, destination), None)
+        if outcome is not None:  # the attempt ends the long way
+            self._scripted.forget(release_id, destination)
 
         def apply(pipe: Pipeline) -> None:
             if released is not None:

@@ -114,7 +114,7 @@ def test_the_short_way_writes_what_the_long_way_does(scenario: Scenario) -> None
         client = fakeredis.FakeRedis(decode_responses=True)
         clock = FakeClock()
         ledger = Ledger(client, clock=clock, retention=3600, observer=MetricsObserver())
-        ledger._scripts = scripts
+        ledger._scripted.enabled = scripts
         scenario(ledger, client, clock)
         return dump(client)
 
