@@ -38,6 +38,7 @@ from tests.support.cli import write_docker_config  # noqa: E402
 from tests.support.images import push_oci_image  # noqa: E402
 from tests.support.queue import RedisServer, ledger_for, start_worker, wait_until  # noqa: E402
 from tests.support.registries import start_registry  # noqa: E402
+from workers.metrics import ATTEMPTS_KEY  # noqa: E402
 
 SECTION = "## Redis commands per copy"
 # Keys by what they are for, first match wins; the rest is the broker's (kombu's lists,
@@ -107,6 +108,8 @@ class Monitor(threading.Thread):
                 words = shlex.split(event["command"]) if event["command"] else [""]
                 name = words[0].lower()
                 key = words[1] if len(words) > 1 else ""
+                if name in ("eval", "evalsha"):  # script, key count, keys: its first key
+                    key = words[3] if len(words) > 3 and words[2] != "0" else ""
                 self.seen[(name, key)] += 1
                 self.log.append(f"{event.get('client_port', '')} {event['command'][:160]}")
 
@@ -144,7 +147,7 @@ def measure(destinations: int, tmp: Path) -> Measured:
 
         # Done is read from MONITOR, not by polling the ledger: polls would be counted.
         def done() -> bool:
-            return monitor.seen[("hincrby", "fanout:metrics:copies")] >= destinations
+            return monitor.seen[("hincrby", ATTEMPTS_KEY)] >= destinations
 
         wait_until(done, 60 + destinations, "every copy recorded", worker.log)
         seconds = time.monotonic() - started

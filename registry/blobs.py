@@ -35,6 +35,7 @@ from .chunks import upload_chunks
 from .client import RegistryClient
 from .errors import Denied, RegistryError, Unauthorized, UnexpectedStatus
 from .fetch import blob_head, blob_stream
+from .locations import HINT_TRIES
 from .manifest import Descriptor
 from .push import (
     UploadSession,
@@ -62,10 +63,6 @@ log = logging.getLogger("fanout.copy")
 _FALLBACK_CHUNK = 8 * 1024 * 1024
 # Rounds of "another destination is uploading it, wait and mount" before uploading anyway.
 _MAX_ROUNDS = 4
-# Index hints tried per blob, newest first. Past the first only on a host known to mount
-# (its 202 means a stale hint): one that declines every mount (ECR) would answer each with an
-# upload, a round trip wasted per try.
-_HINT_TRIES = 3
 
 
 class BlobMover:
@@ -241,7 +238,7 @@ class BlobMover:
         if target.path in hints:
             # HEAD has just found it absent there: whoever recorded it, it is gone.
             self._beside(locations.forget(*key, target.path))
-        hints = [h for h in hints if h != target.path and h not in sure][:_HINT_TRIES]
+        hints = [h for h in hints if h != target.path and h not in sure][:HINT_TRIES]
         for i, origin in enumerate(hints):
             if caps.mounts_refused:
                 return None

@@ -21,6 +21,10 @@ from typing import Protocol
 
 # A blob worth mounting is in a few repositories of a registry; past this many, the newest do.
 PER_BLOB = 16
+# Hints the mover (registry/blobs.py) tries per blob, newest first. Past the first only on a
+# host known to mount (its 202 means a stale hint): one that declines every mount (ECR) would
+# answer each with an upload, a round trip wasted per try.
+HINT_TRIES = 3
 # Blobs remembered by one process: with PER_BLOB repositories each, a few tens of MiB at most.
 CAPACITY = 50_000
 # An upload claim lapses this long after its last renewal: a worker killed mid-upload holds the

@@ -2,10 +2,14 @@
 
 The keys and the records are in ``workers/records.py``. Every transition is one ``MULTI``/``EXEC``
 under ``WATCH`` of the destination's hash: it is applied whole or not at all, so a worker killed
-between two transitions leaves the last one complete. No Lua, so fakeredis needs nothing extra.
+between two transitions leaves the last one complete. The two every copy makes, an attempt's
+start and its success, go the short way when the caller knows what the record holds (its
+delivery read it; this process started the attempt): one script that checks those fields and
+writes what the transition would have (``workers/ledger_scripts.py``), else the long way.
 ``succeeded`` is final: a late redelivery of a task that already succeeded cannot move its
 destination back. An attempt that ends (succeeded, retrying, failed, or lost with its worker)
-is appended to the destination's history in the same transaction.
+is appended to the destination's history in the same transaction (as its record's
+``last_attempt``, the one before moving into the history list: ``workers/records.py``).
 """
 
 from __future__ import annotations
@@ -15,16 +19,18 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from registry.reference import parse_reference
 
 from .ledger_reader import LedgerReader
+from .ledger_scripts import ScriptedTransitions, TransitionObserver
 from .records import (
     FINAL_STATES,
     HISTORY_LIMIT,
+    LAST_ATTEMPT,
     ORDER_KEY,
     RELEASES_KEY,
     RUNNING_KEY,
@@ -45,16 +51,10 @@ from .records import (
 
 DEFAULT_RETENTION = 7 * 86400.0
 _Fields = Mapping[str | bytes, bytes | float | int | str]
-__all__ = ["FINAL_STATES", "STATES", "Attempt", "DestinationRecord", "Ledger", "Release"]
+__all__ = ["FINAL_STATES", "STATES", "Attempt", "DestinationRecord", "Ledger", "Release",
+           "TransitionObserver"]
 if TYPE_CHECKING:
     Pipeline = redis.client.Pipeline[Any]
-
-
-class TransitionObserver(Protocol):
-    """Told of every attempt that ends, inside its transaction (the metrics counters)."""
-
-    def attempt_ended(self, pipe: Any, destination: str, outcome: str, seconds: float | None,
-                      nbytes: int) -> None: ...
 
 
 class Ledger(LedgerReader):
@@ -63,10 +63,12 @@ class Ledger(LedgerReader):
     def __init__(
         self, redis_client: redis.Redis[Any], *, retention: float = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time, observer: TransitionObserver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(redis_client, clock=clock)
+        super().__init__(redis_client, clock=clock, monotonic=monotonic)
         self.retention = retention
         self._observer = observer
+        self._scripted = ScriptedTransitions(redis_client, observer=observer, clock=clock)
 
     # -- a release and its destinations ---------------------------------------------------
 
@@ -97,14 +99,17 @@ class Ledger(LedgerReader):
             pipe.hset(release_key(release_id), mapping={
                 "source": source, "digest": digest, "created_at": repr(now), "epoch": "0",
                 "order": str(order), **({"trigger": trigger} if trigger else {})})
+            places: dict[str | bytes, bytes | float | int | str] = {}
             for index, (destination, tags) in enumerate(targets):
+                places.setdefault(destination, index)  # NX: a name given twice keeps its first
                 row = new_record(destination, tags, now, optional=destination in optional)
                 task = (tasks or {}).get(destination)
                 if task is not None:
                     row["task"] = json.dumps({**task, "release_id": release_id, "order": order},
                                              sort_keys=True)
-                pipe.zadd(dests_key(release_id), {destination: index}, nx=True)
                 pipe.hset(dest_key(release_id, destination), mapping=_fields(row))
+            if places:  # one ZADD for every destination, not one each
+                pipe.zadd(dests_key(release_id), places, nx=True)
             pipe.zadd(RELEASES_KEY, {release_id: now})
             pipe.zremrangebyscore(RELEASES_KEY, "-inf", now - self.retention)
             # No history exists yet: an EXPIRE of each would be a command per destination
@@ -150,19 +155,25 @@ class Ledger(LedgerReader):
     def mark_running(
         self, release_id: str, destination: str, *, worker: str | None,
         task: Mapping[str, Any] | None = None, lease: float | None = None,
+        expect: tuple[str, int] | None = None,
     ) -> int:
         """An attempt starts: ``attempts`` goes up by one, and its number is returned.
 
         ``task`` (the message's arguments, which hold no secret) is kept so a lost attempt can
         be sent again; ``lease`` is how long its heartbeat may be silent before the attempt
-        counts as lost."""
+        counts as lost. ``expect``: the record's state and attempts as the delivery read them;
+        while they hold, the start is one script rather than a transaction."""
         now = self._clock()
         fields = {"state": "running", "started_at": repr(now), "worker": worker or "",
                   "next_retry_at": "", "heartbeat_at": repr(now)}
         if task is not None:
             fields["task"] = json.dumps(dict(task), sort_keys=True)
-        return self._transition(release_id, destination, fields, attempt=True,
-                                lease=(now + lease) if lease is not None else None)
+        deadline = (now + lease) if lease is not None else None
+        if expect is not None:
+            number = self._scripted.start(release_id, destination, fields, expect, deadline, now)
+            if number is not None:
+                return number
+        return self._transition(release_id, destination, fields, attempt=True, lease=deadline)
 
     def heartbeat(self, release_id: str, destination: str, lease: float) -> None:
         """The attempt is alive: push its deadline ``lease`` seconds out."""
@@ -197,12 +208,18 @@ class Ledger(LedgerReader):
         still that token's; returns whether it was (its own compare-and-delete would cost a
         WATCH, MULTI and EXEC more)."""
         released: list[bool] = []
-        self._transition(release_id, destination, {
+        fields = {
             "state": "succeeded", "stats": json.dumps(dict(stats), sort_keys=True),
             "superseded": json.dumps(dict(superseded or {}), sort_keys=True),
             "bytes": str(int(stats.get("bytes_transferred", 0))), "seconds": repr(seconds),
             "finished_at": repr(self._clock()), "next_retry_at": "",
-        }, outcome="succeeded", expect_attempt=attempt, lock=lock, released=released)
+        }
+        if attempt is not None:
+            done = self._scripted.succeed(release_id, destination, fields, attempt, lock)
+            if done is not None:
+                return done
+        self._transition(release_id, destination, fields, outcome="succeeded",
+                         expect_attempt=attempt, lock=lock, released=released)
         return bool(released)
 
     def mark_failed(
@@ -237,13 +254,14 @@ class Ledger(LedgerReader):
             if (state not in ("running", "retrying")
                     or int(current.get("attempts") or 0) != attempt):
                 return
+            ended = {}
             if state == "running":
-                self._end_attempt(pipe, release_id, destination, current, "lost", reason,
-                                  "WorkerLost", now)
+                ended[LAST_ATTEMPT] = self._end_attempt(
+                    pipe, release_id, destination, current, "lost", reason, "WorkerLost", now)
             pipe.hset(key, mapping=_fields({
                 "state": "retrying", "last_error": reason, "error_type": "WorkerLost",
                 "next_retry_at": repr(now), "updated_at": repr(now),
-                "generation": str(int(current.get("generation") or 0) + 1),
+                "generation": str(int(current.get("generation") or 0) + 1), **ended,
             }))
             self._expire(pipe, release_id, [destination, *others])
             handed.append(True)
@@ -328,6 +346,8 @@ class Ledger(LedgerReader):
         key = dest_key(release_id, destination)
         now = self._clock()
         number = [0]
+        if outcome is not None:  # the attempt ends the long way
+            self._scripted.forget(release_id, destination)
 
         def apply(pipe: Pipeline) -> None:
             if released is not None:
@@ -344,10 +364,11 @@ class Ledger(LedgerReader):
                 pipe.multi()
                 return  # a newer attempt owns the record now
             # HSET and HINCRBY keep a key's expiry: only a key this write creates (the record
-            # itself, or the history an ending attempt starts) needs one, so a transition that
-            # creates none (an attempt's start) costs no PTTL and no PEXPIREs.
-            creates = not current or (current.get("state") == "running"
-                                      and (attempt or outcome is not None))
+            # itself, or the history list an ending attempt may start by moving the attempt
+            # before it there) needs one, so a transition that creates none (an attempt's
+            # start, the end of a destination's first attempt) costs no PTTL and no PEXPIREs.
+            ends = current.get("state") == "running" and (attempt or outcome is not None)
+            creates = not current or (ends and bool(current.get(LAST_ATTEMPT)))
             left = self._lifetime_left(pipe, release_id) if creates else None
             others = [] if left is not None or not creates else self._dest_names(pipe,
                                                                                   release_id)
@@ -363,16 +384,18 @@ class Ledger(LedgerReader):
                 # The previous attempt never ended: its worker died (the broker redelivered
                 # before any reaper noticed). Say so in the history.
                 who = current.get("worker") or "a worker"
-                self._end_attempt(pipe, release_id, destination, current, "lost",
-                                  f"{who} lost: its attempt never ended", "WorkerLost", now)
+                update[LAST_ATTEMPT] = self._end_attempt(
+                    pipe, release_id, destination, current, "lost",
+                    f"{who} lost: its attempt never ended", "WorkerLost", now)
             if outcome is not None and current.get("state") == "running":
-                self._end_attempt(pipe, release_id, destination, current, outcome,
-                                  fields.get("last_error"), fields.get("error_type"), now,
-                                  seconds=to_float(fields.get("seconds")),
-                                  nbytes=int(fields.get("bytes") or 0))
-            pipe.hset(key, mapping=_fields(update))
+                update[LAST_ATTEMPT] = self._end_attempt(
+                    pipe, release_id, destination, current, outcome, fields.get("last_error"),
+                    fields.get("error_type"), now, seconds=to_float(fields.get("seconds")),
+                    nbytes=int(fields.get("bytes") or 0))
             if attempt:
-                pipe.hincrby(key, "attempts", 1)
+                # Read under WATCH, so the count is exact: one HSET, not an HSET and HINCRBY.
+                update["attempts"] = str(number[0])
+            pipe.hset(key, mapping=_fields(update))
             if lease is not None:
                 pipe.zadd(RUNNING_KEY, {running_member(release_id, destination): lease})
             elif outcome is not None:
@@ -399,7 +422,10 @@ class Ledger(LedgerReader):
         self, pipe: Pipeline, release_id: str, destination: str, current: Mapping[str, str],
         outcome: str, error: str | None, error_type: str | None, now: float, *,
         seconds: float | None = None, nbytes: int = 0,
-    ) -> None:
+    ) -> str:
+        """Count the attempt that ends and return its entry, for the record's
+        ``LAST_ATTEMPT`` (written by the caller's HSET); the entry there before goes to the
+        history list."""
         started = to_float(current.get("started_at"))
         ended = now
         if outcome == "lost":
@@ -410,12 +436,15 @@ class Ledger(LedgerReader):
             attempt=int(current.get("attempts") or 0), worker=current.get("worker") or None,
             started_at=started, ended_at=ended, outcome=outcome, error=error or None,
             error_type=error_type or None)
-        hkey = history_key(release_id, destination)
-        pipe.rpush(hkey, json.dumps(entry.to_dict(), sort_keys=True))
-        pipe.ltrim(hkey, -HISTORY_LIMIT, -1)
+        previous = current.get(LAST_ATTEMPT)
+        if previous:
+            hkey = history_key(release_id, destination)
+            pipe.rpush(hkey, previous)
+            pipe.ltrim(hkey, -(HISTORY_LIMIT - 1), -1)  # the newest is in the record
         if self._observer is not None:
             took = seconds if seconds is not None else (now - started if started else None)
             self._observer.attempt_ended(pipe, destination, outcome, took, nbytes)
+        return json.dumps(entry.to_dict(), sort_keys=True)
 
     def _lifetime_left(self, reader: Pipeline, release_id: str) -> int | None:
         """Milliseconds the release has left, when that is recent enough to align a write's

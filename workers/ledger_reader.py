@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 # The fields of a destination's hash that :class:`Standing` holds.
 _STANDING = ("state", "generation", "attempts", "round_base", "round_at", "created_at", "stats")
+# How long a release's order, once read, is taken as read (monotonic seconds): it is fixed when
+# the release is created, and a worker runs many copies of one release in a row, each of which
+# asked for it (an HGET of every copy's ~45 commands, issue 18). Short, so that a release that
+# expired and was made again under its id (a hand-sent task, days later) is read afresh.
+ORDER_TRUST_S = 60.0
+_ORDERS_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,13 @@ class LedgerReader:
     """Reads releases; works with ``decode_responses`` on or off."""
 
     def __init__(self, redis_client: redis.Redis[Any], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis_client
         self._clock = clock
+        self._monotonic = monotonic
+        # release id -> (monotonic time read, its order): see ORDER_TRUST_S.
+        self._orders: dict[str, tuple[float, int]] = {}
 
     @property
     def client(self) -> redis.Redis[Any]:
@@ -95,14 +105,23 @@ class LedgerReader:
 
     def standing(self, release_id: str, destination: str) -> Standing | None:
         """What a delivery of the destination's copy task decides on, or None if unknown or
-        expired: one round trip (an HMGET, and the release's place in the order), without the
-        history or the task's arguments."""
+        expired: one round trip (an HMGET, and the release's place in the order unless read
+        within ``ORDER_TRUST_S``), without the history or the task's arguments."""
+        known = self._orders.get(release_id)
+        if known is not None and self._monotonic() - known[0] > ORDER_TRUST_S:
+            known = None
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.hmget(dest_key(release_id, destination), _STANDING)
-            pipe.hget(release_key(release_id), "order")
-            values, order = pipe.execute()
+            if known is None:
+                pipe.hget(release_key(release_id), "order")
+            values, *read = pipe.execute()
+        order = known[1] if known is not None else int(read[0] or 0)
+        if known is None and order:  # none recorded yet: ask again next time
+            if len(self._orders) >= _ORDERS_KEPT:
+                self._orders.clear()
+            self._orders[release_id] = (self._monotonic(), order)
         row = {name: text(v) for name, v in zip(_STANDING, values, strict=True) if v is not None}
-        return Standing.from_row(row, int(order or 0)) if row else None
+        return Standing.from_row(row, order) if row else None
 
     def order_of(self, release_id: str) -> int:
         """The release's place in the order of releases; 0 when it has none (from before

@@ -6,12 +6,21 @@ inside the ledger's transition that ends an attempt (``Ledger(observer=...)``): 
 exactly when the ledger records the attempt, never without it. Keys (they never expire; a counter
 that went back to zero, after a ``FLUSHDB``, is a reset Prometheus understands)::
 
-    fanout:metrics:copies    hash: "<registry> <outcome>" -> attempts ended so (ledger outcomes:
-                             succeeded, retrying, failed, lost)
-    fanout:metrics:bytes     hash: "<registry>" -> bytes sent by succeeded copies
-    fanout:metrics:seconds   hash: "<registry> le=<bound>" -> attempts that took at most
-                             <bound> (and more than the bound before it); "<registry> sum",
-                             "<registry> count"
+    fanout:metrics:attempts  hash: "<registry> <outcome> le=<bound>" -> attempts ended so
+                             (ledger outcomes: succeeded, retrying, failed, lost) that took at
+                             most <bound> (and more than the bound before it); "<registry>
+                             <outcome> -" for those not timed (lost)
+    fanout:metrics:bytes     hash: "<registry>" -> bytes sent by succeeded copies (written
+                             only when there were some)
+    fanout:metrics:seconds   hash: "<registry> sum" -> the seconds the timed attempts took
+    fanout:metrics:copies    hash: "<registry> <outcome>" -> attempts ended so, and in
+                             fanout:metrics:seconds "<registry> le=<bound>" and "<registry>
+                             count": what workers before the attempts hash wrote, still added in
+
+An ended attempt costs two commands (an ``HINCRBY`` of its one field in the attempts hash, an
+``HINCRBYFLOAT`` of the sum), three if it sent bytes: the copies counter, the histogram's bucket
+and its count are one field read three ways at scrape time, where they were three ``HINCRBY``s
+(and a fourth for zero bytes) in every attempt's transaction.
     fanout:metrics:verify    hash: the last verification's findings (workers/verify_metrics.py)
 
 :class:`LedgerCollector` turns those, the broker's queues and the ledger's recent releases into
@@ -43,6 +52,7 @@ from .routing import DEFAULT_QUEUE
 
 log = logging.getLogger("fanout.metrics")
 
+ATTEMPTS_KEY = "fanout:metrics:attempts"
 COPIES_KEY = "fanout:metrics:copies"
 BYTES_KEY = "fanout:metrics:bytes"
 SECONDS_KEY = "fanout:metrics:seconds"
@@ -61,6 +71,8 @@ _KOMBU_SEP = "\x06\x16"
 _KOMBU_PRIORITIES = (3, 6, 9)
 _KOMBU_BINDINGS = "_kombu.binding.*"
 _KOMBU_UNACKED = "unacked"
+# The bucket of an attempt not timed, in the attempts hash.
+_UNTIMED = "-"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -86,15 +98,14 @@ class MetricsObserver:
     def attempt_ended(self, pipe: Any, destination: str, outcome: str, seconds: float | None,
                       nbytes: int) -> None:
         registry = registry_of(destination)
-        pipe.hincrby(COPIES_KEY, f"{registry} {outcome}", 1)
-        if outcome == "succeeded":
-            pipe.hincrby(BYTES_KEY, registry, max(0, nbytes))
         # A lost attempt's duration is how long its death took to notice: not a copy's time.
-        if outcome != "lost" and seconds is not None:
-            seconds = max(0.0, seconds)
-            pipe.hincrby(SECONDS_KEY, f"{registry} {bucket_of(seconds)}", 1)
-            pipe.hincrbyfloat(SECONDS_KEY, f"{registry} sum", seconds)
-            pipe.hincrby(SECONDS_KEY, f"{registry} count", 1)
+        timed = outcome != "lost" and seconds is not None
+        bucket = bucket_of(max(0.0, seconds)) if timed and seconds is not None else _UNTIMED
+        pipe.hincrby(ATTEMPTS_KEY, f"{registry} {outcome} {bucket}", 1)
+        if outcome == "succeeded" and nbytes > 0:
+            pipe.hincrby(BYTES_KEY, registry, nbytes)
+        if timed and seconds is not None:
+            pipe.hincrbyfloat(SECONDS_KEY, f"{registry} sum", max(0.0, seconds))
 
 
 class LedgerCollector:
@@ -133,11 +144,14 @@ class LedgerCollector:
 
     def _ledger_families(self) -> list[Metric]:
         with self.ledger.pipeline(transaction=False) as pipe:
+            pipe.hgetall(ATTEMPTS_KEY)
             pipe.hgetall(COPIES_KEY)
             pipe.hgetall(BYTES_KEY)
             pipe.hgetall(SECONDS_KEY)
             pipe.hgetall(verify_metrics.VERIFY_KEY)
-            copies, nbytes, seconds, verified = (decode_map(m) for m in pipe.execute())
+            attempts, copies, nbytes, seconds, verified = (decode_map(m)
+                                                           for m in pipe.execute())
+        _fold_attempts(attempts, copies, nbytes, seconds)
         return [*_copy_families(copies), _bytes_family(nbytes), _seconds_family(seconds),
                 self._releases_family(), *verify_metrics.families(verified)]
 
@@ -217,6 +231,28 @@ def _fanout_queues(broker: redis.Redis[Any]) -> set[str]:
                     if queue.startswith(f"{DEFAULT_QUEUE}."):
                         queues.add(queue)
     return queues
+
+
+def _fold_attempts(attempts: Mapping[str, str], copies: dict[str, str],
+                   nbytes: dict[str, str], seconds: dict[str, str]) -> None:
+    """Add the attempts hash into the older hashes' shape: each field counts as copies of its
+    outcome and, when timed, in its histogram bucket and count; a registry with a success has
+    a bytes counter, zero if nothing was sent (no ``HINCRBY`` of zero is written)."""
+    def add(into: dict[str, str], field: str, count: int) -> None:
+        into[field] = str(int(into.get(field) or 0) + count)
+
+    for field, value in attempts.items():
+        parts = field.rsplit(" ", 2)
+        if len(parts) != 3 or not parts[0]:
+            continue
+        registry, outcome, bucket = parts
+        count = int(value)
+        add(copies, f"{registry} {outcome}", count)
+        if bucket != _UNTIMED:
+            add(seconds, f"{registry} {bucket}", count)
+            add(seconds, f"{registry} count", count)
+        if outcome == "succeeded":
+            nbytes.setdefault(registry, "0")
 
 
 def _split(fields: Mapping[str, str]) -> Iterable[tuple[str, str, str]]:

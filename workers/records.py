@@ -5,8 +5,10 @@ Keys in Redis (each expires ``retention`` seconds after its release's last updat
     fanout:release:<id>                      hash: source, digest, created_at, order, epoch,
                                              notified_epoch, trigger
     fanout:release:<id>:dests                sorted set: destinations, in the order given
-    fanout:release:<id>:dest:<dest>          hash: one DestinationRecord
+    fanout:release:<id>:dest:<dest>          hash: one DestinationRecord; ``last_attempt``
+                                             holds the newest finished attempt (JSON)
     fanout:release:<id>:dest:<dest>:history  list: one JSON Attempt per finished attempt
+                                             before that one, oldest first
     fanout:releases                          sorted set: release ids by creation time
     fanout:running                           sorted set: "<id> <dest>" by heartbeat deadline
     fanout:release-order                     counter: the last release's place in the order
@@ -20,6 +22,12 @@ A destination's ``generation`` goes up each time its copy is sent again from out
 retries (a lost worker's destination handed over, an operator's retry); a task carrying an older
 generation is a stale redelivery and does nothing. A release's ``epoch`` goes up each time it
 stops being final (a retry), so "notify once per final transition" is "once per epoch".
+
+The newest finished attempt rides in its record's own hash (``last_attempt``), written by the
+``HSET`` its transition makes anyway: a destination done in one attempt (most are) has no
+history list at all, where each attempt's end cost an ``RPUSH``, an ``LTRIM``, and a ``PTTL``
+and ``PEXPIRE`` to give a new list the release's lifetime. The next attempt's end moves it
+into the list.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ ORDER_KEY = "fanout:release-order"
 PREFIX = "fanout:release:"
 # How much history one destination keeps: a destination retried for a day stays readable.
 HISTORY_LIMIT = 100
+# The record's field holding its newest finished attempt (the rest are in the history list).
+LAST_ATTEMPT = "last_attempt"
 
 
 @dataclass(frozen=True)
@@ -278,9 +288,18 @@ def parse_record(destination: str, row: Mapping[str, str],
         round_base=int(row.get("round_base") or 0),
         round_at=to_float(row.get("round_at")),
         heartbeat_at=to_float(row.get("heartbeat_at")),
-        history=tuple(a for a in (Attempt.from_json(t) for t in history) if a is not None),
+        history=_history(history, row.get(LAST_ATTEMPT)),
         superseded=_superseded(row.get("superseded")),
     )
+
+
+def _history(listed: Sequence[str], last: str | None) -> tuple[Attempt, ...]:
+    """The history list and the record's newest attempt, oldest first. Sorted by attempt
+    number (stably), so a list a worker from before ``last_attempt`` appended to still reads
+    in order."""
+    entries = [a for a in (Attempt.from_json(t) for t in [*listed, *([last] if last else [])])
+               if a is not None]
+    return tuple(sorted(entries, key=lambda a: a.attempt))
 
 
 def _superseded(raw: str | None) -> dict[str, str]:

@@ -27,6 +27,8 @@ _SCHEMES = ("redis://", "rediss://")
 _REPR_MAX = 1024
 _REPLY_TO = str(uuid.uuid4())
 _SEP = "\x06\x16"  # kombu's separator in a binding: routing key, pattern, queue
+# Messages per LPUSH: one release's to a queue in one command, a huge one's in a few.
+_PER_LPUSH = 1000
 
 
 def handles(url: str) -> bool:
@@ -73,14 +75,24 @@ def task_message(name: str, task_id: str, kwargs: Mapping[str, Any], queue: str,
 def publish(client: Any, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]:
     """``LPUSH`` each (queue, message) in one MULTI/EXEC; the indexes of those Redis refused
     (a queue key of the wrong type). A connection lost before EXEC raises ``redis.RedisError``
-    and nothing was published."""
+    and nothing was published.
+
+    One ``LPUSH`` per queue carries its messages (up to ``_PER_LPUSH``), in the order given:
+    ``LPUSH q a b`` leaves the list as ``LPUSH q a`` then ``LPUSH q b`` would, so the worker's
+    ``BRPOP`` takes ``a`` first either way, at one command for a release rather than one per
+    destination."""
+    by_queue: dict[str, list[int]] = {}
+    for index, (queue, _) in enumerate(messages):
+        by_queue.setdefault(queue, []).append(index)
+    batches = [(queue, indexes[start:start + _PER_LPUSH]) for queue, indexes in by_queue.items()
+               for start in range(0, len(indexes), _PER_LPUSH)]
     with client.pipeline(transaction=True) as pipe:
-        for queue, message in messages:
-            pipe.lpush(queue, json.dumps(message))
-        for queue in dict.fromkeys(queue for queue, _ in messages):
+        for queue, indexes in batches:
+            pipe.lpush(queue, *(json.dumps(messages[i][1]) for i in indexes))
+        for queue in by_queue:
             # The binding Celery declares with its queue (exchange and routing key named after
             # it): how `fanout metrics` finds a routed queue, empty or not.
             pipe.sadd(f"_kombu.binding.{queue}", f"{queue}{_SEP}{_SEP}{queue}")
         results = pipe.execute(raise_on_error=False)
-    return [i for i, result in enumerate(results[:len(messages)])
-            if isinstance(result, Exception)]
+    return sorted(i for (_, indexes), result in zip(batches, results, strict=False)
+                  if isinstance(result, Exception) for i in indexes)

@@ -146,7 +146,8 @@ class CopyRunner:
             # The release's place in the order, for its tag writes: as the ledger has it, else
             # as the message carried it (ensure_destination recorded that).
             order = standing.order if standing is not None and standing.order else None
-            return self._copy(job, worker, lock, kwargs, order)
+            expect = (standing.state, standing.attempts) if standing is not None else None
+            return self._copy(job, worker, lock, kwargs, order, expect)
         finally:
             try:
                 if not lock.held:
@@ -216,10 +217,11 @@ class CopyRunner:
         return None
 
     def _copy(self, job: CopyJob, worker: str | None, lock: DestinationLock,
-              kwargs: Mapping[str, Any], order: int | None = None) -> Outcome:
+              kwargs: Mapping[str, Any], order: int | None = None,
+              expect: tuple[str, int] | None = None) -> Outcome:
         attempt = self.ledger.mark_running(
             job.release_id, job.destination, worker=worker, lease=self.lock_ttl,
-            task={**kwargs, "generation": job.generation})
+            task={**kwargs, "generation": job.generation}, expect=expect)
         started = self._monotonic()
         lease = DestinationLock(self.heartbeat_locks, job.destination, job.digest,
                                 self.lock_ttl, token=lock.token)

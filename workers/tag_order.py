@@ -50,6 +50,7 @@ from registry.errors import TransientError
 from registry.reference import Repository
 from registry.tag_gate import TagWriter
 
+from .checked_write import CheckedWrite, ScriptsRefused
 from .locks import Lease, canonical_repository
 from .records import decode_map, text
 
@@ -112,6 +113,7 @@ class TagOwners:
     def __init__(self, client: redis.Redis[Any], *, ttl: float) -> None:
         self._redis = client
         self._ttl_ms = max(1, int(ttl * 1000))
+        self._scripts = True  # False once Redis has refused a script
 
     def get(self, repository: str, tag: str) -> TagOwner | None:
         return TagOwner.from_fields(self._redis.hgetall(owner_key(repository, tag)))
@@ -137,6 +139,9 @@ class TagOwners:
         it is still ours: (claimed, lease given back). One transaction rather than two: the
         lease's compare-and-delete was five commands of its own."""
         key = owner_key(repository, tag)
+        short = self._claim_checked(key, owner, expected, lease)
+        if short is not None:
+            return short
         watched = [key] if lease is None else [key, lease.key]
         with self._redis.pipeline() as pipe:
             while True:
@@ -162,6 +167,32 @@ class TagOwners:
                     return True, ours
                 except redis.WatchError:
                     continue
+
+    def _claim_checked(self, key: str, owner: TagOwner, expected: TagOwner | None,
+                       lease: Lease | None) -> tuple[bool, bool] | None:
+        """The claim as one script (``workers/checked_write.py``), applied only if the record
+        holds ``expected``'s very fields (none: no release), so only where the transaction
+        below would write the same; None otherwise, and that transaction decides."""
+        if not self._scripts:
+            return None
+        want = expected.to_fields() if expected is not None else {"release": ""}
+        write = CheckedWrite(key, want)
+        # Every field is written, so nothing of an older record survives the HSET.
+        write.hset(key, owner.to_fields())
+        write.pexpire(key, self._ttl_ms)
+        if lease is not None:
+            write.delete_if(lease.key, lease.token)
+        try:
+            applied, released = write.apply(self._redis)
+        except ScriptsRefused as exc:
+            self._scripts = False
+            log.warning("Redis runs no scripts (%s): tag claims go under WATCH", exc)
+            return None
+        if not applied:
+            return None
+        if released and lease is not None:
+            lease.held = False
+        return True, released
 
 
 @dataclass

@@ -132,9 +132,18 @@ def test_a_write_aligns_its_own_keys_with_the_release_and_leaves_the_rest(
     # HSET keeps the expiry it had, the head's: an attempt's start sets none.
     assert 3490 < redis_client.ttl(mine) <= 3500  # expires with the head ...
     assert redis_client.ttl(head) <= 3500 and redis_client.ttl(other) <= 3500  # ... untouched
+    ledger.mark_retrying(release_id, "r1.example/app", error="503", error_type="Unavailable",
+                         next_retry_at=0.0)
+    # The first attempt to end is kept in the record: no history list yet, so no PEXPIRE.
+    assert not redis_client.exists(history_key(release_id, "r1.example/app"))
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
     ledger.mark_failed(release_id, "r1.example/app", error="denied", error_type="Denied")
-    # The attempt's history, a key of its own, expires with the release too.
+    # The attempt before moved to the history list, a key of its own: it expires with the
+    # release too.
     assert 3490 < redis_client.ttl(history_key(release_id, "r1.example/app")) <= 3500
+    record = ledger.record(release_id, "r1.example/app")
+    assert record is not None
+    assert [(a.attempt, a.outcome) for a in record.history] == [(1, "retrying"), (2, "failed")]
 
 
 def test_a_release_past_a_tenth_of_its_retention_is_renewed_whole(
@@ -144,7 +153,10 @@ def test_a_release_past_a_tenth_of_its_retention_is_renewed_whole(
     for key in redis_client.keys("fanout:release:*"):
         redis_client.expire(key, 3000)  # 600 s of 3600 gone: due
     ledger.mark_running(release_id, "r1.example/app", worker=None)
-    # at the next write that creates a key (an attempt's end starts its history)
+    ledger.mark_retrying(release_id, "r1.example/app", error="503", error_type="Unavailable",
+                         next_retry_at=0.0)
+    ledger.mark_running(release_id, "r1.example/app", worker=None)
+    # at the next write that creates a key (the second attempt's end starts the history list)
     ledger.mark_failed(release_id, "r1.example/app", error="denied", error_type="Denied")
     assert all(redis_client.ttl(k) > 3590 for k in redis_client.keys("fanout:release:*"))
 

@@ -140,3 +140,18 @@ def test_settling_a_release_costs_five_round_trips_however_many_destinations(
     assert client.tally.commands == expected
     assert settled is not None and settled.ok and len(settled.destinations) == size
     assert ledger.settle_final(release_id) is None  # claimed once
+
+
+def test_a_releases_order_once_read_is_not_asked_again_for_a_while() -> None:
+    client = CountingFakeRedis(decode_responses=True)
+    monotonic = FakeClock(0.0)
+    ledger = Ledger(client, clock=FakeClock(), retention=3600, monotonic=monotonic)
+    release_id = ledger.create_release(SOURCE, [("r1.example/app", ["v1"]),
+                                                ("r2.example/app", ["v1"])], order=7)
+    first = ledger.standing(release_id, "r1.example/app")
+    client.hset(release_key(release_id), "order", "8")  # never done: shows what is not read
+    second = ledger.standing(release_id, "r2.example/app")
+    assert first is not None and second is not None and first.order == second.order == 7
+    monotonic.advance(61)
+    third = ledger.standing(release_id, "r2.example/app")
+    assert third is not None and third.order == 8

@@ -69,13 +69,72 @@ def test_members_are_bounded_the_oldest_dropped(
     for n in range(5):
         run(index.record(HOST, DIGEST, f"r{n}"))
         clock.advance(1)
-    assert run(index.holders(HOST, DIGEST)) == ["r4", "r3", "r2"]
     # Trimmed at every third record (per_blob) of this process: at most twice per_blob kept.
     assert redis_client.zcard(KEY) == 4
     run(index.record(HOST, DIGEST, "r5"))
     assert redis_client.zcard(KEY) == 5
     run(index.record(HOST, DIGEST, "r6"))
     assert redis_client.zrange(KEY, 0, -1) == ["r4", "r5", "r6"]
+    assert run(index.holders(HOST, DIGEST)) == ["r6", "r5", "r4"]
+
+
+def sent_commands(client: Any) -> list[str]:
+    sent: list[str] = []
+    original = client.execute_command
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        sent.append(str(args[0]).upper())
+        return original(*args, **kwargs)
+
+    client.execute_command = counting
+    return sent
+
+
+def test_a_fan_out_reads_a_key_once_per_trust_window_and_records_what_adds_something(
+    redis_client: Any, clock: FakeClock,
+) -> None:
+    monotonic = FakeClock()
+    index = RedisLocations(redis_client, ttl=3600, per_blob=3, clock=clock,
+                           monotonic=monotonic)
+    run(index.record(HOST, DIGEST, "r0"))
+    sent = sent_commands(redis_client)
+    # What a copy to each next repository does: read the hints, mount, record.
+    for n in range(1, 6):
+        clock.advance(1)
+        assert run(index.holders(HOST, DIGEST))[0] == f"r{min(n - 1, 2)}"
+        run(index.record(HOST, DIGEST, f"r{n}"))
+    # One read (then this process's own view), two records: three fresh members are enough.
+    assert sent == ["ZREVRANGEBYSCORE", "ZADD", "ZADD"]
+    assert redis_client.zrange(KEY, 0, -1) == ["r0", "r1", "r2"]
+    sent.clear()
+    # Nor does a repository recorded a moment ago need its record again.
+    run(index.record(HOST, DIGEST, "r1"))
+    assert sent == []
+    monotonic.advance(2.5)  # past the trust: read again
+    assert run(index.holders(HOST, DIGEST)) == ["r2", "r1", "r0"]
+    clock.advance(361)  # the members are no longer fresh: a record adds something again
+    run(index.record(HOST, DIGEST, "r9"))
+    assert redis_client.zscore(KEY, "r9") == clock.now
+
+
+def test_an_empty_read_a_forget_or_another_workers_claim_is_not_trusted(
+    redis_client: Any, clock: FakeClock,
+) -> None:
+    index = RedisLocations(redis_client, ttl=3600, per_blob=3, clock=clock,
+                           monotonic=FakeClock())
+    assert run(index.holders(HOST, DIGEST)) == []
+    redis_client.zadd(KEY, {"elsewhere": clock.now})  # another worker's upload landed
+    assert run(index.holders(HOST, DIGEST)) == ["elsewhere"]
+    redis_client.zadd(KEY, {"other": clock.now + 1})
+    assert run(index.holders(HOST, DIGEST)) == ["elsewhere"]  # trusted view
+    run(index.forget(HOST, DIGEST, "elsewhere"))
+    assert run(index.holders(HOST, DIGEST)) == ["other"]
+    redis_client.zadd(KEY, {"third": clock.now + 2})
+    assert run(index.claim_upload(HOST, DIGEST, "someone")) is None  # ours: view kept
+    assert run(index.holders(HOST, DIGEST)) == ["other"]
+    redis_client.set(index.claim_key(HOST, DIGEST), "another")
+    assert run(index.claim_upload(HOST, DIGEST, "me")) == "another"
+    assert run(index.holders(HOST, DIGEST)) == ["third", "other"]
 
 
 def test_a_record_is_one_command_between_upkeeps(

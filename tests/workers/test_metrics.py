@@ -20,7 +20,7 @@ from tests.workers.conftest import FakeClock
 from workers import verify_metrics
 from workers.ledger import Ledger
 from workers.metrics import (
-    COPIES_KEY,
+    ATTEMPTS_KEY,
     RELEASE_LIMIT,
     LedgerCollector,
     MetricsObserver,
@@ -118,9 +118,9 @@ def test_the_counters_move_only_with_the_transition(redis_client: Any, clock: Fa
     release = ledger.create_release(SOURCE, [(GHCR, ["v1"])])
     attempt = ledger.mark_running(release, GHCR, worker="w1")
     ledger.mark_running(release, GHCR, worker="w2")  # w1's attempt lost, w2's now
-    before = redis_client.hgetall(COPIES_KEY)
+    before = redis_client.hgetall(ATTEMPTS_KEY)
     ledger.mark_succeeded(release, GHCR, stats={}, seconds=1, attempt=attempt)  # stale: refused
-    assert redis_client.hgetall(COPIES_KEY) == before == {"ghcr.io lost": "1"}
+    assert redis_client.hgetall(ATTEMPTS_KEY) == before == {"ghcr.io lost -": "1"}
 
 
 def test_a_ledger_without_decoding_counts_the_same(clock: FakeClock) -> None:
@@ -241,3 +241,34 @@ def test_the_last_verification_per_registry(redis_client: Any, clock: FakeClock)
     assert gauge("fanout_verify_unreachable", "localhost:5000") == 1
     assert gauge("fanout_verify_last_timestamp_seconds", "localhost:5000") == 100.0
     assert ("fanout_verify_drift", (("registry", "quay.io"),)) not in samples
+
+
+def test_counters_of_workers_before_the_attempts_hash_still_add_in(
+    redis_client: Any, clock: FakeClock,
+) -> None:
+    # What a worker from before the attempts hash wrote for one success and one lost attempt.
+    redis_client.hset("fanout:metrics:copies", mapping={"ghcr.io succeeded": 1, "ghcr.io lost": 1})
+    redis_client.hset("fanout:metrics:seconds", mapping={
+        "ghcr.io le=1": 1, "ghcr.io sum": 0.5, "ghcr.io count": 1})
+    redis_client.hset("fanout:metrics:bytes", "ghcr.io", 100)
+    ledger = ledger_of(redis_client, clock)
+    release = ledger.create_release(SOURCE, [(GHCR, ["v1"]), (LOCAL, ["v1"])])
+    ledger.mark_running(release, GHCR, worker="w1")
+    ledger.mark_succeeded(release, GHCR, stats={"bytes_transferred": 0}, seconds=3.2)
+    ledger.mark_running(release, LOCAL, worker="w1")
+    ledger.mark_succeeded(release, LOCAL, stats={}, seconds=0.05)
+
+    samples = scrape(redis_client, clock)
+
+    assert copies(samples, "ghcr.io", "succeeded") == 2
+    assert copies(samples, "ghcr.io", "retried") == 1
+    assert samples[("fanout_lost_workers_total", ())] == 1
+    assert samples[("fanout_bytes_total", (("registry", "ghcr.io"),))] == 100
+    # Nothing sent is still a counter at zero, though no HINCRBY of zero was written.
+    assert samples[("fanout_bytes_total", (("registry", "localhost:5000"),))] == 0
+    ghcr = (("registry", "ghcr.io"),)
+    assert samples[("fanout_copy_seconds_count", ghcr)] == 2
+    assert samples[("fanout_copy_seconds_sum", ghcr)] == 3.7
+    assert samples[("fanout_copy_seconds_bucket", (("le", "1.0"), *ghcr))] == 1
+    assert samples[("fanout_copy_seconds_bucket", (("le", "5.0"), *ghcr))] == 2
+    assert redis_client.hget("fanout:metrics:attempts", "localhost:5000 succeeded le=0.1") == "1"
