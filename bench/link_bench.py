@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD .venv/bin/python bench/link_bench.py [--layers 4] [--layer-mb 50]
         [--link-mbit 200] [--worker-mbit 800] [--cap-mib 12] [--cut-at 0.8] [--cut-s 1]
-        [--mtu 1500] [--no-write]
+        [--mtu 1500] [--rounds 1] [--no-write]
 
 Needs root: it builds a network of namespaces (``bench/netns.py``): a switch, and a host of its own
 for the source registry (``src``), each of 3 destination registries (``d1``..``d3``) and the
@@ -99,6 +99,7 @@ class Run:
     note: str = ""
     cpu: float = 0.0  # user + system seconds of the command (and of the worker, for the queue)
     load: float = 0.0  # the machine's 1-minute load average as the case began
+    rounds: list[float] = field(default_factory=list)  # every round's seconds (--rounds)
 
     def moved(self, role: str, direction: str) -> int:
         """Bytes ``role`` sent ("up") or received ("down") during the run."""
@@ -217,6 +218,15 @@ class Bench:
         for registry in self.dests.values():
             registry.wait_ready()
 
+    def forget_spooled(self) -> None:
+        """Remove the worker's complete spool entries (it is idle between rounds), so that
+        each round of the queue reads the source as the first did: the spool keeps a blob for
+        minutes, and a later round would otherwise copy from the worker's disk."""
+        for algorithm in (self.tmp / "spool-queue").glob("sha*"):
+            for blob in algorithm.iterdir():
+                if not blob.suffix:  # <hex>: complete; <hex>.lock and .partial stay alone
+                    blob.unlink()
+
     def start_queue(self) -> dict[str, str]:
         """Redis and a prefork worker on the worker's host; the producer's environment."""
         logs = self.tmp / "queue"
@@ -240,9 +250,10 @@ class Bench:
 
     def case(self, case: str, argv: list[str], env: dict[str, str], *,
              load: Mapping[tuple[str, str], int], caps: dict[str, float] | None = None,
-             on_sample: Callable[[Run], None] | None = None) -> Run:
+             on_sample: Callable[[Run], None] | None = None, round_no: int = 1) -> Run:
         """Run ``argv`` on the worker's host into fresh destinations; check what arrived."""
-        self.fresh_destinations(case)
+        label = case if round_no == 1 else f"{case}-{round_no}"
+        self.fresh_destinations(label)
         floor, bottleneck, rate = floor_of(load, self.size, self.net, caps)
         worker_cpu = tree_cpu(self.worker.pid) if self.worker is not None else 0.0
         machine_load = os.getloadavg()[0]
@@ -250,7 +261,7 @@ class Bench:
         started = time.monotonic()
         run = Run(case, 0.0, started, sampler.samples, floor, bottleneck, rate,
                   load=machine_load)
-        log = self.tmp / f"{case}.log"
+        log = self.tmp / f"{label}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(self.net.exec("wk", argv), env=env, cwd=ROOT,
                                     stdin=subprocess.DEVNULL, stdout=out,
@@ -374,14 +385,23 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> Results:
             (tmp / "docker" / "config.json").write_text('{"auths": {}}')
             copy_env = fanout_env(tmp / "docker", FANOUT_SPOOL_DIR=str(tmp / "spool-copy"),
                                   **bench.settings())
-            results.runs["copy"] = bench.case("copy", fanout_copy(bench), copy_env,
-                                              load=FANOUT_LOAD)
-            queue = bench.start_queue()
-            results.runs["queue"] = bench.case(
-                "queue", [sys.executable, "-m", "producer.cli", "enqueue", bench.src_ref,
-                          *bench.dest_refs(), "--wait"], queue, load=FANOUT_LOAD)
-            results.runs["skopeo"] = bench.case("skopeo", skopeo_recipe(bench),
-                                           skopeo_env(tmp / "skopeo-home"), load=SKOPEO_LOAD)
+            env = {"copy": copy_env}
+            commands = {"copy": fanout_copy(bench), "skopeo": skopeo_recipe(bench),
+                        "queue": [sys.executable, "-m", "producer.cli", "enqueue",
+                                  bench.src_ref, *bench.dest_refs(), "--wait"]}
+            env["skopeo"] = skopeo_env(tmp / "skopeo-home")
+            rounds: dict[str, list[Run]] = {"copy": [], "queue": [], "skopeo": []}
+            # Interleaved, so that a busy moment of the machine falls on every case alike.
+            for round_no in range(1, args.rounds + 1):
+                for case, runs in rounds.items():
+                    if case == "queue" and bench.worker is None:
+                        env["queue"] = bench.start_queue()
+                    elif case == "queue":
+                        bench.forget_spooled()
+                    runs.append(bench.case(case, commands[case], env[case], round_no=round_no,
+                                           load=SKOPEO_LOAD if case == "skopeo" else FANOUT_LOAD))
+            for case, runs in rounds.items():
+                results.runs[case] = median_run(runs)
             resumed = bench.case("resumed", fanout_copy(bench), copy_env, load=FANOUT_LOAD,
                                  on_sample=cutter(bench))
             if resumed.cut_at is None:
@@ -393,6 +413,15 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> Results:
                 if process is not None:
                     process.stop()
     return results
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run of median wall time (the lower middle one of an even count), the others'
+    times kept with it for the report."""
+    ordered = sorted(runs, key=lambda run: run.seconds)
+    middle = ordered[(len(ordered) - 1) // 2]
+    middle.rounds = [run.seconds for run in runs]
+    return middle
 
 
 def capped(bench: Bench, copy_env: dict[str, str]) -> Run:
@@ -412,13 +441,13 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"`PYTHONPATH=$PWD .venv/bin/python bench/link_bench.py --layers {args.layers} "
         f"--layer-mb {args.layer_mb:g} --link-mbit {args.link_mbit:g} --worker-mbit "
         f"{args.worker_mbit:g} --cap-mib {args.cap_mib:g} --cut-at {args.cut_at:g} --cut-s "
-        f"{args.cut_s:g} --mtu {args.mtu}` (as root). Network namespaces on one machine: a "
-        "switch (a bridge) and a host each for the source registry, 3 destination registries "
-        "and the worker, each on one veth link to the switch shaped by `tc tbf` in both "
-        f"directions: registries {args.link_mbit:g} Mbit/s, the worker {args.worker_mbit:g} "
-        f"Mbit/s, MTU {args.mtu}. Image: {args.layers} x {args.layer_mb:g} MiB layers of "
-        f"random bytes, uncompressed, S = {size / 1e6:.1f} MB (blobs and manifest). Fresh "
-        "registries per case. Times include process start-up. "
+        f"{args.cut_s:g} --mtu {args.mtu} --rounds {args.rounds}` (as root). Network "
+        "namespaces on one machine: a switch (a bridge) and a host each for the source "
+        "registry, 3 destination registries and the worker, each on one veth link to the "
+        f"switch shaped by `tc tbf` in both directions: registries {args.link_mbit:g} Mbit/s, "
+        f"the worker {args.worker_mbit:g} Mbit/s, MTU {args.mtu}. Image: {args.layers} x "
+        f"{args.layer_mb:g} MiB layers of random bytes, uncompressed, S = {size / 1e6:.1f} MB "
+        "(blobs and manifest). Fresh registries per case. Times include process start-up. "
         f"distribution {distribution_version()}, skopeo {skopeo_version()}, redis "
         f"{redis_version()}, Python {platform.python_version()}, kernel {platform.release()}, "
         f"{os.cpu_count()} cores ({cpu_model()}), fanout {git_revision()}.", "",
@@ -448,10 +477,20 @@ def report(results: Results, args: argparse.Namespace) -> str:
                      f"{run.moved('src', 'up') / size:.2f} | {first:.2f} | "
                      f"{run.source_done():.2f} | {last - first:.2f} | {run.seconds - last:.2f} "
                      f"| {busy:.0%} | {run.cpu:.1f} | {run.load:.1f} |")
-    lines += ["", *where_the_time_goes(results.runs), "",
+    lines += ["", *rounds_lines(results.runs), *where_the_time_goes(results.runs), "",
               *resumed_lines(results.runs["resumed"], size, args),
               *capped_lines(results.runs["capped"], args)]
     return "\n".join(lines)
+
+
+def rounds_lines(runs: dict[str, Run]) -> list[str]:
+    """Every round's time, when there was more than one (the table shows the median's)."""
+    if len(runs["copy"].rounds) < 2:
+        return []
+    parts = [f"{CASES[case]} {', '.join(f'{s:.2f}' for s in runs[case].rounds)} s "
+             f"({', '.join(f'{s / runs[case].floor:.2f}x' for s in runs[case].rounds)})"
+             for case in ("copy", "queue", "skopeo")]
+    return [f"Each round, in order (the table shows the median one): {'; '.join(parts)}.", ""]
 
 
 def where_the_time_goes(runs: dict[str, Run]) -> list[str]:
@@ -533,6 +572,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cut-s", type=float, default=1.0,
                         help="how long d1's link stays down")
     parser.add_argument("--mtu", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run fanout, the queue and skopeo this many times, interleaved, "
+                             "and report each one's median run")
     parser.add_argument("--no-write", action="store_true", help="print only")
     return parser.parse_args(argv)
 

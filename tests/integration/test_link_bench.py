@@ -28,11 +28,14 @@ def test_the_link_bench_runs_every_case_on_a_shaped_network(tmp_path: Path) -> N
     # in seconds.
     args = link_bench.parse_args(["--layers", "2", "--layer-mb", "1", "--link-mbit", "40",
                                   "--worker-mbit", "160", "--cap-mib", "1", "--cut-at", "0.5",
-                                  "--no-write"])
+                                  "--rounds", "2", "--no-write"])
     results = link_bench.benchmark(args, tmp_path)
 
     runs = results.runs
     assert set(runs) == set(link_bench.CASES)
+    # Two rounds of each compared case, the median kept with both rounds' times.
+    for case in ("copy", "queue", "skopeo"):
+        assert len(runs[case].rounds) == 2 and runs[case].seconds in runs[case].rounds
     # What the bench is there to show, counted on the source's link (framing included): fanout
     # and the queue read the source once, skopeo's recipe three times.
     for case in ("copy", "queue", "resumed"):
@@ -48,6 +51,7 @@ def test_the_link_bench_runs_every_case_on_a_shaped_network(tmp_path: Path) -> N
     assert text.startswith(link_bench.SECTION)
     for title in link_bench.CASES.values():
         assert f"| {title} |" in text
+    assert "Each round, in order" in text
     # Its namespaces (and the links in them) are gone.
     after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                check=True).stdout.split())
