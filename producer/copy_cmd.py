@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .common import (
@@ -131,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
         async def copy(progress: ProgressSink | None) -> list[CopyResult]:
             results = await copy_all(source, targets, transport=transport, options=options,
                                      env=env, progress=progress, local=layouts.local())
-            await layouts.finish(results)
-            return results
+            return await layouts.finish(results)
 
         if live:
             from .progress import LiveProgress
@@ -151,6 +151,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_results(results, seconds, sys.stdout, optional)
     return 0 if all_ok(results, optional) else 1
+
+
+def _opened(text: str, open_layout: Callable[[], Layout]) -> Layout:
+    """A layout opened as the command line names it; the disk's refusal (no such directory,
+    permissions) is a usage error naming it, before anything is copied."""
+    try:
+        return open_layout()
+    except OSError as exc:
+        raise UsageError(f"{text}: {exc.strerror or exc}") from None
 
 
 class _Layouts:
@@ -175,7 +184,8 @@ class _Layouts:
         else:
             from registry.layout import Layout  # only for a layout: tarfile, the store, ...
 
-            layout = Layout(place.path, archive=place.archive, write=False)
+            layout = _opened(args.source, lambda: Layout(place.path, archive=place.archive,
+                                                         write=False))
             self.open.append((layout, args.source))
             names = layout.state.ref_names()
             ref = place.ref
@@ -208,7 +218,8 @@ class _Layouts:
         key = (place.kind, place.path.resolve())
         layout = self._writing.get(key)
         if layout is None:
-            layout = self._writing[key] = Layout(place.path, archive=place.archive, write=True)
+            layout = self._writing[key] = _opened(
+                text, lambda: Layout(place.path, archive=place.archive, write=True))
             self.open.append((layout, text))
             self._names[str(layout.reference().repository)] = text
         return str(layout.reference(ref=place.ref))
@@ -219,14 +230,25 @@ class _Layouts:
     def name(self, text: str) -> str:
         return self._names.get(text, text)
 
-    async def finish(self, results: Sequence[CopyResult]) -> None:
-        """Commit each layout destination whose copy succeeded; discard the others."""
+    async def finish(self, results: Sequence[CopyResult]) -> list[CopyResult]:
+        """Commit each layout destination whose copy succeeded; discard the others. A commit
+        the disk refuses (no space for the archive) fails that destination, naming why."""
+        from registry.errors import LayoutDiskError, describe_os_error
+
         ok = {r.destination for r in results if r.error is None}
-        for layout, _ in self.open:
-            if layout.write and str(layout.reference().repository) in ok:
-                await layout.commit()
+        refused: dict[str, LayoutDiskError] = {}
+        for layout, text in self.open:
+            repository = str(layout.reference().repository)
+            if layout.write and repository in ok:
+                try:
+                    await layout.commit()
+                except OSError as exc:
+                    refused[repository] = LayoutDiskError(
+                        f"{text}: cannot write: {describe_os_error(exc)}")
             else:
                 await layout.discard()
+        return [dataclasses.replace(r, error=refused[r.destination])
+                if r.destination in refused else r for r in results]
 
     def close(self) -> None:
         import asyncio
@@ -235,7 +257,5 @@ class _Layouts:
             asyncio.run(layout.discard())  # a no-op once committed
 
     def renamed(self, results: Sequence[CopyResult]) -> list[CopyResult]:
-        import dataclasses
-
         return [dataclasses.replace(r, source=self.name(r.source),
                                     destination=self.name(r.destination)) for r in results]

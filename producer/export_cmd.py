@@ -81,9 +81,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # Referrers always travel: a bundle carries what was released, signatures included.
     options = copy_options_from_env(env, referrers=True)
-    result = export_bundle(images, args.bundle, base=base, credentials=credentials(env),
-                           transport=transport, options=options,
-                           live=sys.stderr.isatty() and not args.json)
+    try:
+        result = export_bundle(images, args.bundle, base=base, credentials=credentials(env),
+                               transport=transport, options=options,
+                               live=sys.stderr.isatty() and not args.json)
+    except OSError as exc:  # the disk's refusal (no space, read-only): nothing was written
+        from registry.errors import describe_os_error
+
+        print(f"fanout export: {args.bundle}: cannot write: {describe_os_error(exc)}",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(export_json(result))
     else:

@@ -236,6 +236,17 @@ class NotALayout(PermanentError):
     use as asked: a source that does not exist, a REF that is not in its index.json)."""
 
 
+class LayoutDiskError(PermanentError):
+    """Reading or writing an OCI layout or archive failed on disk (no space left, a read-only
+    file system, permissions): the same again would fail the same way, so it is not retried."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``No space left on device`` (and the file, when it is not the one the caller names)."""
+    reason = exc.strerror or exc.__class__.__name__
+    return f"{reason} ({exc.filename})" if exc.filename else reason
+
+
 class SizeMismatch(PermanentError):
     pass
 

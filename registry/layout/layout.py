@@ -54,6 +54,10 @@ class Layout:
         self.write = write
         self.host = f"layout-{next(_numbers)}{HOST_SUFFIX}"
         self._work: Path | None = None  # scratch (directory) or staging (archive), ours
+        # A layout directory this session made: discarded, it goes too (a failed first copy
+        # must not leave a directory that is neither empty nor a layout, which the next
+        # copy into it would refuse).
+        self._made: Path | None = None
         self._done = False
         label = f"{'oci-archive' if archive else 'oci'}:{self.path}"
         store, entries = self._open_store(label)
@@ -93,7 +97,9 @@ class Layout:
                 entries = _dir_entries(path, label)
             elif any(path.iterdir()):
                 raise NotALayout(f"{label}: a directory that is neither empty nor an OCI layout")
-        path.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.mkdir(parents=True)
+            self._made = path
         work.mkdir()
         self._work = work
         return BlobStore(label, directory=path, scratch=work), entries
@@ -133,6 +139,8 @@ class Layout:
             return
         self._done = True
         await self._tidy()
+        if self._made is not None:
+            await asyncio.to_thread(shutil.rmtree, self._made, True)
 
     async def _settle(self) -> None:
         if isinstance(self.transport, LayoutTransport):

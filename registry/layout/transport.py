@@ -31,7 +31,13 @@ from typing import Any
 
 import httpx
 
-from ..errors import DigestMismatch, NotALayout, RegistryError
+from ..errors import (
+    DigestMismatch,
+    LayoutDiskError,
+    NotALayout,
+    RegistryError,
+    describe_os_error,
+)
 from ..manifest import MAX_MANIFEST_BYTES, OCI_INDEX
 from ..threads import in_thread
 from .state import LayoutState
@@ -44,13 +50,21 @@ _TAGS = re.compile(r"/v2/(?P<name>.+)/tags/list")
 _REFERRERS = re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)")
 
 
+def disk_error(label: str, doing: str, exc: OSError) -> LayoutDiskError:
+    return LayoutDiskError(f"{label}: cannot {doing}: {describe_os_error(exc)}")
+
+
 class _Body(httpx.AsyncByteStream):
-    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+    def __init__(self, pieces: AsyncIterator[bytes], label: str) -> None:
         self._pieces = pieces
+        self._label = label
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for piece in self._pieces:
-            yield piece
+        try:
+            async for piece in self._pieces:
+                yield piece
+        except OSError as exc:
+            raise disk_error(self._label, "read", exc) from None
 
     async def aclose(self) -> None:
         closer = getattr(self._pieces, "aclose", None)
@@ -80,6 +94,15 @@ class LayoutTransport(httpx.AsyncBaseTransport):
         self._settled = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # The disk's refusals (no space, read-only, permissions) as the copy's own error,
+        # naming the layout: the engine fails this destination and goes on with the others.
+        try:
+            return await self._handle(request)
+        except OSError as exc:
+            doing = "read" if request.method in ("GET", "HEAD") else "write"
+            raise disk_error(self.state.label, doing, exc) from None
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
         method, path = request.method, request.url.path
         if path in ("/v2/", "/v2"):
             return _json({})
@@ -156,7 +179,7 @@ class LayoutTransport(httpx.AsyncBaseTransport):
         pieces = self.state.store.stream(digest)
         headers = {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest,
                    "Content-Length": str(size)}
-        return httpx.Response(200, headers=headers, stream=_Body(pieces))
+        return httpx.Response(200, headers=headers, stream=_Body(pieces, self.state.label))
 
     async def _upload(self, request: httpx.Request, name: str, upload_id: str) -> httpx.Response:
         if not self.state.writable:

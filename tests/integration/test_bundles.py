@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -224,3 +225,25 @@ def test_an_export_killed_mid_write_leaves_no_archive(
 
     assert not target.exists()
     assert _sha256(previous) == before
+
+
+def test_an_export_onto_a_full_disk_says_so_and_leaves_nothing(
+    registries: RegistrySet, redis_server: RedisServer, unique_repo: str, tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    image = push_oci_image(registries.source, unique_repo, "1.0", layers=2,
+                           layer_size=512 * 1024, compress=False)
+    _release(redis_server.url, image, ("1.0",))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                   check=True)
+    try:
+        code, _, output = _fanout(fanout_env(FANOUT_BROKER_URL=redis_server.url), "export",
+                                  str(small / "weekly.tar"), "--since", "1h")
+        assert code == 1, output
+        assert "No space left on device" in output and "Traceback" not in output, output
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,47 @@ def test_bad_layout_references_are_usage_errors(tmp_path: Path,
     assert fanout(["copy", f"oci-archive:{not_tar}:v1", "localhost:5000/x"]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "not a tar" in err
+
+
+def test_a_missing_directory_is_a_usage_error_naming_the_destination(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dest = f"oci-archive:{tmp_path}/no/such/dir/app.tar"
+    assert fanout(["copy", "localhost:5000/x@sha256:" + "0" * 64, dest]) == 2
+    err = capsys.readouterr().err
+    assert f"{dest}: No such file or directory" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system: too small for the image, so the layout's writes fail."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+                   check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_fails_its_layout_alone_naming_why_and_leaves_nothing(
+    registries: RegistrySet, unique_repo: str, small_disk: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = images.push_oci_image(registries.source, unique_repo, "v1", layers=2,
+                                  layer_size=512 * 1024, compress=False)
+    target = f"{registries.dest1.host}/{unique_repo}/copy"
+    archive, layout = f"oci-archive:{small_disk}/app.tar", f"oci:{small_disk}/app"
+    code, report = _copy(capsys, image.tagged_reference or "", target, archive, layout)
+    assert code == 1, report
+    outcome = {d["destination"]: d for d in report["destinations"]}  # type: ignore[attr-defined]
+    assert outcome[target]["status"] == "succeeded"
+    for dest in (archive, layout):
+        assert outcome[dest]["status"] == "failed"
+        message = outcome[dest]["error"]["message"]
+        assert message.startswith(f"{dest}: cannot write: No space left on device"), message
+    # Nothing half-written: no archive, no layout, no staging left behind.
+    assert list(small_disk.iterdir()) == []
