@@ -13,11 +13,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from registry.errors import InvalidReference
-from registry.reference import parse_reference
+from registry.reference import repository_of
 
-from .common import UsageError
 from .replay_plan import landed_releases, release_tags, tag_holders
+from .verify_plan import repository as named_repository
 
 if TYPE_CHECKING:
     from workers.ledger_reader import LedgerReader
@@ -49,7 +48,7 @@ def plan_bundle(
     """The images of the releases created at or after ``since`` (wall clock) that reached a
     destination: with ``destinations`` (repositories), one of those; with ``source_repo``,
     only that repository's. In the order the images were first released."""
-    keep = None if destinations is None else _reached({_repository(d, "--to")
+    keep = None if destinations is None else _reached({named_repository(d, "--to")
                                                        for d in destinations})
     landed = landed_releases(ledger, since, source_repo=source_repo, keep=keep)
     holders = tag_holders(landed)
@@ -75,20 +74,7 @@ def _image(repository: str, digest: str, releases: Sequence[Release],
 def _reached(wanted: set[str]) -> Callable[[Release], bool]:
     """Whether a release succeeded at one of the ``wanted`` repositories."""
     def reached(release: Release) -> bool:
-        return any(record.state == "succeeded" and _repository_of(name) in wanted
+        return any(record.state == "succeeded" and repository_of(name) in wanted
                    for name, record in release.destinations.items())
     return reached
 
-
-def _repository_of(name: str) -> str | None:
-    try:
-        return str(parse_reference(name).repository)
-    except InvalidReference:
-        return None
-
-
-def _repository(text: str, flag: str) -> str:
-    try:
-        return str(parse_reference(text.strip()).repository)
-    except InvalidReference as exc:
-        raise UsageError(f"{flag} {text!r}: {exc}") from None

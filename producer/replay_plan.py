@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from registry import envconfig
-from registry.errors import InvalidReference
-from registry.reference import parse_reference
+from registry.reference import repository_of
 
 from .common import UsageError
+from .verify_plan import repository as named_repository
 
 if TYPE_CHECKING:
     from workers.ledger import Ledger, Release
@@ -59,19 +59,16 @@ def landed_releases(
 ) -> list[tuple[Release, str]]:
     """The releases created at or after ``since`` that succeeded somewhere, each with its
     source repository, oldest first; ``source_repo`` and ``keep`` narrow them down."""
-    wanted = _repository(source_repo) if source_repo else None
+    wanted = named_repository(source_repo, "--source-repo") if source_repo else None
     landed: list[tuple[Release, str]] = []
     for release_id in ledger.since(since):
         release = ledger.get(release_id)
         if release is None or not _landed(release) or (keep is not None and not keep(release)):
             continue
-        try:
-            repository = str(parse_reference(release.source).repository)
-        except InvalidReference:
+        source = repository_of(release.source)
+        if source is None or (wanted is not None and source != wanted):
             continue
-        if wanted is not None and repository != wanted:
-            continue
-        landed.append((release, repository))
+        landed.append((release, source))
     return landed
 
 
@@ -102,9 +99,3 @@ def _replay(digest: str, releases: Sequence[tuple[Release, str]],
 def _landed(release: Release) -> bool:
     return any(record.state == "succeeded" for record in release.destinations.values())
 
-
-def _repository(text: str) -> str:
-    try:
-        return str(parse_reference(text.strip()).repository)
-    except InvalidReference as exc:
-        raise UsageError(f"--source-repo {text!r}: {exc}") from None

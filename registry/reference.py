@@ -360,6 +360,15 @@ def parse_reference(text: str, *, default_tag: str | None = None) -> Reference:
     return Reference(repository, tag=tag, digest=digest)
 
 
+def repository_of(text: str) -> str | None:
+    """The canonical repository a reference names (its tag or digest aside); None when
+    ``text`` is not a reference: a name read from the ledger that can match nothing."""
+    try:
+        return str(parse_reference(text).repository)
+    except InvalidReference:
+        return None
+
+
 def parse_repository(text: str) -> Repository:
     """Parse ``[registry/]path``; a tag or a digest is an error."""
     try:

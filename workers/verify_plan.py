@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from registry.errors import InvalidReference
-from registry.reference import parse_reference
+from registry.reference import parse_reference, repository_of
 
 from .errors import ReleaseNotFound, UsageError
 
@@ -49,10 +49,10 @@ def select(
     keep = {repository(text, "--to") for text in only} if only is not None else None
     targets = []
     for release in _releases(ledger, release_ids, since):
-        if wanted is not None and _source_repository(release) != wanted:
+        if wanted is not None and repository_of(release.source) != wanted:
             continue
         names = tuple(name for name in release.destinations
-                      if keep is None or name in keep or _canonical(name) in keep)
+                      if keep is None or name in keep or repository_of(name) in keep)
         if names:
             targets.append(Target(release, names))
     return targets
@@ -102,16 +102,3 @@ def _releases(ledger: LedgerReader, release_ids: Sequence[str],
         releases.append(release)
     return releases
 
-
-def _source_repository(release: Release) -> str | None:
-    try:
-        return str(parse_reference(release.source).repository)
-    except InvalidReference:
-        return None
-
-
-def _canonical(name: str) -> str | None:
-    try:
-        return str(parse_reference(name).repository)
-    except InvalidReference:
-        return None
