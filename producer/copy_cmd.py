@@ -233,7 +233,7 @@ class _Layouts:
     async def finish(self, results: Sequence[CopyResult]) -> list[CopyResult]:
         """Commit each layout destination whose copy succeeded; discard the others. A commit
         the disk refuses (no space for the archive) fails that destination, naming why."""
-        from registry.errors import LayoutDiskError, describe_os_error
+        from registry.errors import LayoutDiskError
 
         ok = {r.destination for r in results if r.error is None}
         refused: dict[str, LayoutDiskError] = {}
@@ -243,8 +243,7 @@ class _Layouts:
                 try:
                     await layout.commit()
                 except OSError as exc:
-                    refused[repository] = LayoutDiskError(
-                        f"{text}: cannot write: {describe_os_error(exc)}")
+                    refused[repository] = LayoutDiskError.of(text, "write", exc)
             else:
                 await layout.discard()
         return [dataclasses.replace(r, error=refused[r.destination])

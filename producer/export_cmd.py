@@ -86,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
                                transport=transport, options=options,
                                live=sys.stderr.isatty() and not args.json)
     except OSError as exc:  # the disk's refusal (no space, read-only): nothing was written
-        from registry.errors import describe_os_error
+        from registry.errors import LayoutDiskError
 
-        print(f"fanout export: {args.bundle}: cannot write: {describe_os_error(exc)}",
+        print(f"fanout export: {LayoutDiskError.of(args.bundle, 'write', exc)}",
               file=sys.stderr)
         return 1
     if args.json:

@@ -240,11 +240,12 @@ class LayoutDiskError(PermanentError):
     """Reading or writing an OCI layout or archive failed on disk (no space left, a read-only
     file system, permissions): the same again would fail the same way, so it is not retried."""
 
-
-def describe_os_error(exc: OSError) -> str:
-    """``No space left on device`` (and the file, when it is not the one the caller names)."""
-    reason = exc.strerror or exc.__class__.__name__
-    return f"{reason} ({exc.filename})" if exc.filename else reason
+    @classmethod
+    def of(cls, label: str, doing: str, exc: OSError) -> LayoutDiskError:
+        """``LABEL: cannot write: No space left on device (FILE)``."""
+        reason = exc.strerror or exc.__class__.__name__
+        return cls(f"{label}: cannot {doing}: {reason}"
+                   + (f" ({exc.filename})" if exc.filename else ""))
 
 
 class SizeMismatch(PermanentError):

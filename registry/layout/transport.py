@@ -31,13 +31,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import (
-    DigestMismatch,
-    LayoutDiskError,
-    NotALayout,
-    RegistryError,
-    describe_os_error,
-)
+from ..errors import DigestMismatch, LayoutDiskError, NotALayout, RegistryError
 from ..manifest import MAX_MANIFEST_BYTES, OCI_INDEX
 from ..threads import in_thread
 from .state import LayoutState
@@ -50,10 +44,6 @@ _TAGS = re.compile(r"/v2/(?P<name>.+)/tags/list")
 _REFERRERS = re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)")
 
 
-def disk_error(label: str, doing: str, exc: OSError) -> LayoutDiskError:
-    return LayoutDiskError(f"{label}: cannot {doing}: {describe_os_error(exc)}")
-
-
 class _Body(httpx.AsyncByteStream):
     def __init__(self, pieces: AsyncIterator[bytes], label: str) -> None:
         self._pieces = pieces
@@ -64,7 +54,7 @@ class _Body(httpx.AsyncByteStream):
             async for piece in self._pieces:
                 yield piece
         except OSError as exc:
-            raise disk_error(self._label, "read", exc) from None
+            raise LayoutDiskError.of(self._label, "read", exc) from None
 
     async def aclose(self) -> None:
         closer = getattr(self._pieces, "aclose", None)
@@ -100,7 +90,7 @@ class LayoutTransport(httpx.AsyncBaseTransport):
             return await self._handle(request)
         except OSError as exc:
             doing = "read" if request.method in ("GET", "HEAD") else "write"
-            raise disk_error(self.state.label, doing, exc) from None
+            raise LayoutDiskError.of(self.state.label, doing, exc) from None
 
     async def _handle(self, request: httpx.Request) -> httpx.Response:
         method, path = request.method, request.url.path
