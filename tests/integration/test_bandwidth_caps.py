@@ -31,7 +31,7 @@ from tests.support.queue import (
     RedisServer,
     ledger_for,
     queue_env,
-    start_workers,
+    running_workers,
     wait_until,
 )
 from tests.support.registries import RegistrySet
@@ -66,13 +66,9 @@ def workers(redis_server: RedisServer, proxy: FaultProxy,
     env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []),
                     FANOUT_BANDWIDTH=f"{proxy.host}={CAP}",
                     FANOUT_SPOOL_DIR=str(tmp_path / "spool"))
-    started = start_workers((f"bw{i}" for i in range(WORKERS)), env, tmp_path,
-                            loglevel="INFO")
-    try:
+    with running_workers((f"bw{i}" for i in range(WORKERS)), env, tmp_path,
+                         loglevel="INFO") as started:
         yield env, started
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 def test_three_workers_share_one_cap_and_metrics_show_it(

@@ -26,7 +26,7 @@ from tests.support.queue import (
     RedisServer,
     ledger_for,
     queue_env,
-    start_workers,
+    running_workers,
     wait_until,
 )
 from tests.support.registries import RegistrySet
@@ -51,13 +51,9 @@ pytestmark = [
 def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[dict[str, str],
                                                                          list[Process]]]:
     env = queue_env(f"{redis_server.url}/0", write_docker_config(tmp_path / "docker", []))
-    started = start_workers((f"rl{i}" for i in range(WORKERS)), env, tmp_path,
-                            loglevel="INFO")
-    try:
+    with running_workers((f"rl{i}" for i in range(WORKERS)), env, tmp_path,
+                         loglevel="INFO") as started:
         yield env, started
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 def _relative(seen: list[Seen], origin: float) -> list[str]:

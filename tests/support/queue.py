@@ -8,12 +8,13 @@ task messages, and the numbers a load run reports (peak memory of a worker's pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,6 +211,18 @@ def start_workers(names: Iterable[str], env: Mapping[str, str], log_dir: Path, *
             worker.stop()
         raise
     return started
+
+
+@contextlib.contextmanager
+def running_workers(names: Iterable[str], env: Mapping[str, str], log_dir: Path, *,
+                    loglevel: str = "DEBUG") -> Iterator[list[Process]]:
+    """:func:`start_workers`, stopped when the block ends (a fixture's yield)."""
+    started = start_workers(names, env, log_dir, loglevel=loglevel)
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
 
 
 def ledger_for(url: str) -> Ledger:
