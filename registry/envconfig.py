@@ -7,7 +7,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +23,15 @@ from .retry import REQUEST_RETRY
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable and the value's problem."""
+
+
+def check_known_keys(value: Collection[str], keys: Collection[str], where: str) -> None:
+    """A config table's keys are all known ones; else a :class:`ConfigError` naming the
+    table, what is unknown and what is known (a typo should not be silently ignored)."""
+    unknown = set(value) - set(keys)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(keys))})")
 
 
 def split_list(value: str) -> list[str]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.envconfig import ConfigError
+from registry.envconfig import ConfigError, check_known_keys
 from workers.config_file import DEFAULT_FILE, FanoutConfig, parse_config
 
 HOOK_KINDS = ("distribution", "harbor", "github", "dockerhub", "quay")
@@ -137,13 +137,6 @@ def _tables(value: object, where: str) -> list[Mapping[str, Any]]:
     return value
 
 
-def _known(value: Mapping[str, Any], keys: frozenset[str], where: str) -> None:
-    unknown = set(value) - keys
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(keys))})")
-
-
 def _text(value: Mapping[str, Any], key: str, where: str) -> str:
     found = value.get(key)
     if not isinstance(found, str) or not found.strip():
@@ -176,7 +169,7 @@ def _check_set(name: str, fanout: FanoutConfig, where: str) -> None:
 
 
 def _token(value: Mapping[str, Any], where: str, fanout: FanoutConfig) -> TokenGrant:
-    _known(value, _TOKEN_KEYS, where)
+    check_known_keys(value, _TOKEN_KEYS, where)
     name = _text(value, "name", where)
     digest = _text(value, "sha256", where).lower()
     if not _SHA256.fullmatch(digest):
@@ -189,7 +182,7 @@ def _token(value: Mapping[str, Any], where: str, fanout: FanoutConfig) -> TokenG
 
 
 def _rule(value: Mapping[str, Any], where: str, fanout: FanoutConfig) -> Rule:
-    _known(value, _RULE_KEYS, where)
+    check_known_keys(value, _RULE_KEYS, where)
     source = _patterns({"source": [_text(value, "source", where)]}, "source", where)[0]
     to = _text(value, "to", where)
     _check_set(to, fanout, f"{where}: to")
@@ -213,7 +206,7 @@ def _hooks(value: object, where: str) -> tuple[dict[str, HookSettings], float]:
                               f"(known: {', '.join(HOOK_KINDS)})")
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{where}.{kind} must be a table")
-        _known(settings, _HOOK_KEYS, f"{where}.{kind}")
+        check_known_keys(settings, _HOOK_KEYS, f"{where}.{kind}")
         secret_env = settings.get("secret_env")
         registry = settings.get("registry")
         for key, found in (("secret_env", secret_env), ("registry", registry)):

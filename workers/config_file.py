@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.envconfig import ConfigError, split_list
+from registry.envconfig import ConfigError, check_known_keys, split_list
 
 from .mirror_config import parse_mirrors, parse_verify
 from .mirror_model import Mirror, VerifySchedule
@@ -123,10 +123,7 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> 
 def parse_config(document: Mapping[str, Any], path: Path | None = None) -> FanoutConfig:
     """Check and convert a parsed TOML document; errors name the file and the key."""
     where = str(path) if path else "config"
-    unknown = set(document) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(_TOP_KEYS))})")
+    check_known_keys(document, _TOP_KEYS, where)
     sets: dict[str, tuple[str, ...]] = {}
     optional: dict[str, frozenset[str]] = {}
     raw_sets = document.get("destinations", {})
@@ -173,10 +170,7 @@ def _entry(value: object, where: str) -> tuple[str, bool]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where} must be a repository or a table "
                           '{ to = "host/repo", optional = true }')
-    unknown = set(value) - _ENTRY_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(_ENTRY_KEYS))})")
+    check_known_keys(value, _ENTRY_KEYS, where)
     to = value.get("to")
     if not isinstance(to, str) or not to.strip():
         raise ConfigError(f"{where}: to must be a repository, e.g. to = \"host/repo\"")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from registry.envconfig import ConfigError, parse_duration
+from registry.envconfig import ConfigError, check_known_keys, parse_duration
 from registry.errors import InvalidReference
 from registry.reference import parse_repository
 
@@ -64,7 +64,7 @@ def parse_verify(value: object, where: str) -> VerifySchedule:
     where = f"{where}: verify"
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where} must be a table ([verify])")
-    _known(value, VERIFY_KEYS, where)
+    check_known_keys(value, VERIFY_KEYS, where)
     for key, example in (("every", "6h"), ("since", "7d")):
         if key not in value:
             raise ConfigError(f"{where}: {key} is required, e.g. {key} = \"{example}\"")
@@ -80,7 +80,7 @@ def _mirror(entry: Mapping[str, object], sets: Mapping[str, Sequence[str]],
         raise ConfigError(f"{where}: name must be lowercase letters, digits and '-' "
                           f"([a-z0-9-]+), not {name!r}")
     where = f"{where} ({name})"
-    _known(entry, MIRROR_KEYS, where)
+    check_known_keys(entry, MIRROR_KEYS, where)
     source = _repository(entry.get("source"), f"{where}: source")
     destinations, to, optional = _destinations(entry, sets, optional_sets, where)
     if source in destinations:
@@ -189,10 +189,3 @@ def _flag(entry: Mapping[str, object], key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}: {key} must be true or false")
     return value
-
-
-def _known(value: Mapping[str, object], keys: frozenset[str], where: str) -> None:
-    unknown = set(value) - keys
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(keys))})")
