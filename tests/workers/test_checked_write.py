@@ -3,6 +3,7 @@ WATCH write, and steps aside whenever the record is not as it expects."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +35,15 @@ def dump(client: Any) -> dict[str, Any]:
             "list": lambda k: client.lrange(k, 0, -1),
             "string": lambda k: client.get(k),
         }[kind](key)
-        found[key] = (value, client.ttl(key))
+        found[key] = (value, _seconds_left(client.pttl(key)))
     return found
+
+
+def _seconds_left(pttl: int) -> int:
+    """The expiry in whole seconds, rounded up: the expiry a key was given, however many
+    milliseconds a loaded machine took between setting it and this read (TTL rounds to the
+    nearest second, so 30 s read 600 ms later was 29). -1 (none) and -2 (gone) as they are."""
+    return pttl if pttl < 0 else math.ceil(pttl / 1000)
 
 
 Scenario = Callable[[Ledger, Any, FakeClock], None]
