@@ -16,7 +16,14 @@ unset PYTHONDONTWRITEBYTECODE
 # mismatch" (pytest-dev/pytest#10763). Imports that find a fresh .pyc build no AST.
 .venv/bin/python -m compileall -q -j 0 registry workers producer service bench tests >/dev/null
 .venv/bin/ruff check .
-.venv/bin/mypy
+# mypy, and beside it (the other core) one collection of the tests: pytest rewrites each test
+# module's asserts and caches the result, and on a fresh clone the four workers below would
+# each rewrite all of them at once (10 s of CPU apiece here). Its errors, if any, are the real
+# run's to report.
+.venv/bin/mypy &
+mypy=$!
+.venv/bin/python -m pytest --collect-only -q -n 0 >/dev/null 2>&1 || true
+wait "$mypy"
 # Four processes on two cores: most tests wait on registries, workers and timers, and another
 # test runs meanwhile; an idle process takes tests queued for a busy one (tests/README.md).
 exec .venv/bin/python -m pytest -q -n 4 --dist worksteal "$@"
